@@ -1,0 +1,44 @@
+# Thin wrapper over CMake + CTest. `make test` does everything from a fresh clone.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+JOBS       ?= $(shell nproc)
+
+.PHONY: all deps build test test-unit test-asan test-fuzz interop-deps bench-crypto clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+interop-deps: deps
+	@cd tests/interop && { [ -d node_modules/libsignal ] && [ -d node_modules/@signalapp/libsignal-client ] && [ -d node_modules/libsignal-client-x3dh ] || npm ci --ignore-scripts --no-audit --no-fund; }
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+# Everything: unit + interop tests, then the same under ASan+UBSan, then short fuzz runs.
+test: build interop-deps
+	cd $(BUILD) && ctest --output-on-failure
+	$(MAKE) test-asan
+	$(MAKE) test-fuzz
+
+test-unit: build
+	cd $(BUILD) && ctest --output-on-failure -L unit
+
+test-asan: deps interop-deps
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DPARLEY_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -L "unit|interop"
+
+test-fuzz: deps
+	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPARLEY_FUZZ=ON >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j $(JOBS)
+	cd $(FUZZ_BUILD) && ctest --output-on-failure -L fuzz
+
+bench-crypto: build interop-deps
+	@scripts/bench-crypto.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

@@ -1,0 +1,106 @@
+// Parts shared by the two players backed by the official library
+// (@signalapp/libsignal-client 0.72.1 in ref72.js, 0.103.0 in ref103.js):
+// identity, XEdDSA and safety numbers. Both versions have the same API for
+// these; the module is passed in.
+
+import { Buffer } from 'node:buffer';
+import {
+  Player, b64, unb64, requestBytes, randomRegistrationId,
+} from './common.js';
+
+// Signal's safety-number iteration count (Signal-Desktop ts/util/safetyNumber.ts,
+// Signal-Android); the only value the tests use.
+export const FINGERPRINT_ITERATIONS = 5200;
+
+// Fingerprint.new(...) with the official library `S`: digits (60 characters)
+// and the scannable encoding (CombinedFingerprints protobuf).
+export function safetyNumber(S, { version, localId, localKey, remoteId, remoteKey }) {
+  const fp = S.Fingerprint.new(
+    FINGERPRINT_ITERATIONS, version,
+    Buffer.from(localId), S.PublicKey.deserialize(Buffer.from(localKey)),
+    Buffer.from(remoteId), S.PublicKey.deserialize(Buffer.from(remoteKey)));
+  return {
+    digits: fp.displayableFingerprint().toString(),
+    scannable: Buffer.from(fp.scannableFingerprint().toBuffer()),
+  };
+}
+
+// True when `signature` verifies under the 33-byte `publicKey`, according to
+// the official PublicKey.verify. A key that does not parse gives false.
+export function officialVerify(S, publicKey, message, signature) {
+  let key;
+  try {
+    key = S.PublicKey.deserialize(Buffer.from(publicKey));
+  } catch {
+    return false;
+  }
+  return key.verify(Buffer.from(message), Buffer.from(signature));
+}
+
+export class OfficialPlayer extends Player {
+  constructor(label, S) {
+    super(label);
+    this.S = S;
+    this.identity = null; // IdentityKeyPair
+    this.registrationId = 0;
+    this.name = null;
+    this.deviceId = 1;
+  }
+
+  commands() {
+    return {
+      info: this.info,
+      generate: this.generate,
+      xeddsa_sign: this.xeddsaSign,
+      xeddsa_verify: this.xeddsaVerify,
+      safety_number: this.safetyNumber,
+      quit: async () => ({}),
+    };
+  }
+
+  requireIdentity() {
+    if (!this.identity) throw new Error('no identity: call generate first');
+  }
+
+  // The identity part of generate; subclasses add prekeys.
+  generateIdentity(args) {
+    if (this.identity) throw new Error('identity already generated');
+    if (typeof args.name !== 'string' || args.name === '') throw new Error('generate: missing name');
+    this.name = args.name;
+    this.deviceId = args.device_id ?? 1;
+    this.registrationId = args.registration_id ?? randomRegistrationId();
+    this.identity = this.S.IdentityKeyPair.generate();
+  }
+
+  async generate(args) {
+    this.generateIdentity(args);
+    return { registration_id: this.registrationId, identity_key: b64(this.identity.publicKey.serialize()) };
+  }
+
+  async xeddsaSign(args) {
+    this.requireIdentity();
+    const signature = this.identity.privateKey.sign(requestBytes(args, 'message'));
+    return { public_key: b64(this.identity.publicKey.serialize()), signature: b64(signature) };
+  }
+
+  async xeddsaVerify(args) {
+    const publicKey = unb64(args.public_key, 'public_key');
+    const signature = unb64(args.signature, 'signature');
+    return { valid: officialVerify(this.S, publicKey, requestBytes(args, 'message'), signature) };
+  }
+
+  async safetyNumber(args) {
+    this.requireIdentity();
+    if (typeof args.local_id !== 'string' || typeof args.remote_id !== 'string') {
+      throw new Error('safety_number: local_id and remote_id must be strings');
+    }
+    const { digits, scannable } = safetyNumber(this.S, {
+      version: args.version ?? 2,
+      localId: Buffer.from(args.local_id, 'utf8'),
+      localKey: this.identity.publicKey.serialize(),
+      remoteId: Buffer.from(args.remote_id, 'utf8'),
+      remoteKey: unb64(args.remote_identity_key, 'remote_identity_key'),
+    });
+    return { digits, scannable: b64(scannable) };
+  }
+}
