@@ -45,12 +45,15 @@ export class OfficialPlayer extends Player {
     this.registrationId = 0;
     this.name = null;
     this.deviceId = 1;
+    this.signedPreKey = null;
+    this.preKeys = new Map();
   }
 
   commands() {
     return {
       info: this.info,
       generate: this.generate,
+      bundle: this.bundle,
       xeddsa_sign: this.xeddsaSign,
       xeddsa_verify: this.xeddsaVerify,
       safety_number: this.safetyNumber,
@@ -62,19 +65,52 @@ export class OfficialPlayer extends Player {
     if (!this.identity) throw new Error('no identity: call generate first');
   }
 
-  // The identity part of generate; subclasses add prekeys.
-  generateIdentity(args) {
+  // Identity, signed prekey and one-time prekeys. The private keys stay here
+  // (serialized); ref72's stores build records from them on demand.
+  async generate(args) {
     if (this.identity) throw new Error('identity already generated');
     if (typeof args.name !== 'string' || args.name === '') throw new Error('generate: missing name');
+    const first = args.prekey_id ?? 1;
+    const count = args.prekey_count ?? 1;
+    if (first < 1) throw new Error('one-time prekey ids start at 1');
+    const S = this.S;
     this.name = args.name;
     this.deviceId = args.device_id ?? 1;
     this.registrationId = args.registration_id ?? randomRegistrationId();
-    this.identity = this.S.IdentityKeyPair.generate();
+    this.identity = S.IdentityKeyPair.generate();
+    const spk = S.PrivateKey.generate();
+    this.signedPreKey = {
+      id: args.signed_prekey_id ?? 1,
+      privateKey: Buffer.from(spk.serialize()),
+      publicKey: Buffer.from(spk.getPublicKey().serialize()),
+      signature: Buffer.from(this.identity.privateKey.sign(spk.getPublicKey().serialize())),
+    };
+    this.preKeys = new Map(); // id -> { privateKey, publicKey } (Buffers), until used
+    for (let id = first; id < first + count; id++) {
+      const pk = S.PrivateKey.generate();
+      this.preKeys.set(id, { privateKey: Buffer.from(pk.serialize()), publicKey: Buffer.from(pk.getPublicKey().serialize()) });
+    }
+    return { registration_id: this.registrationId, bundle: this.makeBundle(true) };
   }
 
-  async generate(args) {
-    this.generateIdentity(args);
-    return { registration_id: this.registrationId, identity_key: b64(this.identity.publicKey.serialize()) };
+  makeBundle(withPreKey) {
+    let preKeyId = null;
+    if (withPreKey && this.preKeys.size > 0) preKeyId = Math.min(...this.preKeys.keys());
+    return {
+      registration_id: this.registrationId,
+      device_id: this.deviceId,
+      identity_key: b64(this.identity.publicKey.serialize()),
+      signed_prekey_id: this.signedPreKey.id,
+      signed_prekey: b64(this.signedPreKey.publicKey),
+      signed_prekey_signature: b64(this.signedPreKey.signature),
+      prekey_id: preKeyId,
+      prekey: preKeyId === null ? null : b64(this.preKeys.get(preKeyId).publicKey),
+    };
+  }
+
+  async bundle(args) {
+    this.requireIdentity();
+    return { bundle: this.makeBundle(args.prekey ?? true) };
   }
 
   async xeddsaSign(args) {

@@ -2,7 +2,8 @@
 // 0.103.0: Sender Keys (groups), XEdDSA and safety numbers.
 //
 // 0.103.0 has no classic 1:1 sessions (PQXDH/SPQR only; "X3DH no longer
-// supported"), so the 1:1 commands answer ok:false here.
+// supported"), so process_bundle/encrypt/decrypt answer ok:false here;
+// generate and bundle still make keys (for XEdDSA and safety numbers).
 
 import { Buffer } from 'node:buffer';
 import crypto from 'node:crypto';
@@ -49,7 +50,6 @@ export class Ref103 extends OfficialPlayer {
   commands() {
     return {
       ...super.commands(),
-      bundle: notHere,
       process_bundle: notHere,
       encrypt: notHere,
       decrypt: notHere,

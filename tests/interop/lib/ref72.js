@@ -68,35 +68,38 @@ class IdentityStore extends S.IdentityKeyStore {
   }
 }
 
+// The prekey stores read the key material the player generated
+// (OfficialPlayer.generate) and build records on demand.
 class PreKeyStore extends S.PreKeyStore {
-  constructor() {
+  constructor(player) {
     super();
-    this.records = new Map(); // id -> Buffer
+    this.player = player;
   }
 
-  async savePreKey(id, record) { this.records.set(id, Buffer.from(record.serialize())); }
+  async savePreKey() { throw new Error('prekeys are made by generate'); }
 
   async getPreKey(id) {
-    const bytes = this.records.get(id);
-    if (!bytes) throw new Error(`no prekey ${id}`);
-    return S.PreKeyRecord.deserialize(bytes);
+    const k = this.player.preKeys.get(id);
+    if (!k) throw new Error(`no prekey ${id}`);
+    return S.PreKeyRecord.new(id, S.PublicKey.deserialize(k.publicKey), S.PrivateKey.deserialize(k.privateKey));
   }
 
-  async removePreKey(id) { this.records.delete(id); }
+  async removePreKey(id) { this.player.preKeys.delete(id); }
 }
 
 class SignedPreKeyStore extends S.SignedPreKeyStore {
-  constructor() {
+  constructor(player) {
     super();
-    this.records = new Map();
+    this.player = player;
   }
 
-  async saveSignedPreKey(id, record) { this.records.set(id, Buffer.from(record.serialize())); }
+  async saveSignedPreKey() { throw new Error('signed prekeys are made by generate'); }
 
   async getSignedPreKey(id) {
-    const bytes = this.records.get(id);
-    if (!bytes) throw new Error(`no signed prekey ${id}`);
-    return S.SignedPreKeyRecord.deserialize(bytes);
+    const k = this.player.signedPreKey;
+    if (!k || k.id !== id) throw new Error(`no signed prekey ${id}`);
+    return S.SignedPreKeyRecord.new(id, 0, S.PublicKey.deserialize(k.publicKey),
+      S.PrivateKey.deserialize(k.privateKey), k.signature);
   }
 }
 
@@ -116,17 +119,14 @@ export class Ref72 extends OfficialPlayer {
     super('@signalapp/libsignal-client@0.72.1', S);
     this.sessions = new SessionStore();
     this.identities = new IdentityStore(this);
-    this.preKeys = new PreKeyStore();
-    this.signedPreKeys = new SignedPreKeyStore();
+    this.preKeyStore = new PreKeyStore(this);
+    this.signedPreKeyStore = new SignedPreKeyStore(this);
     this.kyber = new NoKyberStore();
-    this.signedPreKeyId = null;
   }
 
   commands() {
     return {
       ...super.commands(),
-      generate: this.generate,
-      bundle: this.bundle,
       process_bundle: this.processBundle,
       encrypt: this.encrypt,
       decrypt: this.decrypt,
@@ -135,45 +135,6 @@ export class Ref72 extends OfficialPlayer {
 
   async info() {
     return { versions: { implementation: '@signalapp/libsignal-client', version: '0.72.1', message_version: 3 } };
-  }
-
-  async generate(args) {
-    const first = args.prekey_id ?? 1;
-    const count = args.prekey_count ?? 1;
-    if (first < 1) throw new Error('one-time prekey ids start at 1');
-    this.generateIdentity(args);
-    this.signedPreKeyId = args.signed_prekey_id ?? 1;
-    const spk = S.PrivateKey.generate();
-    const signature = this.identity.privateKey.sign(spk.getPublicKey().serialize());
-    await this.signedPreKeys.saveSignedPreKey(this.signedPreKeyId,
-      S.SignedPreKeyRecord.new(this.signedPreKeyId, Date.now(), spk.getPublicKey(), spk, signature));
-    for (let id = first; id < first + count; id++) {
-      const pk = S.PrivateKey.generate();
-      await this.preKeys.savePreKey(id, S.PreKeyRecord.new(id, pk.getPublicKey(), pk));
-    }
-    return { registration_id: this.registrationId, bundle: await this.makeBundle(true) };
-  }
-
-  async makeBundle(withPreKey) {
-    const spk = await this.signedPreKeys.getSignedPreKey(this.signedPreKeyId);
-    let preKeyId = null;
-    if (withPreKey && this.preKeys.records.size > 0) preKeyId = Math.min(...this.preKeys.records.keys());
-    const preKey = preKeyId === null ? null : await this.preKeys.getPreKey(preKeyId);
-    return {
-      registration_id: this.registrationId,
-      device_id: this.deviceId,
-      identity_key: b64(this.identity.publicKey.serialize()),
-      signed_prekey_id: this.signedPreKeyId,
-      signed_prekey: b64(spk.publicKey().serialize()),
-      signed_prekey_signature: b64(spk.signature()),
-      prekey_id: preKeyId,
-      prekey: preKey ? b64(preKey.publicKey().serialize()) : null,
-    };
-  }
-
-  async bundle(args) {
-    this.requireIdentity();
-    return { bundle: await this.makeBundle(args.prekey ?? true) };
   }
 
   address(args) {
@@ -209,7 +170,7 @@ export class Ref72 extends OfficialPlayer {
   async decryptBytes(address, type, body) {
     if (type === 'prekey') {
       return S.signalDecryptPreKey(S.PreKeySignalMessage.deserialize(body), address,
-        this.sessions, this.identities, this.preKeys, this.signedPreKeys, this.kyber);
+        this.sessions, this.identities, this.preKeyStore, this.signedPreKeyStore, this.kyber);
     }
     return S.signalDecrypt(S.SignalMessage.deserialize(body), address, this.sessions, this.identities);
   }
