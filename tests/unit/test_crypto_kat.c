@@ -104,6 +104,7 @@ static void test_aes_cbc(void)
     CHECK_MEM(ct.data, want, 16);
     CHECK_RC(ps_aes_cbc_decrypt(&back, key, iv, ct.data, ct.len), PS_OK);
     CHECK(back.len == 10 && memcmp(back.data, pt, 10) == 0);
+    ps_bytes_free(&back);
     ct.data[15] ^= 1; /* breaks the padding */
     CHECK(ps_aes_cbc_decrypt(&back, key, iv, ct.data, ct.len) != PS_OK || back.len != 10 ||
           memcmp(back.data, pt, 10) != 0);
