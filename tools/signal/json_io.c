@@ -4,6 +4,7 @@
 #include <math.h>
 #include <sodium.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,6 +129,18 @@ void json_add_pubkey(cJSON *o, const char *key, const uint8_t pub[PS_KEY_LEN])
     json_add_b64(o, key, k33, sizeof k33);
 }
 
+bool json_has_nul_escape(const char *line)
+{
+    for (const char *p = strstr(line, "u0000"); p; p = strstr(p + 1, "u0000")) {
+        size_t slashes = 0;
+        while (p - (ptrdiff_t)slashes > line && p[-(ptrdiff_t)slashes - 1] == '\\')
+            slashes++;
+        if (slashes % 2 == 1)
+            return true;
+    }
+    return false;
+}
+
 bool utf8_valid(const uint8_t *s, size_t len)
 {
     size_t i = 0;
@@ -135,8 +148,6 @@ bool utf8_valid(const uint8_t *s, size_t len)
         uint8_t c = s[i];
         size_t n;
         uint32_t cp;
-        if (c == 0)
-            return false; /* a NUL cannot travel in a C string */
         if (c < 0x80) {
             i++;
             continue;
@@ -164,17 +175,37 @@ bool utf8_valid(const uint8_t *s, size_t len)
     return true;
 }
 
+/* A JSON string literal for valid UTF-8 bytes, NULs included (cJSON's strings stop at
+ * a NUL, so the text is escaped here and added as raw JSON). */
+static char *json_string_literal(const uint8_t *data, size_t len)
+{
+    char *out = malloc(len * 6 + 3), *o = out;
+    if (!out)
+        abort();
+    *o++ = '"';
+    for (size_t i = 0; i < len; i++) {
+        uint8_t c = data[i];
+        if (c == '"' || c == '\\') {
+            *o++ = '\\';
+            *o++ = (char)c;
+        } else if (c < 0x20) {
+            o += sprintf(o, "\\u%04x", c);
+        } else {
+            *o++ = (char)c;
+        }
+    }
+    *o++ = '"';
+    *o = 0;
+    return out;
+}
+
 void json_add_payload(cJSON *o, const char *text, const char *b64key, const uint8_t *data, size_t len)
 {
     if (utf8_valid(data, len)) {
-        char *s = malloc(len + 1);
-        if (!s)
-            abort();
-        memcpy(s, data, len);
-        s[len] = 0;
-        cJSON_AddStringToObject(o, text, s);
-        sodium_memzero(s, len);
-        free(s);
+        char *lit = json_string_literal(data, len);
+        cJSON_AddItemToObject(o, text, cJSON_CreateRaw(lit));
+        sodium_memzero(lit, strlen(lit));
+        free(lit);
     } else {
         cJSON_AddNullToObject(o, text);
     }

@@ -523,30 +523,39 @@ static bool cmd_group_decrypt(const cJSON *req, cJSON *ans, json_err *e)
     return true;
 }
 
+/* Identifiers are `local_id`/`remote_id` (UTF-8, e.g. E.164 numbers, as Signal's version 1)
+ * or `local_id_b64`/`remote_id_b64` (raw bytes, e.g. a 16-byte service id for version 2). */
 static bool cmd_safety_number(const cJSON *req, cJSON *ans, json_err *e)
 {
-    const char *local_id, *remote_id;
+    ps_bytes local_id = {0}, remote_id = {0}, scannable;
     uint8_t remote_key[PS_KEY_LEN];
     uint32_t version, iterations;
-    if (!need_identity(e) || !json_str(req, "local_id", &local_id, e) ||
-        !json_str(req, "remote_id", &remote_id, e) ||
-        !json_pubkey(req, "remote_identity_key", remote_key, e) ||
-        !json_u32(req, "version", true, 2, &version, e) ||
-        !json_u32(req, "iterations", true, PS_FINGERPRINT_ITERATIONS, &iterations, e))
-        return false;
-    if (iterations == 0 || iterations > 1000000)
-        return json_fail(e, "iterations must be in 1..1000000");
     char digits[PS_SAFETY_DIGITS + 1];
-    ps_bytes scannable;
-    int rc = ps_safety_number(digits, &scannable, version, iterations, (const uint8_t *)local_id,
-                              strlen(local_id), self.me.identity.pub, (const uint8_t *)remote_id,
-                              strlen(remote_id), remote_key);
-    if (rc != PS_OK)
-        return json_fail(e, "safety_number: %s", ps_strerror(rc));
+    bool ok = false;
+    if (!need_identity(e) || !json_pubkey(req, "remote_identity_key", remote_key, e) ||
+        !json_u32(req, "version", true, 2, &version, e) ||
+        !json_u32(req, "iterations", true, PS_FINGERPRINT_ITERATIONS, &iterations, e) ||
+        !json_payload(req, "local_id", "local_id_b64", &local_id, e) ||
+        !json_payload(req, "remote_id", "remote_id_b64", &remote_id, e))
+        goto out;
+    if (iterations == 0 || iterations > 1000000) {
+        json_fail(e, "iterations must be in 1..1000000");
+        goto out;
+    }
+    int rc = ps_safety_number(digits, &scannable, version, iterations, local_id.data, local_id.len,
+                              self.me.identity.pub, remote_id.data, remote_id.len, remote_key);
+    if (rc != PS_OK) {
+        json_fail(e, "safety_number: %s", ps_strerror(rc));
+        goto out;
+    }
     cJSON_AddStringToObject(ans, "digits", digits);
     json_add_b64(ans, "scannable", scannable.data, scannable.len);
     ps_bytes_free(&scannable);
-    return true;
+    ok = true;
+out:
+    ps_bytes_free(&local_id);
+    ps_bytes_free(&remote_id);
+    return ok;
 }
 
 /* Serializes every session and sender-key record and reads it back, replacing the
@@ -634,6 +643,8 @@ static bool handle_line(const char *line)
     cJSON *result = cJSON_CreateObject();
     if (!req || !cJSON_IsObject(req)) {
         json_fail(&e, "request is not a JSON object");
+    } else if (json_has_nul_escape(line)) {
+        json_fail(&e, "strings cannot carry NUL (\\u0000) here: send such bytes in a *_b64 field");
     } else if (!cJSON_IsString(cmd)) {
         json_fail(&e, "missing string field 'cmd'");
     } else if (strcmp(cmd->valuestring, "quit") == 0) {

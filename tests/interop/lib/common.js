@@ -33,14 +33,16 @@ export function hasRequestBytes(args, field = 'plaintext') {
   return typeof args[field] === 'string' || typeof args[`${field}_b64`] === 'string';
 }
 
-// Answer fields for a decrypted plaintext: `plaintext` is null when the bytes
-// are not valid UTF-8.
+// The `plaintext` answer field: the text when the bytes are well-formed UTF-8
+// (NUL included), else null. `plaintext_b64` always carries the bytes.
+export function textOrNull(bytes) {
+  const buf = Buffer.from(bytes);
+  return isUtf8(buf) ? buf.toString('utf8') : null;
+}
+
+// Answer fields for a decrypted plaintext.
 export function plaintextFields(buf) {
-  const bytes = Buffer.from(buf);
-  return {
-    plaintext: isUtf8(bytes) ? bytes.toString('utf8') : null,
-    plaintext_b64: b64(bytes),
-  };
+  return { plaintext: textOrNull(buf), plaintext_b64: b64(buf) };
 }
 
 // Random 14-bit registration id, never 0.

@@ -127,14 +127,16 @@ export class OfficialPlayer extends Player {
 
   async safetyNumber(args) {
     this.requireIdentity();
-    if (typeof args.local_id !== 'string' || typeof args.remote_id !== 'string') {
-      throw new Error('safety_number: local_id and remote_id must be strings');
-    }
+    const id = (name) => {
+      if (typeof args[name] === 'string') return Buffer.from(args[name], 'utf8');
+      if (typeof args[`${name}_b64`] === 'string') return unb64(args[`${name}_b64`], `${name}_b64`);
+      throw new Error(`safety_number: missing ${name} or ${name}_b64`);
+    };
     const { digits, scannable } = safetyNumber(this.S, {
       version: args.version ?? 2,
-      localId: Buffer.from(args.local_id, 'utf8'),
+      localId: id('local_id'),
       localKey: this.identity.publicKey.serialize(),
-      remoteId: Buffer.from(args.remote_id, 'utf8'),
+      remoteId: id('remote_id'),
       remoteKey: unb64(args.remote_identity_key, 'remote_identity_key'),
     });
     return { digits, scannable: b64(scannable) };

@@ -30,28 +30,37 @@ const DEFAULT_TIMEOUT_MS = Number(process.env.PARLEY_TIMEOUT_MS) || 15000;
 const STDERR_KEEP = 64 * 1024; // bytes of stderr kept for error messages
 
 export class Parley {
-  // Starts a parley-signal process. `name` only labels messages.
-  static async spawn({ path = process.env.PARLEY_SIGNAL, args = [], timeoutMs = DEFAULT_TIMEOUT_MS, label = 'parley-signal' } = {}) {
+  // Starts a parley-signal process. `label` names it in messages; `env`
+  // replaces the environment (default: inherited); `args` are command-line
+  // arguments (parley-signal takes none; the driver's own tests use them).
+  static async spawn({
+    path = process.env.PARLEY_SIGNAL, args = [], env = process.env, timeoutMs = DEFAULT_TIMEOUT_MS, label = 'parley-signal',
+  } = {}) {
     if (!path) {
       throw new Error('PARLEY_SIGNAL is not set: export PARLEY_SIGNAL=/path/to/parley-signal ' +
         '(these tests need the C implementation; they fail rather than skip without it)');
     }
-    const p = new Parley(path, args, timeoutMs, label);
+    const p = new Parley(path, args, env, timeoutMs, label);
     await p.started;
     return p;
   }
 
-  constructor(path, args, timeoutMs, label) {
+  constructor(path, args, env, timeoutMs, label) {
     this.label = label;
     this.path = path;
+    // parley-signal has a `reload` command (docs/crypto.md): all its state
+    // goes through serialize -> deserialize, as in a restart. The scenarios
+    // use it between steps; the reference players have no such command.
+    this.reloadable = true;
     this.timeoutMs = timeoutMs;
     this.nextId = 1;
     this.pending = [];   // FIFO of { id, cmd, resolve, reject, timer }
     this.broken = null;  // Error once the stream is unusable
     this.exited = false;
+    this.closed = false;
     this.stderrText = '';
 
-    this.child = spawn(path, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child = spawn(path, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
     this.started = new Promise((resolve, reject) => {
       this.child.once('spawn', resolve);
       this.child.once('error', (err) => {
@@ -148,15 +157,26 @@ export class Parley {
   }
 
   // Asks the child to quit; kills it if it does not exit within graceMs.
-  async close({ graceMs = 2000 } = {}) {
-    if (this.exited) return;
-    if (!this.broken) {
+  // Rejects if a child that was asked to quit exits with a non-zero status or
+  // a signal, or if its stderr holds a sanitizer report (ASan, UBSan, LSan),
+  // so a memory error fails the test that caused it.
+  async close({ graceMs = 5000 } = {}) {
+    if (this.closed) return;
+    this.closed = true;
+    let askedToQuit = false;
+    if (!this.exited && !this.broken) {
+      askedToQuit = true;
       this.cmd('quit', {}, { timeoutMs: graceMs }).catch(() => {});
       this.child.stdin.end();
     }
     const timer = setTimeout(() => { if (!this.exited) this.child.kill('SIGKILL'); }, graceMs);
-    await this.exitPromise;
+    const { code, signal } = await this.exitPromise;
     clearTimeout(timer);
     this.lines.close();
+    const report = this.stderrText.match(/(ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: MemorySanitizer)[^\n]*/);
+    if (report) throw new Error(`${this.label}: sanitizer report in stderr: ${report[0]}${this.stderrTail()}`);
+    if (askedToQuit && (code !== 0 || signal !== null)) {
+      throw new Error(`${this.label}: exit after quit with code ${code}, signal ${signal}${this.stderrTail()}`);
+    }
   }
 }

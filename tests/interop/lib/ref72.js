@@ -137,14 +137,15 @@ export class Ref72 extends OfficialPlayer {
     return { versions: { implementation: '@signalapp/libsignal-client', version: '0.72.1', message_version: 3 } };
   }
 
-  address(args) {
+  // The library's address for a request's peer/device_id.
+  peerAddress(args) {
     peerKey(args.peer, args.device_id); // validates
     return S.ProtocolAddress.new(args.peer, args.device_id ?? 1);
   }
 
   async processBundle(args) {
     this.requireIdentity();
-    const address = this.address(args);
+    const address = this.peerAddress(args);
     const b = parseBundle(args.bundle);
     const bundle = S.PreKeyBundle.new(
       b.registrationId, b.deviceId,
@@ -177,14 +178,14 @@ export class Ref72 extends OfficialPlayer {
 
   async encrypt(args) {
     this.requireIdentity();
-    const { type, body } = await this.encryptBytes(this.address(args), requestBytes(args));
+    const { type, body } = await this.encryptBytes(this.peerAddress(args), requestBytes(args));
     return { type, type_code: type === 'prekey' ? 3 : 2, body: b64(body) };
   }
 
   async decrypt(args) {
     this.requireIdentity();
     const type = normalizeType(args.type);
-    const plaintext = await this.decryptBytes(this.address(args), type, unb64(args.body, 'body'));
+    const plaintext = await this.decryptBytes(this.peerAddress(args), type, unb64(args.body, 'body'));
     return plaintextFields(plaintext);
   }
 }

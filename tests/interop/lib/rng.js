@@ -54,6 +54,14 @@ export class Rng {
     return out;
   }
 
+  // n bytes that are never valid UTF-8 (the first is a lone continuation
+  // byte), so their `plaintext` answer field is always null.
+  binary(n) {
+    const out = this.bytes(n);
+    if (n > 0) out[0] = 0x80 | (out[0] & 0x3f);
+    return out;
+  }
+
   // Text of about n characters mixing ASCII and multi-byte UTF-8.
   text(n) {
     const alphabet = 'abcdefghijklmnopqrstuvwxyz ABCXYZ0123456789.,!?-éüßøΩжд中文😀🔐';

@@ -8,8 +8,8 @@
 // must carry (0x33 for parley-signal and libsignal@6, 0x34 for 0.72.1).
 
 import assert from 'node:assert/strict';
-import { Buffer, isUtf8 } from 'node:buffer';
-import { b64 } from './common.js';
+import { Buffer } from 'node:buffer';
+import { b64, textOrNull } from './common.js';
 import { parseSignalMessage, parsePreKeyMessage, flipBit } from './wire.js';
 
 // ---------------------------------------------------------------- basics
@@ -36,14 +36,26 @@ function brief(obj) {
   return text.length > 400 ? `${text.slice(0, 400)}...` : text;
 }
 
-// Starts players from factories and closes them when the test ends.
+// Starts players from factories and closes them all when the test ends; a
+// failed close (sanitizer report, bad exit) fails the test.
 export async function spawnAll(t, ...factories) {
   const players = [];
   t.after(async () => {
-    for (const p of players) await p.close();
+    const results = await Promise.allSettled(players.map((p) => p.close()));
+    const failed = results.find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
   });
   for (const make of factories) players.push(await make());
   return players;
+}
+
+// Restarts a party's state if its player can (parley-signal's `reload`:
+// every record through serialize -> deserialize). Replay protection, skipped
+// message keys, unused one-time prekeys and sender keys must all survive it.
+export async function restart(...parties) {
+  for (const party of parties) {
+    if (party.player.reloadable) await must(party.player, 'reload');
+  }
 }
 
 export function addressOf(party) {
@@ -64,8 +76,7 @@ export function plaintextBytes(plaintext) {
 export function assertPlaintext(answer, expected, context) {
   const bytes = plaintextBytes(expected);
   assert.equal(answer.plaintext_b64, b64(bytes), `${context}: wrong plaintext bytes`);
-  const text = isUtf8(bytes) ? bytes.toString('utf8') : null;
-  assert.equal(answer.plaintext, text, `${context}: wrong plaintext (UTF-8 form)`);
+  assert.equal(answer.plaintext, textOrNull(bytes), `${context}: wrong plaintext (text form; null unless UTF-8)`);
 }
 
 function isAscending(order) {
@@ -162,9 +173,10 @@ export async function receiveRefused(msg, why, body = msg.body) {
 // ---------------------------------------------------------------- sessions
 
 // The initiator fetches the responder's bundle, processes it with a first
-// plaintext, sends a second PreKey message, the responder decrypts both and
+// plaintext (or, with plaintextWithBundle false, processes it alone and then
+// encrypts), sends a second PreKey message, the responder decrypts both and
 // (if reply) answers; then the initiator must switch to whisper messages.
-export async function establish(initiator, responder, { oneTime = true, reply = true, rng } = {}) {
+export async function establish(initiator, responder, { oneTime = true, reply = true, plaintextWithBundle = true, rng } = {}) {
   const first = rng ? rng.text(rng.between(1, 60)) : `hello from ${initiator.name}`;
   const { bundle } = await must(responder.player, 'bundle', { prekey: oneTime });
   if (oneTime) {
@@ -176,9 +188,17 @@ export async function establish(initiator, responder, { oneTime = true, reply = 
   }
   assert.equal(bundle.identity_key, responder.bundle.identity_key, 'bundle identity key is stable');
 
-  const pb = await must(initiator.player, 'process_bundle', { ...addressOf(responder), bundle, plaintext: first });
-  assert.equal(pb.one_time_prekey_used, oneTime, 'one_time_prekey_used');
-  const m1 = checkedMessage(initiator, responder, first, pb, 'prekey');
+  let m1;
+  if (plaintextWithBundle) {
+    const pb = await must(initiator.player, 'process_bundle', { ...addressOf(responder), bundle, plaintext: first });
+    assert.equal(pb.one_time_prekey_used, oneTime, 'one_time_prekey_used');
+    m1 = checkedMessage(initiator, responder, first, pb, 'prekey');
+  } else {
+    const pb = await must(initiator.player, 'process_bundle', { ...addressOf(responder), bundle });
+    assert.equal(pb.one_time_prekey_used, oneTime, 'one_time_prekey_used');
+    assert.equal(pb.body, undefined, 'process_bundle without plaintext encrypts nothing');
+    m1 = await send(initiator, responder, first, { expectType: 'prekey' });
+  }
   const p1 = parsePreKeyMessage(m1.bytes);
   assert.equal(p1.preKeyId, oneTime ? bundle.prekey_id : null, 'PreKey message pre_key_id');
   assert.equal(p1.signedPreKeyId, bundle.signed_prekey_id, 'PreKey message signed_pre_key_id');
@@ -212,10 +232,11 @@ export async function conversation(a, b, { messages = 300, maxBurst = 12, rng })
     const [from, to] = forward ? [a, b] : [b, a];
     for (let i = 0; i < burst && sent < messages; i++, sent++) {
       let plaintext;
-      if (sent < lengths.length) plaintext = rng.bytes(lengths[sent]);
-      else plaintext = rng.int(3) === 0 ? rng.bytes(rng.between(0, 300)) : rng.text(rng.between(0, 120));
+      if (sent < lengths.length) plaintext = rng.binary(lengths[sent]);
+      else plaintext = rng.int(3) === 0 ? rng.binary(rng.between(0, 300)) : rng.text(rng.between(0, 120));
       const m = await send(from, to, plaintext, { expectType: 'whisper' });
       await receive(m, { typeAs: typeModes[sent % 3] });
+      if (sent % 37 === 36) await restart(a, b);
     }
     forward = !forward;
     steps++;
@@ -229,7 +250,11 @@ export async function outOfOrderInChain(a, b, { n = 25, rng }) {
   for (let i = 0; i < n; i++) msgs.push(await send(a, b, `in-chain ${i} ${rng.text(8)}`));
   const counters = msgs.map((m) => parseSignalMessage(m.bytes).counter);
   for (let i = 1; i < n; i++) assert.equal(counters[i], counters[0] + i, 'counters increase by one');
-  for (const m of rng.shuffle(msgs)) await receive(m);
+  const order = rng.shuffle(msgs);
+  for (const [i, m] of order.entries()) {
+    await receive(m);
+    if (i === Math.floor(n / 2)) await restart(b);
+  }
   await exchange(a, b, 3);
 }
 
@@ -248,6 +273,7 @@ export async function outOfOrderAcrossRatchets(a, b, { rounds = 4, perRound = 5,
     await receive(await send(b, a, `ack of round ${r}`));
   }
   assert.equal(ratchetKeys.size, rounds, 'each round uses a new ratchet key');
+  await restart(a, b);
   for (const chain of held.reverse()) {
     for (const m of rng.shuffle(chain)) await receive(m);
   }
@@ -260,6 +286,7 @@ export async function droppedMessages(a, b, { rng }) {
   const chain1 = [];
   for (let i = 0; i < 12; i++) chain1.push(await send(a, b, `c1 ${i}`));
   for (const i of [0, 3, 4, 9, 11]) await receive(chain1[i]);   // 1,2,5..8,10 dropped
+  await restart(a, b);
 
   const fromB = [];
   for (let i = 0; i < 6; i++) fromB.push(await send(b, a, `b ${i}`));
@@ -300,6 +327,9 @@ export async function replays(a, b, { prekeyMessages = [] } = {}) {
   await receiveRefused(m1, 'replayed skipped-key message');
   await receiveRefused(m2, 'replayed in-order message');
   await receiveRefused(m2, 'replayed twice');
+  await restart(b);
+  await receiveRefused(m1, 'replay after a restart');
+  for (const m of prekeyMessages) await receiveRefused(m, 'replayed PreKey message after a restart');
 
   // Replay of an old chain's message after ratchet steps.
   await exchange(a, b, 2);
@@ -332,6 +362,7 @@ export async function bitFlips(a, b, { strictVersionByte = true } = {}) {
     ];
     if (strictVersionByte) variants.push(['version low nibble', flipBit(m.bytes, 0, 0)]);
     for (const [what, body] of variants) await receiveRefused(m, `${label}: ${what}`, body);
+    await restart(b);
     await receive(m);
   };
 
@@ -367,6 +398,7 @@ export async function prekeyTamper(a, b) {
     ['truncated', m.bytes.subarray(0, m.bytes.length - 1)],
   ];
   for (const [what, body] of variants) await receiveRefused(m, `PreKey message: ${what}`, body);
+  await restart(b); // the one-time prekey must still be there
   await receive(m);
   await receive(await send(b, a, 'reply after tampering'));
   await exchange(a, b, 2);
@@ -381,12 +413,14 @@ export async function emptyAndLarge(a, b, { rng }) {
     const ans = await receive(empty);
     assert.equal(ans.plaintext, '');
     assert.equal(ans.plaintext_b64, '');
-    const big = rng.bytes(10 * 1024);
-    big[0] = 0xff; // never valid UTF-8, so plaintext must be null
+    const big = rng.binary(10 * 1024);
     const ansBig = await receive(await send(x, y, big));
     assert.equal(ansBig.plaintext, null, 'binary plaintext: plaintext must be null');
     const text = rng.text(3000);
     await receive(await send(x, y, text));
+    // Valid UTF-8 with a NUL byte is still text, NUL and all.
+    const ansNul = await receive(await send(x, y, Buffer.from('nul\u0000inside', 'utf8')));
+    assert.equal(ansNul.plaintext, 'nul\u0000inside', 'plaintext with a NUL byte keeps its text form');
   }
 }
 

@@ -14,7 +14,7 @@ import { flipBit, parseSenderKeyMessage, parseSkdm, uuidString } from './wire.js
 import {
   must, refused, spawnAll, makeParty, addressOf, send, receive, establish, conversation,
   outOfOrderInChain, outOfOrderAcrossRatchets, droppedMessages, replays, bitFlips, prekeyTamper,
-  emptyAndLarge, badBundles, exchange, assertPlaintext, plaintextArgs,
+  emptyAndLarge, badBundles, exchange, assertPlaintext, plaintextArgs, restart,
 } from './scenarios.js';
 
 const TIMEOUT = { timeout: 180_000 };
@@ -65,9 +65,12 @@ export function defineOneToOneTests(opts) {
     assert.equal(first.bundle.prekey_id, 10);
     const second = await establish(b2, a, { oneTime: true });
     assert.equal(second.bundle.prekey_id, 11, 'next bundle offers the next unused prekey');
-    const { bundle } = await must(a.player, 'bundle', { prekey: true });
-    assert.equal(bundle.prekey_id, null, 'all one-time prekeys used');
-    assert.equal(bundle.prekey, null);
+    // With every one-time prekey used, a bundle has none (or is refused).
+    const exhausted = await a.player.cmd('bundle', { prekey: true });
+    if (exhausted.ok) {
+      assert.equal(exhausted.bundle.prekey_id, null, 'all one-time prekeys used');
+      assert.equal(exhausted.bundle.prekey, null);
+    }
     // Dave got hold of the first (already used) bundle: A must refuse.
     const pb = await must(b3.player, 'process_bundle', { ...addressOf(a), bundle: first.bundle, plaintext: 'reusing prekey 10' });
     await refused(a.player, 'decrypt', { ...addressOf(b3), type: pb.type, body: pb.body }, 'one-time prekey 10 already used');
@@ -166,7 +169,7 @@ export function defineOneToOneTests(opts) {
     const carol = await makeParty(pc, 'carol', { deviceId: 3, versionByte: opts.bVersionByte });
     await establish(a, bob1, { rng });
     await establish(bob2, a, { rng });
-    await establish(a, carol, { rng, oneTime: false });
+    await establish(a, carol, { rng, oneTime: false, plaintextWithBundle: false });
     const peers = [bob1, bob2, carol];
     for (let i = 0; i < 60; i++) {
       const peer = rng.pick(peers);
@@ -309,10 +312,17 @@ export function defineSafetyNumberTests(opts) {
       cases.push({ version, localId: ids[0], remoteId: ids[1], remoteKey: Buffer.from(S.IdentityKeyPair.generate().publicKey.serialize()) });
     }
     // Odd identifiers: empty, non-ASCII, long.
-    cases.push({ version: 2, localId: '', remoteId: 'ü-中文-😀', remoteKey: Buffer.from(S.IdentityKeyPair.generate().publicKey.serialize()) });
+    cases.push({ version: 2, localId: 'ü-中文-😀', remoteId: 'a', remoteKey: Buffer.from(S.IdentityKeyPair.generate().publicKey.serialize()) });
     cases.push({ version: 1, localId: 'x'.repeat(300), remoteId: '+1', remoteKey: Buffer.from(S.IdentityKeyPair.generate().publicKey.serialize()) });
+    // Version 2 as Signal apps compute it: raw 16-byte service ids, sent as *_id_b64.
+    for (let i = 0; i < 4; i++) {
+      cases.push({ version: 2, raw: true, localId: crypto.randomBytes(16), remoteId: crypto.randomBytes(16),
+        remoteKey: Buffer.from(S.IdentityKeyPair.generate().publicKey.serialize()) });
+    }
     for (const c of cases) {
-      const args = { local_id: c.localId, remote_id: c.remoteId, remote_identity_key: b64(c.remoteKey) };
+      const args = c.raw
+        ? { local_id_b64: b64(c.localId), remote_id_b64: b64(c.remoteId), remote_identity_key: b64(c.remoteKey) }
+        : { local_id: c.localId, remote_id: c.remoteId, remote_identity_key: b64(c.remoteKey) };
       if (c.version !== undefined) args.version = c.version;
       const got = await must(pa, 'safety_number', args);
       const want = reference({
@@ -416,15 +426,13 @@ export function defineGroupTests(opts) {
     assert.equal(processed.chain_id, created.chain_id);
     assert.equal(processed.iteration, 0);
     for (let i = 0; i < 60; i++) {
-      const m = await sendGroup(r, distributionId, i % 5 === 0 ? rng.bytes(rng.between(0, 400)) : rng.text(rng.between(0, 100)));
+      const m = await sendGroup(r, distributionId, i % 5 === 0 ? rng.binary(rng.between(0, 400)) : rng.text(rng.between(0, 100)));
       checkSenderKeyMessage(m, { chainId: created.chain_id, iteration: i });
       await receiveGroup(a, m);
     }
     const empty = await sendGroup(r, distributionId, '');
     await receiveGroup(a, empty);
-    const big = rng.bytes(10 * 1024);
-    big[0] = 0xfe;
-    await receiveGroup(a, await sendGroup(r, distributionId, big));
+    await receiveGroup(a, await sendGroup(r, distributionId, rng.binary(10 * 1024)));
   });
 
   test(`${title}: the reference processes A's SKDM and decrypts A's group messages`, TIMEOUT, async (t) => {
@@ -458,10 +466,13 @@ export function defineGroupTests(opts) {
       msgs.push(m);
     }
     for (const m of msgs.slice(0, 40)) await receiveGroup(r, m);
+    await restart(a); // A's own sending key must survive too
+    msgs.push(await sendGroup(a, distributionId, 'after a restart'));
+    checkSenderKeyMessage(msgs[60], { chainId: created.chain_id, iteration: 60 });
     for (const m of rng.shuffle(msgs.slice(40))) await receiveGroup(r, m);
     await receiveGroup(r, await sendGroup(a, distributionId, ''));
-    const big = rng.bytes(10 * 1024);
-    await receiveGroup(r, await sendGroup(a, distributionId, big));
+    await receiveGroup(r, await sendGroup(a, distributionId, rng.binary(10 * 1024)));
+    await receiveGroup(r, await sendGroup(a, distributionId, Buffer.from('nul\u0000inside')));
   });
 
   test(`${title}: A group_create without distribution_id picks a random UUID`, TIMEOUT, async (t) => {
@@ -484,11 +495,14 @@ export function defineGroupTests(opts) {
     for (let i = 0; i < 80; i++) msgs.push(await sendGroup(r, distributionId, `group ${i} ${rng.text(10)}`));
     const delivered = rng.shuffle(msgs.slice(0, 70)).filter((_, i) => i % 7 !== 3); // some dropped
     for (const m of delivered) await receiveGroup(a, m);
+    await restart(a);
     await receiveGroup(a, msgs[79]);
     for (const m of rng.shuffle(msgs.slice(70, 79))) await receiveGroup(a, m);
     await receiveGroupRefused(a, msgs[79], msgs[79].body, 'replayed newest message');
     await receiveGroupRefused(a, delivered[0], delivered[0].body, 'replayed early message');
     await receiveGroupRefused(a, msgs[75], msgs[75].body, 'replayed skipped-then-delivered message');
+    await restart(a);
+    await receiveGroupRefused(a, msgs[79], msgs[79].body, 'replay after a restart');
     await receiveGroup(a, await sendGroup(r, distributionId, 'still working'));
   });
 
