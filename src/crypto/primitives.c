@@ -81,7 +81,9 @@ void ps_pubkey_serialize(uint8_t out[PS_PUBKEY_LEN], const uint8_t pub[PS_KEY_LE
 
 int ps_pubkey_parse(uint8_t out[PS_KEY_LEN], const uint8_t *in, size_t len)
 {
-    if (len != PS_PUBKEY_LEN || in[0] != PS_DJB_TYPE)
+    /* Bit 255 of u is never set by an honest encoder and X25519 ignores it; refusing
+     * it keeps one encoding per key (a base key names its session byte for byte). */
+    if (len != PS_PUBKEY_LEN || in[0] != PS_DJB_TYPE || (in[PS_PUBKEY_LEN - 1] & 0x80))
         return PS_ERR_INVALID_KEY;
     memcpy(out, in + 1, PS_KEY_LEN);
     return PS_OK;

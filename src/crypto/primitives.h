@@ -21,7 +21,7 @@ PS_MUST_CHECK int ps_dh(uint8_t out[PS_KEY_LEN], const uint8_t priv[PS_KEY_LEN],
 /* Writes 0x05 || u. */
 void ps_pubkey_serialize(uint8_t out[PS_PUBKEY_LEN], const uint8_t pub[PS_KEY_LEN]);
 
-/* Reads a 33-byte 0x05 || u key; anything else is PS_ERR_INVALID_KEY. */
+/* Reads a 33-byte 0x05 || u key (bit 255 of u clear); anything else is PS_ERR_INVALID_KEY. */
 PS_MUST_CHECK int ps_pubkey_parse(uint8_t out[PS_KEY_LEN], const uint8_t *in, size_t len);
 
 /* HMAC-SHA256 over the concatenation of n parts. */
