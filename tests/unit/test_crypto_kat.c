@@ -91,6 +91,30 @@ static void test_hkdf(void)
     CHECK_MEM(okm, want, 82);
 }
 
+/* RFC 4231 case 2, and the long-input path (OpenSSL) agreeing with libsodium's. */
+static void test_hmac(void)
+{
+    uint8_t out[32], want[32];
+    const uint8_t *parts[] = {(const uint8_t *)"what do ya want ", (const uint8_t *)"for nothing?"};
+    const size_t lens[] = {16, 12};
+    ps_hmac_sha256(out, (const uint8_t *)"Jefe", 4, parts, lens, 2);
+    hex_to_bin(want, 32, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    CHECK_MEM(out, want, 32);
+
+    static uint8_t big[10000];
+    uint8_t key[32];
+    randombytes_buf(big, sizeof big);
+    randombytes_buf(key, sizeof key);
+    const uint8_t *bparts[] = {big, big + 33, big + 66};
+    const size_t blens[] = {33, 33, sizeof big - 66};
+    ps_hmac_sha256(out, key, sizeof key, bparts, blens, 3);
+    crypto_auth_hmacsha256_state st;
+    crypto_auth_hmacsha256_init(&st, key, sizeof key);
+    crypto_auth_hmacsha256_update(&st, big, sizeof big);
+    crypto_auth_hmacsha256_final(&st, want);
+    CHECK_MEM(out, want, 32);
+}
+
 static void test_aes_cbc(void)
 {
     uint8_t key[32], iv[16], pt[10], want[16];
@@ -355,6 +379,7 @@ int main(int argc, char **argv)
     test_x25519();
     test_xeddsa();
     test_hkdf();
+    test_hmac();
     test_aes_cbc();
     test_x3dh_chain_key();
     test_chain_keys();
