@@ -12,7 +12,7 @@
 static void state_clear(ps_sk_state *st)
 {
     if (st->skipped) {
-        sodium_memzero(st->skipped, st->nskipped * sizeof(ps_sk_skipped));
+        sodium_memzero(st->skipped, st->nskipped * sizeof(ps_skipped_key));
         free(st->skipped);
     }
     sodium_memzero(st, sizeof *st);
@@ -30,12 +30,12 @@ static int state_copy(ps_sk_state *dst, const ps_sk_state *src)
     *dst = *src;
     dst->skipped = NULL;
     if (src->nskipped) {
-        dst->skipped = malloc(src->nskipped * sizeof(ps_sk_skipped));
+        dst->skipped = malloc(src->nskipped * sizeof(ps_skipped_key));
         if (!dst->skipped) {
             dst->nskipped = 0;
             return PS_ERR_NOMEM;
         }
-        memcpy(dst->skipped, src->skipped, src->nskipped * sizeof(ps_sk_skipped));
+        memcpy(dst->skipped, src->skipped, src->nskipped * sizeof(ps_skipped_key));
     }
     return PS_OK;
 }
@@ -61,18 +61,6 @@ static int derive_keys(uint8_t iv[16], uint8_t key[32], const uint8_t seed[PS_KE
     }
     sodium_memzero(okm, sizeof okm);
     return rc;
-}
-
-static int write_versioned(ps_bytes *out, const ProtobufCMessage *msg, size_t extra)
-{
-    size_t n = protobuf_c_message_get_packed_size(msg);
-    out->data = malloc(1 + n + extra);
-    if (!out->data)
-        return PS_ERR_NOMEM;
-    out->data[0] = PS_VERSION_BYTE;
-    protobuf_c_message_pack(msg, out->data + 1);
-    out->len = 1 + n;
-    return PS_OK;
 }
 
 int ps_sender_key_create(ps_sender_key_record *rec, const uint8_t dist[PS_UUID_LEN],
@@ -109,7 +97,7 @@ int ps_sender_key_create(ps_sender_key_record *rec, const uint8_t dist[PS_UUID_L
     m.chain_key = (ProtobufCBinaryData){PS_KEY_LEN, (uint8_t *)st->chain_key};
     m.has_signing_key = 1;
     m.signing_key = (ProtobufCBinaryData){sizeof signing33, signing33};
-    return write_versioned(skdm, &m.base, 0);
+    return ps_pack_versioned(skdm, &m.base, 0);
 }
 
 int ps_skdm_parse(ps_skdm *out, const uint8_t *body, size_t len)
@@ -203,7 +191,7 @@ int ps_sender_key_encrypt(ps_sender_key_record *rec, const uint8_t *plaintext, s
     m.iteration = st->iteration;
     m.has_ciphertext = 1;
     m.ciphertext = (ProtobufCBinaryData){ct.len, ct.data};
-    if ((rc = write_versioned(out, &m.base, PS_SIG_LEN)))
+    if ((rc = ps_pack_versioned(out, &m.base, PS_SIG_LEN)))
         goto out;
     if ((rc = ps_xeddsa_sign(out->data + out->len, st->signing_private, out->data, out->len, rng))) {
         ps_bytes_free(out);
@@ -254,56 +242,6 @@ int ps_sender_key_message_distribution(const uint8_t *body, size_t len, uint8_t 
     return PS_OK;
 }
 
-/* The seed for iteration in st, storing the seeds skipped over. Mutates st. */
-static int state_seed_for(ps_sk_state *st, uint32_t iteration, uint8_t seed[PS_KEY_LEN])
-{
-    if (iteration < st->iteration) {
-        for (uint32_t i = 0; i < st->nskipped; i++) {
-            if (st->skipped[i].iteration == iteration) {
-                memcpy(seed, st->skipped[i].seed, PS_KEY_LEN);
-                memmove(&st->skipped[i], &st->skipped[i + 1],
-                        (st->nskipped - i - 1) * sizeof(ps_sk_skipped));
-                st->nskipped--;
-                sodium_memzero(&st->skipped[st->nskipped], sizeof(ps_sk_skipped));
-                return PS_OK;
-            }
-        }
-        return PS_ERR_DUPLICATE;
-    }
-    if (iteration - st->iteration > PS_SK_MAX_FORWARD_JUMP)
-        return PS_ERR_TOO_FAR;
-    uint32_t skip = iteration - st->iteration;
-    uint32_t keep = skip > PS_SK_MAX_SKIPPED_KEYS ? PS_SK_MAX_SKIPPED_KEYS : skip;
-    if (keep) {
-        uint32_t total = st->nskipped + keep;
-        uint32_t drop = total > PS_SK_MAX_SKIPPED_KEYS ? total - PS_SK_MAX_SKIPPED_KEYS : 0;
-        if (drop) {
-            memmove(st->skipped, st->skipped + drop, (st->nskipped - drop) * sizeof(ps_sk_skipped));
-            st->nskipped -= drop;
-        }
-        ps_sk_skipped *grown = realloc(st->skipped, (st->nskipped + keep) * sizeof(ps_sk_skipped));
-        if (!grown)
-            return PS_ERR_NOMEM;
-        st->skipped = grown;
-    }
-    uint8_t next[32];
-    while (st->iteration < iteration) {
-        ps_chain_step(st->chain_key, seed, next);
-        if (iteration - st->iteration <= keep) {
-            ps_sk_skipped *k = &st->skipped[st->nskipped++];
-            k->iteration = st->iteration;
-            memcpy(k->seed, seed, PS_KEY_LEN);
-        }
-        memcpy(st->chain_key, next, PS_KEY_LEN);
-        st->iteration++;
-    }
-    ps_chain_step(st->chain_key, seed, next);
-    memcpy(st->chain_key, next, PS_KEY_LEN);
-    st->iteration++;
-    sodium_memzero(next, sizeof next);
-    return PS_OK;
-}
-
 int ps_sender_key_decrypt(ps_sender_key_record *rec, const uint8_t *body, size_t len,
                           ps_bytes *plaintext)
 {
@@ -330,7 +268,9 @@ int ps_sender_key_decrypt(ps_sender_key_record *rec, const uint8_t *body, size_t
     if (!ps_xeddsa_verify(st->signing_public, body, len - PS_SIG_LEN, body + len - PS_SIG_LEN))
         goto out;
     if ((rc = state_copy(&work, st)) ||
-        (rc = state_seed_for(&work, m->iteration, seed)) ||
+        (rc = ps_chain_seed_for(work.chain_key, &work.iteration, &work.skipped, &work.nskipped,
+                                m->iteration, PS_SK_MAX_FORWARD_JUMP, PS_SK_MAX_SKIPPED_KEYS,
+                                seed)) ||
         (rc = derive_keys(iv, key, seed)))
         goto out;
     rc = ps_aes_cbc_decrypt(plaintext, key, iv, m->ciphertext.data, m->ciphertext.len);

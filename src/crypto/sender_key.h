@@ -7,11 +7,7 @@
 #define PARLEY_CRYPTO_SENDER_KEY_H
 
 #include "ps.h"
-
-typedef struct {
-    uint32_t iteration;
-    uint8_t seed[PS_KEY_LEN];
-} ps_sk_skipped;
+#include "session.h"
 
 typedef struct {
     uint32_t chain_id;
@@ -20,7 +16,7 @@ typedef struct {
     uint8_t signing_public[PS_KEY_LEN];
     bool has_signing_private;
     uint8_t signing_private[PS_KEY_LEN];
-    ps_sk_skipped *skipped;             /* oldest first, at most PS_SK_MAX_SKIPPED_KEYS */
+    ps_skipped_key *skipped;            /* oldest first, at most PS_SK_MAX_SKIPPED_KEYS */
     uint32_t nskipped;
 } ps_sk_state;
 

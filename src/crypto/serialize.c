@@ -267,7 +267,7 @@ int ps_sender_key_record_serialize(const ps_sender_key_record *rec, ps_bytes *ou
             goto out;
         }
         for (uint32_t j = 0; j < st->nskipped; j++) {
-            o->skipped[j]->counter = st->skipped[j].iteration;
+            o->skipped[j]->counter = st->skipped[j].counter;
             o->skipped[j]->seed = BIN(st->skipped[j].seed, PS_KEY_LEN);
         }
         o->n_skipped = st->nskipped;
@@ -312,7 +312,7 @@ int ps_sender_key_record_deserialize(ps_sender_key_record *rec, const uint8_t *i
         }
         if (o->n_skipped == 0)
             continue;
-        st->skipped = calloc(o->n_skipped, sizeof(ps_sk_skipped));
+        st->skipped = calloc(o->n_skipped, sizeof(ps_skipped_key));
         if (!st->skipped) {
             rc = PS_ERR_NOMEM;
             goto out;
@@ -322,7 +322,7 @@ int ps_sender_key_record_deserialize(ps_sender_key_record *rec, const uint8_t *i
             if (!o->skipped[j]->has_counter ||
                 !copy_key(st->skipped[j].seed, o->skipped[j]->has_seed, o->skipped[j]->seed))
                 goto out;
-            st->skipped[j].iteration = o->skipped[j]->counter;
+            st->skipped[j].counter = o->skipped[j]->counter;
         }
     }
     rc = PS_OK;

@@ -299,8 +299,7 @@ static void compute_mac(uint8_t mac[PS_MAC_LEN], const uint8_t mac_key[32],
     sodium_memzero(full, sizeof full);
 }
 
-/* version byte || packed protobuf (+ extra bytes of room at the end). */
-static int pack_with_version(ps_bytes *out, const ProtobufCMessage *msg, size_t extra)
+int ps_pack_versioned(ps_bytes *out, const ProtobufCMessage *msg, size_t extra)
 {
     size_t n = protobuf_c_message_get_packed_size(msg);
     out->data = malloc(1 + n + extra);
@@ -340,7 +339,7 @@ int ps_session_encrypt(ps_session_record *rec, const uint8_t *plaintext, size_t 
     sm.previous_counter = s->previous_counter;
     sm.has_ciphertext = 1;
     sm.ciphertext = (ProtobufCBinaryData){ct.len, ct.data};
-    if ((rc = pack_with_version(&whisper, &sm.base, PS_MAC_LEN)))
+    if ((rc = ps_pack_versioned(&whisper, &sm.base, PS_MAC_LEN)))
         goto out;
     compute_mac(whisper.data + whisper.len, k.mac_key, s->local_identity, s->remote_identity,
                 whisper.data, whisper.len);
@@ -363,7 +362,7 @@ int ps_session_encrypt(ps_session_record *rec, const uint8_t *plaintext, size_t 
         pm.identity_key = (ProtobufCBinaryData){sizeof id33, id33};
         pm.has_message = 1;
         pm.message = (ProtobufCBinaryData){whisper.len, whisper.data};
-        if ((rc = pack_with_version(out, &pm.base, 0)))
+        if ((rc = ps_pack_versioned(out, &pm.base, 0)))
             goto out;
         *type = PS_MSG_PREKEY;
     } else {
@@ -432,54 +431,53 @@ out:
     return rc;
 }
 
-/* The message-key seed for counter in chain c, storing the seeds it skips over. */
-static int chain_seed_for(ps_recv_chain *c, uint32_t counter, uint8_t seed[PS_KEY_LEN])
+int ps_chain_seed_for(uint8_t chain_key[PS_KEY_LEN], uint32_t *index, ps_skipped_key **skipped,
+                      uint32_t *nskipped, uint32_t counter, uint32_t max_jump,
+                      uint32_t max_skipped, uint8_t seed[PS_KEY_LEN])
 {
-    if (counter < c->index) {
-        for (uint32_t i = 0; i < c->nskipped; i++) {
-            if (c->skipped[i].counter == counter) {
-                memcpy(seed, c->skipped[i].seed, PS_KEY_LEN);
-                memmove(&c->skipped[i], &c->skipped[i + 1],
-                        (c->nskipped - i - 1) * sizeof(ps_skipped_key));
-                c->nskipped--;
-                sodium_memzero(&c->skipped[c->nskipped], sizeof(ps_skipped_key));
+    ps_skipped_key *keys = *skipped;
+    if (counter < *index) {
+        for (uint32_t i = 0; i < *nskipped; i++) {
+            if (keys[i].counter == counter) {
+                memcpy(seed, keys[i].seed, PS_KEY_LEN);
+                memmove(&keys[i], &keys[i + 1], (*nskipped - i - 1) * sizeof *keys);
+                (*nskipped)--;
+                sodium_memzero(&keys[*nskipped], sizeof *keys);
                 return PS_OK;
             }
         }
         return PS_ERR_DUPLICATE;
     }
-    if (counter - c->index > PS_MAX_FORWARD_JUMP)
+    uint32_t skip = counter - *index;
+    if (skip > max_jump)
         return PS_ERR_TOO_FAR;
-
-    uint32_t skip = counter - c->index;
-    if (skip) {
-        uint32_t keep = skip > PS_MAX_SKIPPED_KEYS ? PS_MAX_SKIPPED_KEYS : skip;
-        uint32_t total = c->nskipped + keep;
-        uint32_t drop = total > PS_MAX_SKIPPED_KEYS ? total - PS_MAX_SKIPPED_KEYS : 0;
-        if (drop) { /* oldest go first */
-            sodium_memzero(c->skipped, drop * sizeof(ps_skipped_key));
-            memmove(c->skipped, c->skipped + drop, (c->nskipped - drop) * sizeof(ps_skipped_key));
-            c->nskipped -= drop;
+    uint32_t keep = skip > max_skipped ? max_skipped : skip; /* only the newest are kept */
+    if (keep) {
+        uint32_t total = *nskipped + keep;
+        uint32_t drop = total > max_skipped ? total - max_skipped : 0;
+        if (drop) { /* the oldest go first */
+            sodium_memzero(keys, drop * sizeof *keys);
+            memmove(keys, keys + drop, (*nskipped - drop) * sizeof *keys);
+            *nskipped -= drop;
         }
-        ps_skipped_key *grown = realloc(c->skipped, (c->nskipped + keep) * sizeof(ps_skipped_key));
-        if (!grown)
+        keys = realloc(keys, (*nskipped + keep) * sizeof *keys);
+        if (!keys)
             return PS_ERR_NOMEM;
-        c->skipped = grown;
+        *skipped = keys;
     }
     uint8_t next[32];
-    while (c->index < counter) {
-        ps_chain_step(c->chain_key, seed, next);
-        if (counter - c->index <= PS_MAX_SKIPPED_KEYS) {
-            ps_skipped_key *k = &c->skipped[c->nskipped++];
-            k->counter = c->index;
-            memcpy(k->seed, seed, PS_KEY_LEN);
+    for (; *index < counter; (*index)++) {
+        ps_chain_step(chain_key, seed, next);
+        if (counter - *index <= keep) {
+            keys[*nskipped].counter = *index;
+            memcpy(keys[*nskipped].seed, seed, PS_KEY_LEN);
+            (*nskipped)++;
         }
-        memcpy(c->chain_key, next, PS_KEY_LEN);
-        c->index++;
+        memcpy(chain_key, next, PS_KEY_LEN);
     }
-    ps_chain_step(c->chain_key, seed, next);
-    memcpy(c->chain_key, next, PS_KEY_LEN);
-    c->index++;
+    ps_chain_step(chain_key, seed, next);
+    memcpy(chain_key, next, PS_KEY_LEN);
+    (*index)++;
     sodium_memzero(next, sizeof next);
     return PS_OK;
 }
@@ -508,7 +506,9 @@ static int session_decrypt(ps_session *s, const uint8_t *body, size_t len,
     if ((rc = ps_pubkey_parse(their, sm->ratchet_key.data, sm->ratchet_key.len)))
         goto out;
     if ((rc = get_or_create_chain(s, their, rng, &chain)) ||
-        (rc = chain_seed_for(chain, sm->counter, seed)) ||
+        (rc = ps_chain_seed_for(chain->chain_key, &chain->index, &chain->skipped,
+                                &chain->nskipped, sm->counter, PS_MAX_FORWARD_JUMP,
+                                PS_MAX_SKIPPED_KEYS, seed)) ||
         (rc = ps_message_keys_derive(&k, seed)))
         goto out;
     compute_mac(mac, k.mac_key, s->remote_identity, s->local_identity, body, len - PS_MAC_LEN);

@@ -152,6 +152,18 @@ typedef struct {
 
 PS_MUST_CHECK int ps_message_keys_derive(ps_message_keys *k, const uint8_t seed[PS_KEY_LEN]);
 
+/* The message-key seed for `counter` of a chain at *index, storing the seeds it skips
+ * (at most max_skipped, oldest dropped); PS_ERR_DUPLICATE for a used or forgotten one,
+ * PS_ERR_TOO_FAR past max_jump. Shared by 1:1 chains and sender keys. */
+PS_MUST_CHECK int ps_chain_seed_for(uint8_t chain_key[PS_KEY_LEN], uint32_t *index,
+                                    ps_skipped_key **skipped, uint32_t *nskipped, uint32_t counter,
+                                    uint32_t max_jump, uint32_t max_skipped,
+                                    uint8_t seed[PS_KEY_LEN]);
+
+/* Writes the version byte and a packed protobuf, leaving `extra` bytes of room after it. */
+struct ProtobufCMessage;
+PS_MUST_CHECK int ps_pack_versioned(ps_bytes *out, const struct ProtobufCMessage *msg, size_t extra);
+
 /* One chain step: seed = HMAC(ck, 0x01), next = HMAC(ck, 0x02). Shared with sender keys. */
 void ps_chain_step(const uint8_t chain_key[PS_KEY_LEN], uint8_t seed[PS_KEY_LEN],
                    uint8_t next[PS_KEY_LEN]);
