@@ -11,8 +11,14 @@ all: build
 deps:
 	@scripts/install-deps.sh
 
+# npm packages the tests drive (reference implementations, the ws client), from their lockfiles.
+NODE_TEST_DIRS := tests/interop tests/ws
 interop-deps: deps
-	@cd tests/interop && { [ -d node_modules/libsignal ] && [ -d node_modules/@signalapp/libsignal-client ] && [ -d node_modules/libsignal-client-x3dh ] || npm ci --ignore-scripts --no-audit --no-fund; }
+	@for d in $(NODE_TEST_DIRS); do \
+	  if [ ! -f $$d/node_modules/.package-lock.json ] || [ $$d/package-lock.json -nt $$d/node_modules/.package-lock.json ]; then \
+	    (cd $$d && npm ci --ignore-scripts --no-audit --no-fund) || exit 1; \
+	  fi; \
+	done
 
 build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

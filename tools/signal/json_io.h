@@ -44,9 +44,6 @@ void json_add_pubkey(cJSON *o, const char *key, const uint8_t pub[PS_KEY_LEN]);
 /* Adds text (null when the bytes are not valid UTF-8) and text_b64. */
 void json_add_payload(cJSON *o, const char *text, const char *b64key, const uint8_t *data, size_t len);
 
-/* True when valid UTF-8 (NUL included). */
-bool utf8_valid(const uint8_t *s, size_t len);
-
 /* True when the JSON text holds a \u0000 escape: cJSON's C strings would cut the
  * value there without a word, so such requests are refused instead. */
 bool json_has_nul_escape(const char *line);
