@@ -1,0 +1,83 @@
+/* store.h - parleyd's durable state: per-device inboxes and send de-duplication,
+ * on LMDB (single node). The server's services use only this header, so a
+ * clustered backend can stand behind it later.
+ *
+ * Writes happen in batches: one batch is one LMDB write transaction, and its commit
+ * is one fsync for everything in it (group commit). Nothing in a batch is visible or
+ * durable before store_batch_commit returns 0; on any error the batch is aborted
+ * whole, so a full disk or map refuses the batch and never half-writes it.
+ * Reads may run from any thread, concurrently with the writer (LMDB MVCC). */
+#ifndef PARLEY_STORE_H
+#define PARLEY_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    STORE_OK = 0,
+    STORE_NOT_FOUND = 1,
+    STORE_FULL = -1,      /* the map or the disk is full: the batch was refused */
+    STORE_IO = -2,        /* I/O or LMDB error */
+    STORE_NOMEM = -3,
+    STORE_INVALID = -4,   /* bad argument or corrupt record */
+};
+
+#define STORE_ACCOUNT_ID_LEN 16
+#define STORE_MESSAGE_ID_LEN 16
+
+/* A device: its account's random 128-bit id and its device number (1 = primary). */
+typedef struct {
+    uint8_t account[STORE_ACCOUNT_ID_LEN];
+    uint32_t device;
+} store_device;
+
+typedef struct store store;
+typedef struct store_batch store_batch;
+
+/* Opens (creating) the store in dir; map_size bounds the data file (0: 4 GiB). */
+int store_open(store **out, const char *dir, uint64_t map_size);
+void store_close(store *s);
+
+/* A human-readable description of a STORE_* code. */
+const char *store_strerror(int rc);
+
+/* Write batches: only one is open at a time (the storage writer thread's). */
+int store_batch_begin(store *s, store_batch **out);
+int store_batch_commit(store_batch *b); /* durable when it returns STORE_OK; frees b */
+void store_batch_abort(store_batch *b);
+
+/* Appends an opaque envelope to a device's inbox; *seq is its place in the inbox
+ * (strictly increasing per device, never reused, also across restarts). */
+int store_inbox_append(store_batch *b, const store_device *d, uint64_t now_ms,
+                       const uint8_t *envelope, size_t len, uint64_t *seq);
+
+/* Deletes the device's envelopes with seq <= up_to (a cumulative ack). */
+int store_inbox_ack(store_batch *b, const store_device *d, uint64_t up_to, size_t *deleted);
+
+/* Drops a device's whole inbox (the device was replaced or removed). */
+int store_inbox_drop(store_batch *b, const store_device *d, size_t *deleted);
+
+/* Send de-duplication by (sender device, client message id): get returns the
+ * server timestamp of the first acceptance, or STORE_NOT_FOUND. */
+int store_dedup_get(store_batch *b, const store_device *sender,
+                    const uint8_t id[STORE_MESSAGE_ID_LEN], uint64_t *accepted_ms);
+int store_dedup_put(store_batch *b, const store_device *sender,
+                    const uint8_t id[STORE_MESSAGE_ID_LEN], uint64_t accepted_ms);
+
+/* Deletes envelopes stored before inbox_cutoff_ms and dedup records older than
+ * dedup_cutoff_ms, at most max of each per call (bounded work per batch). */
+int store_sweep(store_batch *b, uint64_t inbox_cutoff_ms, uint64_t dedup_cutoff_ms, size_t max,
+                size_t *inbox_removed, size_t *dedup_removed);
+
+/* Reads up to max envelopes of a device with seq > after, in order. fn returns false
+ * to stop early. Data is valid only during the call. */
+typedef bool (*store_envelope_fn)(void *ctx, uint64_t seq, uint64_t stored_ms,
+                                  const uint8_t *data, size_t len);
+int store_inbox_read(store *s, const store_device *d, uint64_t after, size_t max,
+                     store_envelope_fn fn, void *ctx);
+
+/* Number of envelopes waiting for a device. */
+int store_inbox_count(store *s, const store_device *d, uint64_t *count);
+
+#endif

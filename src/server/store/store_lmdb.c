@@ -1,0 +1,374 @@
+/* store_lmdb.c - the single-node store on LMDB.
+ *
+ * Tables (keys big-endian, so LMDB's byte order is numeric order):
+ *   inbox       device(20) seq(8)            -> stored_ms(8) envelope
+ *   inbox_next  device(20)                   -> next seq(8)
+ *   inbox_time  stored_ms(8) device(20) seq(8) -> ""    (retention sweeps in time order)
+ *   dedup       sender(20) id(16)            -> accepted_ms(8)
+ *   dedup_time  accepted_ms(8) sender(20) id(16) -> ""
+ * A device is account(16) device number(4). Every change to inbox or dedup changes
+ * its time index in the same transaction, so a sweep costs what it removes. */
+#include "store.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define DEVICE_KEY_LEN 20
+
+struct store {
+    MDB_env *env;
+    MDB_dbi inbox, inbox_next, inbox_time, dedup, dedup_time;
+};
+
+struct store_batch {
+    store *s;
+    MDB_txn *txn;
+};
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static void device_key(uint8_t out[DEVICE_KEY_LEN], const store_device *d)
+{
+    memcpy(out, d->account, STORE_ACCOUNT_ID_LEN);
+    out[16] = (uint8_t)(d->device >> 24);
+    out[17] = (uint8_t)(d->device >> 16);
+    out[18] = (uint8_t)(d->device >> 8);
+    out[19] = (uint8_t)d->device;
+}
+
+static int map_error(int rc)
+{
+    switch (rc) {
+    case 0: return STORE_OK;
+    case MDB_NOTFOUND: return STORE_NOT_FOUND;
+    case MDB_MAP_FULL:
+    case ENOSPC:
+    case EDQUOT: return STORE_FULL;
+    case ENOMEM: return STORE_NOMEM;
+    default: return STORE_IO;
+    }
+}
+
+const char *store_strerror(int rc)
+{
+    switch (rc) {
+    case STORE_OK: return "ok";
+    case STORE_NOT_FOUND: return "not found";
+    case STORE_FULL: return "storage full";
+    case STORE_NOMEM: return "out of memory";
+    case STORE_INVALID: return "invalid record";
+    default: return "storage I/O error";
+    }
+}
+
+int store_open(store **out, const char *dir, uint64_t map_size)
+{
+    *out = NULL;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return STORE_IO;
+    store *s = calloc(1, sizeof *s);
+    if (!s)
+        return STORE_NOMEM;
+    MDB_txn *txn = NULL;
+    int rc = mdb_env_create(&s->env);
+    if (rc == 0)
+        rc = mdb_env_set_maxdbs(s->env, 8);
+    if (rc == 0)
+        rc = mdb_env_set_mapsize(s->env, map_size ? map_size : (uint64_t)4 << 30);
+    /* NOTLS: read transactions are not tied to threads (libuv threads share them). */
+    if (rc == 0)
+        rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0600);
+    if (rc == 0)
+        rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, "inbox", MDB_CREATE, &s->inbox);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, "inbox_next", MDB_CREATE, &s->inbox_next);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, "inbox_time", MDB_CREATE, &s->inbox_time);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, "dedup", MDB_CREATE, &s->dedup);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, "dedup_time", MDB_CREATE, &s->dedup_time);
+    if (rc == 0) {
+        rc = mdb_txn_commit(txn);
+        txn = NULL;
+    }
+    if (rc != 0) {
+        if (txn)
+            mdb_txn_abort(txn);
+        if (s->env)
+            mdb_env_close(s->env);
+        free(s);
+        return map_error(rc);
+    }
+    *out = s;
+    return STORE_OK;
+}
+
+void store_close(store *s)
+{
+    if (!s)
+        return;
+    mdb_env_close(s->env);
+    free(s);
+}
+
+int store_batch_begin(store *s, store_batch **out)
+{
+    *out = NULL;
+    store_batch *b = malloc(sizeof *b);
+    if (!b)
+        return STORE_NOMEM;
+    b->s = s;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &b->txn);
+    if (rc != 0) {
+        free(b);
+        return map_error(rc);
+    }
+    *out = b;
+    return STORE_OK;
+}
+
+int store_batch_commit(store_batch *b)
+{
+    int rc = mdb_txn_commit(b->txn); /* frees the transaction whatever happens */
+    free(b);
+    return map_error(rc);
+}
+
+void store_batch_abort(store_batch *b)
+{
+    if (!b)
+        return;
+    mdb_txn_abort(b->txn);
+    free(b);
+}
+
+static int put(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t klen, const void *v, size_t vlen)
+{
+    MDB_val key = {klen, (void *)k}, val = {vlen, (void *)v};
+    return map_error(mdb_put(txn, dbi, &key, &val, 0));
+}
+
+int store_inbox_append(store_batch *b, const store_device *d, uint64_t now_ms,
+                       const uint8_t *envelope, size_t len, uint64_t *seq)
+{
+    store *s = b->s;
+    uint8_t dk[DEVICE_KEY_LEN], next_be[8], ikey[DEVICE_KEY_LEN + 8], tkey[8 + DEVICE_KEY_LEN + 8];
+    device_key(dk, d);
+    MDB_val key = {sizeof dk, dk}, val;
+    uint64_t next = 1;
+    int rc = mdb_get(b->txn, s->inbox_next, &key, &val);
+    if (rc == 0 && val.mv_size == 8)
+        next = get_be64(val.mv_data);
+    else if (rc != MDB_NOTFOUND)
+        return rc == 0 ? STORE_INVALID : map_error(rc);
+
+    memcpy(ikey, dk, DEVICE_KEY_LEN);
+    put_be64(ikey + DEVICE_KEY_LEN, next);
+    MDB_val ik = {sizeof ikey, ikey}, iv = {8 + len, NULL};
+    /* MDB_RESERVE: LMDB hands us the value's room; we write it in place, no copy. */
+    if ((rc = mdb_put(b->txn, s->inbox, &ik, &iv, MDB_RESERVE)) != 0)
+        return map_error(rc);
+    put_be64(iv.mv_data, now_ms);
+    memcpy((uint8_t *)iv.mv_data + 8, envelope, len);
+
+    put_be64(tkey, now_ms);
+    memcpy(tkey + 8, ikey, sizeof ikey);
+    if ((rc = put(b->txn, s->inbox_time, tkey, sizeof tkey, "", 0)) != STORE_OK)
+        return rc;
+    put_be64(next_be, next + 1);
+    if ((rc = put(b->txn, s->inbox_next, dk, sizeof dk, next_be, 8)) != STORE_OK)
+        return rc;
+    *seq = next;
+    return STORE_OK;
+}
+
+/* Deletes the inbox entry under the cursor and its time-index entry. */
+static int delete_envelope(store_batch *b, MDB_cursor *c, const MDB_val *key, const MDB_val *val)
+{
+    if (val->mv_size < 8 || key->mv_size != DEVICE_KEY_LEN + 8)
+        return STORE_INVALID;
+    uint8_t tkey[8 + DEVICE_KEY_LEN + 8];
+    memcpy(tkey, val->mv_data, 8);
+    memcpy(tkey + 8, key->mv_data, DEVICE_KEY_LEN + 8);
+    MDB_val tk = {sizeof tkey, tkey};
+    int rc = mdb_del(b->txn, b->s->inbox_time, &tk, NULL);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return map_error(rc);
+    return map_error(mdb_cursor_del(c, 0));
+}
+
+int store_inbox_ack(store_batch *b, const store_device *d, uint64_t up_to, size_t *deleted)
+{
+    uint8_t start[DEVICE_KEY_LEN + 8];
+    device_key(start, d);
+    put_be64(start + DEVICE_KEY_LEN, 0);
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(b->txn, b->s->inbox, &c);
+    if (rc != 0)
+        return map_error(rc);
+    size_t n = 0;
+    MDB_val key = {sizeof start, start}, val;
+    rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
+    while (rc == 0) {
+        if (key.mv_size != sizeof start || memcmp(key.mv_data, start, DEVICE_KEY_LEN) != 0 ||
+            get_be64((const uint8_t *)key.mv_data + DEVICE_KEY_LEN) > up_to)
+            break;
+        if ((rc = delete_envelope(b, c, &key, &val)) != STORE_OK) {
+            mdb_cursor_close(c);
+            return rc;
+        }
+        n++;
+        /* after a delete, NEXT yields the entry that followed the deleted one */
+        rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    if (deleted)
+        *deleted = n;
+    return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : map_error(rc);
+}
+
+int store_inbox_drop(store_batch *b, const store_device *d, size_t *deleted)
+{
+    return store_inbox_ack(b, d, UINT64_MAX, deleted);
+}
+
+static void dedup_key(uint8_t out[DEVICE_KEY_LEN + STORE_MESSAGE_ID_LEN], const store_device *sender,
+                      const uint8_t id[STORE_MESSAGE_ID_LEN])
+{
+    device_key(out, sender);
+    memcpy(out + DEVICE_KEY_LEN, id, STORE_MESSAGE_ID_LEN);
+}
+
+int store_dedup_get(store_batch *b, const store_device *sender,
+                    const uint8_t id[STORE_MESSAGE_ID_LEN], uint64_t *accepted_ms)
+{
+    uint8_t k[DEVICE_KEY_LEN + STORE_MESSAGE_ID_LEN];
+    dedup_key(k, sender, id);
+    MDB_val key = {sizeof k, k}, val;
+    int rc = mdb_get(b->txn, b->s->dedup, &key, &val);
+    if (rc != 0)
+        return map_error(rc);
+    if (val.mv_size != 8)
+        return STORE_INVALID;
+    *accepted_ms = get_be64(val.mv_data);
+    return STORE_OK;
+}
+
+int store_dedup_put(store_batch *b, const store_device *sender,
+                    const uint8_t id[STORE_MESSAGE_ID_LEN], uint64_t accepted_ms)
+{
+    uint8_t k[DEVICE_KEY_LEN + STORE_MESSAGE_ID_LEN], v[8], tk[8 + sizeof k];
+    dedup_key(k, sender, id);
+    put_be64(v, accepted_ms);
+    put_be64(tk, accepted_ms);
+    memcpy(tk + 8, k, sizeof k);
+    int rc = put(b->txn, b->s->dedup, k, sizeof k, v, sizeof v);
+    return rc != STORE_OK ? rc : put(b->txn, b->s->dedup_time, tk, sizeof tk, "", 0);
+}
+
+/* Walks a time index from its start, deleting entries older than cutoff and the
+ * records they point to (in target, keyed by the index key minus its timestamp). */
+static int sweep_index(store_batch *b, MDB_dbi index, MDB_dbi target, uint64_t cutoff, size_t max,
+                       size_t *removed)
+{
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(b->txn, index, &c);
+    if (rc != 0)
+        return map_error(rc);
+    size_t n = 0;
+    MDB_val key, val;
+    rc = mdb_cursor_get(c, &key, &val, MDB_FIRST);
+    while (rc == 0 && n < max && key.mv_size > 8 && get_be64(key.mv_data) < cutoff) {
+        MDB_val tk = {key.mv_size - 8, (uint8_t *)key.mv_data + 8};
+        int drc = mdb_del(b->txn, target, &tk, NULL);
+        if (drc != 0 && drc != MDB_NOTFOUND) {
+            rc = drc;
+            break;
+        }
+        if ((rc = mdb_cursor_del(c, 0)) != 0)
+            break;
+        n++;
+        rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    *removed = n;
+    return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : map_error(rc);
+}
+
+int store_sweep(store_batch *b, uint64_t inbox_cutoff_ms, uint64_t dedup_cutoff_ms, size_t max,
+                size_t *inbox_removed, size_t *dedup_removed)
+{
+    int rc = sweep_index(b, b->s->inbox_time, b->s->inbox, inbox_cutoff_ms, max, inbox_removed);
+    if (rc != STORE_OK)
+        return rc;
+    return sweep_index(b, b->s->dedup_time, b->s->dedup, dedup_cutoff_ms, max, dedup_removed);
+}
+
+int store_inbox_read(store *s, const store_device *d, uint64_t after, size_t max,
+                     store_envelope_fn fn, void *ctx)
+{
+    uint8_t start[DEVICE_KEY_LEN + 8];
+    device_key(start, d);
+    put_be64(start + DEVICE_KEY_LEN, after == UINT64_MAX ? after : after + 1);
+    MDB_txn *txn;
+    MDB_cursor *c;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0)
+        return map_error(rc);
+    if ((rc = mdb_cursor_open(txn, s->inbox, &c)) != 0) {
+        mdb_txn_abort(txn);
+        return map_error(rc);
+    }
+    MDB_val key = {sizeof start, start}, val;
+    size_t n = 0;
+    rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
+    while (rc == 0 && n < max) {
+        if (key.mv_size != sizeof start || memcmp(key.mv_data, start, DEVICE_KEY_LEN) != 0)
+            break;
+        if (val.mv_size < 8) {
+            rc = EINVAL;
+            break;
+        }
+        n++;
+        if (!fn(ctx, get_be64((const uint8_t *)key.mv_data + DEVICE_KEY_LEN), get_be64(val.mv_data),
+                (const uint8_t *)val.mv_data + 8, val.mv_size - 8))
+            break;
+        rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+    if (rc == EINVAL)
+        return STORE_INVALID;
+    return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : map_error(rc);
+}
+
+static bool count_one(void *ctx, uint64_t seq, uint64_t stored_ms, const uint8_t *data, size_t len)
+{
+    (void)seq, (void)stored_ms, (void)data, (void)len;
+    (*(uint64_t *)ctx)++;
+    return true;
+}
+
+int store_inbox_count(store *s, const store_device *d, uint64_t *count)
+{
+    *count = 0;
+    return store_inbox_read(s, d, 0, SIZE_MAX, count_one, count);
+}

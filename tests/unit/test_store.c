@@ -1,0 +1,298 @@
+/* test_store.c - the LMDB store on a real data file: inbox order and cumulative
+ * acks, sequence numbers that survive restarts, de-duplication, retention sweeps,
+ * batches that abort whole, a full map refused without damage, and kill -9 in the
+ * middle of writing: every batch whose commit returned is there afterwards. */
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "store.h"
+
+static char dir[256];
+
+static void fresh_dir(const char *name)
+{
+    snprintf(dir, sizeof dir, "/tmp/parley-test-store-%d-%s", (int)getpid(), name);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        exit(2);
+}
+
+static void remove_dir(void)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        exit(2);
+}
+
+static store_device dev(uint8_t account_byte, uint32_t device)
+{
+    store_device d;
+    memset(d.account, account_byte, sizeof d.account);
+    d.device = device;
+    return d;
+}
+
+typedef struct {
+    uint64_t seqs[4096];
+    char texts[4096][24];
+    size_t n;
+} collected;
+
+static bool collect(void *ctx, uint64_t seq, uint64_t stored_ms, const uint8_t *data, size_t len)
+{
+    collected *c = ctx;
+    (void)stored_ms;
+    if (c->n < 4096 && len < 24) {
+        c->seqs[c->n] = seq;
+        memcpy(c->texts[c->n], data, len);
+        c->texts[c->n][len] = 0;
+        c->n++;
+    }
+    return true;
+}
+
+static int append_text(store_batch *b, store_device d, uint64_t now, const char *text, uint64_t *seq)
+{
+    return store_inbox_append(b, &d, now, (const uint8_t *)text, strlen(text), seq);
+}
+
+static void test_inbox(void)
+{
+    fresh_dir("inbox");
+    store *s;
+    store_batch *b;
+    uint64_t seq = 0, count;
+    char text[24];
+    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    bool in_order = true;
+    for (int i = 0; i < 100; i++) {
+        snprintf(text, sizeof text, "a1-%d", i);
+        in_order &= append_text(b, dev(1, 1), 1000, text, &seq) == STORE_OK && seq == (uint64_t)i + 1;
+        snprintf(text, sizeof text, "a2-%d", i);
+        in_order &= append_text(b, dev(1, 2), 1000, text, &seq) == STORE_OK && seq == (uint64_t)i + 1;
+    }
+    CHECK(in_order);
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+
+    static collected c;
+    c.n = 0;
+    CHECK_RC(store_inbox_read(s, &(store_device){0}, 0, 10, collect, &c), STORE_OK);
+    CHECK(c.n == 0); /* another device's inbox is empty */
+    store_device d1 = dev(1, 1);
+    CHECK_RC(store_inbox_read(s, &d1, 0, 10, collect, &c), STORE_OK);
+    CHECK(c.n == 10 && c.seqs[0] == 1 && strcmp(c.texts[9], "a1-9") == 0);
+    c.n = 0;
+    CHECK_RC(store_inbox_read(s, &d1, 95, 100, collect, &c), STORE_OK);
+    CHECK(c.n == 5 && c.seqs[0] == 96 && strcmp(c.texts[4], "a1-99") == 0);
+
+    /* cumulative ack, then the rest is still in order; the other device untouched */
+    size_t deleted = 0;
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_inbox_ack(b, &d1, 60, &deleted), STORE_OK);
+    CHECK(deleted == 60);
+    CHECK_RC(store_inbox_ack(b, &d1, 60, &deleted), STORE_OK);
+    CHECK(deleted == 0); /* a repeated ack is harmless */
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK_RC(store_inbox_count(s, &d1, &count), STORE_OK);
+    CHECK(count == 40);
+    store_device d2 = dev(1, 2);
+    CHECK_RC(store_inbox_count(s, &d2, &count), STORE_OK);
+    CHECK(count == 100);
+    c.n = 0;
+    CHECK_RC(store_inbox_read(s, &d1, 0, 1, collect, &c), STORE_OK);
+    CHECK(c.n == 1 && c.seqs[0] == 61);
+
+    /* an aborted batch leaves nothing */
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(append_text(b, d1, 1000, "ghost", &seq), STORE_OK);
+    CHECK_RC(store_inbox_drop(b, &d2, &deleted), STORE_OK);
+    store_batch_abort(b);
+    CHECK_RC(store_inbox_count(s, &d1, &count), STORE_OK);
+    CHECK(count == 40);
+    CHECK_RC(store_inbox_count(s, &d2, &count), STORE_OK);
+    CHECK(count == 100);
+    store_close(s);
+
+    /* reopen: data kept, and sequence numbers continue (never reused) */
+    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_inbox_ack(b, &d1, UINT64_MAX, &deleted), STORE_OK);
+    CHECK(deleted == 40);
+    CHECK_RC(append_text(b, d1, 1000, "after", &seq), STORE_OK);
+    CHECK(seq == 101);
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK_RC(store_inbox_count(s, &d1, &count), STORE_OK);
+    CHECK(count == 1);
+    store_close(s);
+    remove_dir();
+}
+
+static void test_dedup_and_sweep(void)
+{
+    fresh_dir("sweep");
+    store *s;
+    store_batch *b;
+    uint64_t seq, ts = 0, count;
+    size_t inbox_removed, dedup_removed;
+    uint8_t id1[16], id2[16];
+    memset(id1, 0xaa, 16);
+    memset(id2, 0xbb, 16);
+    store_device sender = dev(9, 1), d = dev(2, 1);
+    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_dedup_get(b, &sender, id1, &ts), STORE_NOT_FOUND);
+    CHECK_RC(store_dedup_put(b, &sender, id1, 5000), STORE_OK);
+    CHECK_RC(store_dedup_put(b, &sender, id2, 9000), STORE_OK);
+    CHECK_RC(store_dedup_get(b, &sender, id1, &ts), STORE_OK);
+    CHECK(ts == 5000);
+    for (int i = 0; i < 50; i++) /* old envelopes at t=1000.., new ones at t=100000.. */
+        CHECK_RC(append_text(b, d, (uint64_t)(i < 30 ? 1000 + i : 100000 + i), "x", &seq), STORE_OK);
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+
+    /* bounded work per call: 10 at a time */
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_sweep(b, 50000, 6000, 10, &inbox_removed, &dedup_removed), STORE_OK);
+    CHECK(inbox_removed == 10 && dedup_removed == 1);
+    CHECK_RC(store_sweep(b, 50000, 6000, 1000, &inbox_removed, &dedup_removed), STORE_OK);
+    CHECK(inbox_removed == 20 && dedup_removed == 0);
+    CHECK_RC(store_dedup_get(b, &sender, id1, &ts), STORE_NOT_FOUND);
+    CHECK_RC(store_dedup_get(b, &sender, id2, &ts), STORE_OK);
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK_RC(store_inbox_count(s, &d, &count), STORE_OK);
+    CHECK(count == 20);
+
+    /* acked envelopes leave the time index too: a later sweep finds nothing stale */
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_inbox_ack(b, &d, UINT64_MAX, &inbox_removed), STORE_OK);
+    CHECK(inbox_removed == 20);
+    CHECK_RC(store_sweep(b, UINT64_MAX, 0, 1000, &inbox_removed, &dedup_removed), STORE_OK);
+    CHECK(inbox_removed == 0);
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+    store_close(s);
+    remove_dir();
+}
+
+static void test_full(void)
+{
+    fresh_dir("full");
+    store *s;
+    store_batch *b;
+    uint64_t seq, count;
+    static uint8_t blob[8192];
+    store_device d = dev(3, 1);
+    CHECK_RC(store_open(&s, dir, 1 << 20), STORE_OK); /* a 1 MiB map */
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_inbox_append(b, &d, 1, blob, 100, &seq), STORE_OK);
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    int rc = STORE_OK;
+    for (int i = 0; i < 1000 && rc == STORE_OK; i++)
+        rc = store_inbox_append(b, &d, 1, blob, sizeof blob, &seq);
+    CHECK_RC(rc, STORE_FULL);
+    store_batch_abort(b);
+    CHECK_RC(store_inbox_count(s, &d, &count), STORE_OK);
+    CHECK(count == 1); /* the refused batch left nothing, the earlier one is intact */
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_inbox_append(b, &d, 1, blob, 100, &seq), STORE_OK); /* still usable */
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK(seq == 2);
+    store_close(s);
+    remove_dir();
+}
+
+/* A child writes batches and reports each committed one on a pipe; we kill -9 it
+ * mid-stream and check that every reported envelope is on disk, intact. */
+static void test_kill9(void)
+{
+    fresh_dir("kill9");
+    int rounds_ok = 0, rounds = 3;
+    uint64_t total_reported = 0;
+    for (int round = 0; round < rounds; round++) {
+        int fds[2];
+        if (pipe(fds) != 0)
+            exit(2);
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(fds[0]);
+            store *s;
+            if (store_open(&s, dir, 64 << 20) != STORE_OK)
+                _exit(3);
+            store_device d = dev(4, (uint32_t)round + 1); /* a fresh inbox each round */
+            for (int batch = 0; batch < 100000; batch++) {
+                store_batch *b;
+                uint64_t seq = 0;
+                char text[24];
+                if (store_batch_begin(s, &b) != STORE_OK)
+                    _exit(4);
+                for (int i = 0; i < 8; i++) {
+                    snprintf(text, sizeof text, "r%d-b%d-%d", round, batch, i);
+                    if (append_text(b, d, 1, text, &seq) != STORE_OK)
+                        _exit(5);
+                }
+                if (store_batch_commit(b) != STORE_OK)
+                    _exit(6);
+                if (write(fds[1], &seq, sizeof seq) != sizeof seq) /* "acked" up to seq */
+                    _exit(7);
+            }
+            _exit(0);
+        }
+        close(fds[1]);
+        uint64_t acked = 0, seq;
+        for (int i = 0; i < 40 + 20 * round; i++)
+            if (read(fds[0], &seq, sizeof seq) == sizeof seq)
+                acked = seq;
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        while (read(fds[0], &seq, sizeof seq) == sizeof seq) /* acks already in the pipe */
+            acked = seq;
+        close(fds[0]);
+        total_reported += acked;
+
+        store *s;
+        static collected c;
+        c.n = 0;
+        store_device d = dev(4, (uint32_t)round + 1);
+        CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
+        uint64_t from = 0;
+        bool all_there = true;
+        while (from < acked) { /* every acked seq, none missing, in order */
+            c.n = 0;
+            if (store_inbox_read(s, &d, from, 4096, collect, &c) != STORE_OK || c.n == 0) {
+                all_there = false;
+                break;
+            }
+            for (size_t i = 0; i < c.n && from < acked; i++, from++)
+                all_there &= c.seqs[i] == from + 1;
+        }
+        if (all_there && acked > 0)
+            rounds_ok++;
+        /* acknowledging everything empties the inbox */
+        store_batch *b;
+        size_t deleted;
+        CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+        CHECK_RC(store_inbox_ack(b, &d, UINT64_MAX, &deleted), STORE_OK);
+        CHECK_RC(store_batch_commit(b), STORE_OK);
+        uint64_t left = 1;
+        CHECK_RC(store_inbox_count(s, &d, &left), STORE_OK);
+        CHECK(left == 0);
+        store_close(s);
+    }
+    CHECK(rounds_ok == rounds);
+    printf("kill -9: %d rounds, %llu acked envelopes checked\n", rounds,
+           (unsigned long long)total_reported);
+    remove_dir();
+}
+
+int main(void)
+{
+    test_inbox();
+    test_dedup_and_sweep();
+    test_full();
+    test_kill9();
+    return check_summary("store");
+}
