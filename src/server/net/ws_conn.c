@@ -1,0 +1,293 @@
+/* ws_conn.c - WebSocket connections on libuv (see ws_conn.h).
+ *
+ * Hanging up politely: after a close frame (or an HTTP error) we shut down our sending
+ * side and keep reading and discarding until the peer's FIN or a deadline, then close.
+ * Closing at once with unread input would make the kernel send a reset, and a client
+ * still writing a large message would lose our close frame (it would see 1006). */
+#include "ws_conn.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "ws_handshake.h"
+
+#define LINGER_MS 1000
+#define SWEEP_MS 250
+
+typedef struct {
+    uv_write_t req;
+    ws_conn *c;
+    bool hang_up_after;
+    uint8_t data[];
+} write_req;
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    ws_conn *c = h->data;
+    ws_thread *t = c->thread;
+    if (c->upgraded && t->cb->on_closed)
+        t->cb->on_closed(c);
+    ws_reader_free(&c->reader);
+    free(c->head);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        t->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    t->nconns--;
+    free(c);
+    if (t->stopping && !t->conns && !uv_is_closing((uv_handle_t *)&t->sweep))
+        uv_close((uv_handle_t *)&t->sweep, NULL);
+}
+
+void ws_conn_abort(ws_conn *c)
+{
+    if (!uv_is_closing((uv_handle_t *)&c->tcp))
+        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    ws_conn *c = req->data;
+    free(req);
+    if (status < 0)
+        ws_conn_abort(c);
+}
+
+static void on_written(uv_write_t *req, int status)
+{
+    write_req *w = (write_req *)req;
+    ws_conn *c = w->c;
+    if (status < 0) {
+        ws_conn_abort(c);
+    } else if (w->hang_up_after && !uv_is_closing((uv_handle_t *)&c->tcp)) {
+        uv_shutdown_t *sd = malloc(sizeof *sd);
+        if (!sd) {
+            ws_conn_abort(c);
+        } else {
+            sd->data = c;
+            if (uv_shutdown(sd, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+                free(sd);
+                ws_conn_abort(c);
+            }
+        }
+    }
+    free(w);
+}
+
+static bool send_bytes(ws_conn *c, const uint8_t *hdr, size_t hlen, const uint8_t *body,
+                       size_t blen, bool hang_up_after)
+{
+    if (uv_is_closing((uv_handle_t *)&c->tcp))
+        return false;
+    write_req *w = malloc(sizeof *w + hlen + blen);
+    if (!w) {
+        ws_conn_abort(c);
+        return false;
+    }
+    memcpy(w->data, hdr, hlen);
+    if (blen)
+        memcpy(w->data + hlen, body, blen);
+    w->c = c;
+    w->hang_up_after = hang_up_after;
+    uv_buf_t buf = uv_buf_init((char *)w->data, (unsigned)(hlen + blen));
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, on_written) != 0) {
+        free(w);
+        ws_conn_abort(c);
+        return false;
+    }
+    return true;
+}
+
+static bool send_frame(ws_conn *c, int opcode, const uint8_t *payload, size_t len, bool hang_up)
+{
+    uint8_t hdr[WS_MAX_HEADER];
+    size_t hlen = ws_frame_header(hdr, true, opcode, len, NULL);
+    return send_bytes(c, hdr, hlen, payload, len, hang_up);
+}
+
+bool ws_conn_send(ws_conn *c, int opcode, const uint8_t *payload, size_t len)
+{
+    return !c->closing && send_frame(c, opcode, payload, len, false);
+}
+
+/* From now on input is dropped; the connection ends at the peer's FIN or the deadline. */
+static void start_closing(ws_conn *c)
+{
+    c->closing = true;
+    c->deadline_ms = uv_now(c->thread->loop) + LINGER_MS;
+}
+
+void ws_conn_close(ws_conn *c, uint16_t code, const char *reason)
+{
+    if (c->closing)
+        return;
+    uint8_t payload[WS_MAX_CONTROL_PAYLOAD];
+    size_t n = ws_close_payload(payload, code, reason);
+    start_closing(c);
+    send_frame(c, WS_OP_CLOSE, payload, n, true);
+}
+
+static bool on_frame_message(void *ctx, int opcode, uint8_t *data, size_t len)
+{
+    ws_conn *c = ctx;
+    return c->thread->cb->on_message(c, opcode, data, len) && !c->closing;
+}
+
+static bool on_frame_control(void *ctx, int opcode, const uint8_t *data, size_t len)
+{
+    ws_conn *c = ctx;
+    if (opcode == WS_OP_PING) {
+        send_frame(c, WS_OP_PONG, data, len, false);
+    } else if (opcode == WS_OP_CLOSE) { /* answer with the peer's code, then hang up */
+        start_closing(c);
+        send_frame(c, WS_OP_CLOSE, data, len >= 2 ? 2 : 0, true);
+        return false;
+    }
+    return true;
+}
+
+static const ws_handlers frame_handlers = {on_frame_message, on_frame_control};
+
+static void feed(ws_conn *c, uint8_t *data, size_t len)
+{
+    int code = ws_reader_feed(&c->reader, data, len, &c->thread->limits, &frame_handlers, c);
+    if (code)
+        ws_conn_close(c, (uint16_t)code, code == WS_CLOSE_TOO_BIG      ? "message too big"
+                                         : code == WS_CLOSE_INVALID_DATA ? "invalid UTF-8"
+                                                                         : "protocol error");
+}
+
+static void refuse(ws_conn *c, const char *resp, size_t len)
+{
+    start_closing(c);
+    send_bytes(c, (const uint8_t *)resp, len, NULL, 0, true);
+}
+
+static void on_handshake_bytes(ws_conn *c, char *data, size_t len)
+{
+    char resp[WS_HANDSHAKE_MAX_RESPONSE];
+    size_t resp_len = 0;
+    size_t room = WS_HANDSHAKE_MAX_HEAD - c->head_len;
+    size_t take = len < room ? len : room;
+    char *grown = realloc(c->head, c->head_len + take + 1);
+    if (!grown) {
+        ws_conn_abort(c);
+        return;
+    }
+    c->head = grown;
+    memcpy(c->head + c->head_len, data, take);
+    size_t before = c->head_len;
+    c->head_len += (uint32_t)take;
+    size_t head_len = ws_handshake_head_len(c->head, c->head_len);
+    if (!head_len) {
+        if (c->head_len == WS_HANDSHAKE_MAX_HEAD) {
+            resp_len = ws_handshake_too_large(resp);
+            refuse(c, resp, resp_len);
+        }
+        return;
+    }
+    int status = ws_handshake_answer(c->head, head_len, resp, &resp_len);
+    free(c->head);
+    c->head = NULL;
+    if (status != 101) {
+        refuse(c, resp, resp_len);
+        return;
+    }
+    c->upgraded = true;
+    c->deadline_ms = c->thread->idle_timeout_ms ? uv_now(c->thread->loop) + c->thread->idle_timeout_ms : 0;
+    send_bytes(c, (const uint8_t *)resp, resp_len, NULL, 0, false);
+    if (c->thread->cb->on_open)
+        c->thread->cb->on_open(c);
+    size_t used = head_len - before; /* bytes of this read that belonged to the head */
+    if (used < len && !c->closing)
+        feed(c, (uint8_t *)data + used, len - used);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    ws_conn *c = h->data;
+    (void)suggested;
+    *buf = uv_buf_init(c->thread->read_buf, sizeof c->thread->read_buf);
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    ws_conn *c = s->data;
+    if (n < 0) {
+        ws_conn_abort(c);
+        return;
+    }
+    if (n == 0 || c->closing)
+        return;
+    if (c->thread->idle_timeout_ms && c->upgraded)
+        c->deadline_ms = uv_now(c->thread->loop) + c->thread->idle_timeout_ms;
+    if (!c->upgraded)
+        on_handshake_bytes(c, buf->base, (size_t)n);
+    else
+        feed(c, (uint8_t *)buf->base, (size_t)n);
+}
+
+static void on_sweep(uv_timer_t *timer)
+{
+    ws_thread *t = timer->data;
+    uint64_t now = uv_now(t->loop);
+    for (ws_conn *c = t->conns; c; c = c->next) {
+        if (!c->deadline_ms || now < c->deadline_ms)
+            continue;
+        if (c->closing || !c->upgraded)
+            ws_conn_abort(c);
+        else
+            ws_conn_close(c, WS_CLOSE_GOING_AWAY, "idle timeout");
+    }
+}
+
+void ws_thread_init(ws_thread *t, uv_loop_t *loop, const ws_conn_callbacks *cb,
+                    ws_limits limits, uint32_t idle_timeout_ms)
+{
+    t->loop = loop;
+    t->cb = cb;
+    t->limits = limits;
+    t->idle_timeout_ms = idle_timeout_ms;
+    t->conns = NULL;
+    t->nconns = 0;
+    t->stopping = false;
+    uv_timer_init(loop, &t->sweep);
+    t->sweep.data = t;
+    uv_timer_start(&t->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+}
+
+void ws_thread_accept(ws_thread *t, uv_stream_t *server)
+{
+    ws_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    uv_tcp_init(t->loop, &c->tcp);
+    c->tcp.data = c;
+    c->thread = t;
+    ws_reader_init(&c->reader, true);
+    /* Until the upgrade, the idle deadline bounds a slow or silent handshake too. */
+    c->deadline_ms = uv_now(t->loop) + (t->idle_timeout_ms ? t->idle_timeout_ms : 10000);
+    c->next = t->conns;
+    if (t->conns)
+        t->conns->prev = c;
+    t->conns = c;
+    t->nconns++;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
+        ws_conn_abort(c);
+}
+
+void ws_thread_stop(ws_thread *t)
+{
+    t->stopping = true;
+    for (ws_conn *c = t->conns; c; c = c->next) {
+        if (c->upgraded && !c->closing)
+            ws_conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
+        else if (!c->closing)
+            ws_conn_abort(c);
+    }
+    if (!t->conns && !uv_is_closing((uv_handle_t *)&t->sweep))
+        uv_close((uv_handle_t *)&t->sweep, NULL);
+}

@@ -1,0 +1,75 @@
+/* ws_conn.h - WebSocket connections on a libuv loop: accept, opening handshake,
+ * frames, ping/pong, closing handshake, heartbeat deadlines.
+ *
+ * One ws_thread per I/O thread owns a read buffer shared by all its connections
+ * (an idle connection holds none), the list of its connections and one timer that
+ * sweeps them for heartbeat and linger deadlines (no timer per connection).
+ * The user of this module sees only complete messages and lifecycle events. */
+#ifndef PARLEY_NET_WS_CONN_H
+#define PARLEY_NET_WS_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "ws.h"
+
+typedef struct ws_conn ws_conn;
+typedef struct ws_thread ws_thread;
+
+typedef struct {
+    /* The upgrade succeeded; the connection may send from now on. */
+    void (*on_open)(ws_conn *c);
+    /* A complete data message (WS_OP_TEXT or WS_OP_BINARY). Return false to stop
+     * reading (e.g. after starting to close). */
+    bool (*on_message)(ws_conn *c, int opcode, uint8_t *data, size_t len);
+    /* The connection is gone; free what user points to. Called once per connection. */
+    void (*on_closed)(ws_conn *c);
+} ws_conn_callbacks;
+
+struct ws_thread {
+    uv_loop_t *loop;
+    ws_limits limits;
+    const ws_conn_callbacks *cb;
+    uint32_t idle_timeout_ms;  /* close a connection silent this long (0: never) */
+    uv_timer_t sweep;          /* the one timer: heartbeat and linger deadlines */
+    ws_conn *conns;
+    size_t nconns;
+    bool stopping;
+    char read_buf[64 * 1024];
+};
+
+struct ws_conn {
+    uv_tcp_t tcp;
+    ws_reader reader;
+    ws_thread *thread;
+    ws_conn *prev, *next;
+    char *head;              /* the HTTP request head until the upgrade */
+    uint32_t head_len;
+    bool upgraded;
+    bool closing;            /* input is read and dropped until FIN or the deadline */
+    uint64_t deadline_ms;    /* idle deadline; when closing, the linger deadline */
+    void *user;
+};
+
+/* Sets up a thread's state on loop and starts its sweep timer. */
+void ws_thread_init(ws_thread *t, uv_loop_t *loop, const ws_conn_callbacks *cb,
+                    ws_limits limits, uint32_t idle_timeout_ms);
+
+/* Accepts a pending connection from server into t. */
+void ws_thread_accept(ws_thread *t, uv_stream_t *server);
+
+/* Closes every connection with 1001 and lets the loop end once they are gone. */
+void ws_thread_stop(ws_thread *t);
+
+/* Sends one unfragmented data or control frame. Returns false if it could not. */
+bool ws_conn_send(ws_conn *c, int opcode, const uint8_t *payload, size_t len);
+
+/* Sends a close frame with code and reason, then hangs up politely. */
+void ws_conn_close(ws_conn *c, uint16_t code, const char *reason);
+
+/* Closes the TCP connection at once (no close frame). */
+void ws_conn_abort(ws_conn *c);
+
+#endif
