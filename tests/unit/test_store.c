@@ -288,11 +288,61 @@ static void test_kill9(void)
     remove_dir();
 }
 
+static void test_accounts(void)
+{
+    fresh_dir("accounts");
+    store *s;
+    store_batch *b;
+    uint8_t id1[16], id2[16], acc[16], acc2[16];
+    uint64_t seq, count;
+    memset(id1, 0x11, 16);
+    memset(id2, 0x22, 16);
+    store_device_record primary = {.device = 1, .registration_id = 4242};
+    memset(primary.identity_key, 0x33, 32);
+    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
+    CHECK_RC(store_account_by_phone(s, "+15550000001", acc), STORE_NOT_FOUND);
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_register(b, "+15550000001", id1, &primary, acc), STORE_OK);
+    CHECK(memcmp(acc, id1, 16) == 0);
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK_RC(store_account_by_phone(s, "+15550000001", acc2), STORE_OK);
+    CHECK(memcmp(acc2, id1, 16) == 0);
+    store_device d1 = {.device = 1};
+    memcpy(d1.account, id1, 16);
+    store_device_record got;
+    CHECK_RC(store_device_get(s, &d1, &got), STORE_OK);
+    CHECK(got.registration_id == 4242 && got.identity_key[5] == 0x33);
+    uint32_t ids[8];
+    size_t n = 0;
+    CHECK_RC(store_account_devices(s, id1, ids, 8, &n), STORE_OK);
+    CHECK(n == 1 && ids[0] == 1);
+
+    /* the number registers again: same account, new device key, old inbox dropped */
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(append_text(b, d1, 1, "for the old install", &seq), STORE_OK);
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+    memset(primary.identity_key, 0x44, 32);
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_register(b, "+15550000001", id2, &primary, acc), STORE_OK);
+    CHECK(memcmp(acc, id1, 16) == 0);
+    CHECK_RC(store_register(b, "+1555000000123456789", id2, &primary, acc), STORE_INVALID);
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK_RC(store_device_get(s, &d1, &got), STORE_OK);
+    CHECK(got.identity_key[5] == 0x44);
+    CHECK_RC(store_inbox_count(s, &d1, &count), STORE_OK);
+    CHECK(count == 0);
+    d1.device = 2;
+    CHECK_RC(store_device_get(s, &d1, &got), STORE_NOT_FOUND);
+    store_close(s);
+    remove_dir();
+}
+
 int main(void)
 {
     test_inbox();
     test_dedup_and_sweep();
     test_full();
+    test_accounts();
     test_kill9();
     return check_summary("store");
 }

@@ -70,6 +70,33 @@ int store_dedup_put(store_batch *b, const store_device *sender,
 int store_sweep(store_batch *b, uint64_t inbox_cutoff_ms, uint64_t dedup_cutoff_ms, size_t max,
                 size_t *inbox_removed, size_t *dedup_removed);
 
+/* ---- accounts and devices ---------------------------------------------------- */
+
+#define STORE_PHONE_MAX 16 /* "+" and at most 15 digits (E.164) */
+#define STORE_KEY_LEN 32
+
+typedef struct {
+    uint32_t device;
+    uint8_t identity_key[STORE_KEY_LEN]; /* Curve25519 u-coordinate */
+    uint32_t registration_id;
+} store_device_record;
+
+/* Registers phone's primary device. A new number gets a new account with the given
+ * id; a known number keeps its account id (written to *account) and has all its
+ * devices replaced: their inboxes are dropped. */
+int store_register(store_batch *b, const char *phone, const uint8_t new_id[STORE_ACCOUNT_ID_LEN],
+                   const store_device_record *primary, uint8_t account[STORE_ACCOUNT_ID_LEN]);
+
+/* The account of a phone number, or STORE_NOT_FOUND. */
+int store_account_by_phone(store *s, const char *phone, uint8_t account[STORE_ACCOUNT_ID_LEN]);
+
+/* One device's record, or STORE_NOT_FOUND. */
+int store_device_get(store *s, const store_device *d, store_device_record *out);
+
+/* The device ids of an account, ascending; *n gets the count (at most max). */
+int store_account_devices(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN], uint32_t *ids,
+                          size_t max, size_t *n);
+
 /* Reads up to max envelopes of a device with seq > after, in order. fn returns false
  * to stop early. Data is valid only during the call. */
 typedef bool (*store_envelope_fn)(void *ctx, uint64_t seq, uint64_t stored_ms,

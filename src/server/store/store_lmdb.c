@@ -6,6 +6,8 @@
  *   inbox_time  stored_ms(8) device(20) seq(8) -> ""    (retention sweeps in time order)
  *   dedup       sender(20) id(16)            -> accepted_ms(8)
  *   dedup_time  accepted_ms(8) sender(20) id(16) -> ""
+ *   phones      phone (E.164 text)           -> account(16)
+ *   devices     device(20)                   -> identity key(32) registration id(4)
  * A device is account(16) device number(4). Every change to inbox or dedup changes
  * its time index in the same transaction, so a sweep costs what it removes. */
 #include "store.h"
@@ -20,7 +22,7 @@
 
 struct store {
     MDB_env *env;
-    MDB_dbi inbox, inbox_next, inbox_time, dedup, dedup_time;
+    MDB_dbi inbox, inbox_next, inbox_time, dedup, dedup_time, phones, devices;
 };
 
 struct store_batch {
@@ -49,6 +51,12 @@ static void device_key(uint8_t out[DEVICE_KEY_LEN], const store_device *d)
     out[17] = (uint8_t)(d->device >> 16);
     out[18] = (uint8_t)(d->device >> 8);
     out[19] = (uint8_t)d->device;
+}
+
+static void device_from_key(store_device *d, const uint8_t k[DEVICE_KEY_LEN])
+{
+    memcpy(d->account, k, STORE_ACCOUNT_ID_LEN);
+    d->device = (uint32_t)k[16] << 24 | (uint32_t)k[17] << 16 | (uint32_t)k[18] << 8 | k[19];
 }
 
 static int map_error(int rc)
@@ -105,6 +113,10 @@ int store_open(store **out, const char *dir, uint64_t map_size)
         rc = mdb_dbi_open(txn, "dedup", MDB_CREATE, &s->dedup);
     if (rc == 0)
         rc = mdb_dbi_open(txn, "dedup_time", MDB_CREATE, &s->dedup_time);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, "phones", MDB_CREATE, &s->phones);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, "devices", MDB_CREATE, &s->devices);
     if (rc == 0) {
         rc = mdb_txn_commit(txn);
         txn = NULL;
@@ -371,4 +383,144 @@ int store_inbox_count(store *s, const store_device *d, uint64_t *count)
 {
     *count = 0;
     return store_inbox_read(s, d, 0, SIZE_MAX, count_one, count);
+}
+
+/* ---- accounts and devices ------------------------------------------------------ */
+
+/* Calls fn for each device key of an account, in a transaction. */
+static int each_device(MDB_txn *txn, MDB_dbi dbi, const uint8_t account[STORE_ACCOUNT_ID_LEN],
+                       bool (*fn)(void *ctx, const uint8_t key[DEVICE_KEY_LEN], const MDB_val *val),
+                       void *ctx)
+{
+    uint8_t start[DEVICE_KEY_LEN] = {0};
+    memcpy(start, account, STORE_ACCOUNT_ID_LEN);
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, dbi, &c);
+    if (rc != 0)
+        return map_error(rc);
+    MDB_val key = {sizeof start, start}, val;
+    rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
+    while (rc == 0 && key.mv_size == DEVICE_KEY_LEN &&
+           memcmp(key.mv_data, account, STORE_ACCOUNT_ID_LEN) == 0) {
+        if (!fn(ctx, key.mv_data, &val))
+            break;
+        rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : map_error(rc);
+}
+
+typedef struct {
+    uint8_t keys[64][DEVICE_KEY_LEN];
+    size_t n;
+} key_list;
+
+static bool collect_key(void *ctx, const uint8_t key[DEVICE_KEY_LEN], const MDB_val *val)
+{
+    key_list *l = ctx;
+    (void)val;
+    if (l->n < 64)
+        memcpy(l->keys[l->n++], key, DEVICE_KEY_LEN);
+    return l->n < 64;
+}
+
+int store_register(store_batch *b, const char *phone, const uint8_t new_id[STORE_ACCOUNT_ID_LEN],
+                   const store_device_record *primary, uint8_t account[STORE_ACCOUNT_ID_LEN])
+{
+    size_t plen = strlen(phone);
+    if (plen == 0 || plen > STORE_PHONE_MAX)
+        return STORE_INVALID;
+    MDB_val pk = {plen, (void *)phone}, pv;
+    int rc = mdb_get(b->txn, b->s->phones, &pk, &pv);
+    if (rc == 0 && pv.mv_size == STORE_ACCOUNT_ID_LEN) {
+        memcpy(account, pv.mv_data, STORE_ACCOUNT_ID_LEN);
+        key_list old = {.n = 0};
+        if ((rc = each_device(b->txn, b->s->devices, account, collect_key, &old)) != STORE_OK)
+            return rc;
+        for (size_t i = 0; i < old.n; i++) { /* the old devices go, and their inboxes */
+            store_device d;
+            size_t dropped;
+            MDB_val dk = {DEVICE_KEY_LEN, old.keys[i]};
+            device_from_key(&d, old.keys[i]);
+            if ((rc = store_inbox_drop(b, &d, &dropped)) != STORE_OK)
+                return rc;
+            if ((rc = mdb_del(b->txn, b->s->devices, &dk, NULL)) != 0)
+                return map_error(rc);
+        }
+    } else if (rc == MDB_NOTFOUND) {
+        memcpy(account, new_id, STORE_ACCOUNT_ID_LEN);
+        if ((rc = put(b->txn, b->s->phones, phone, plen, account, STORE_ACCOUNT_ID_LEN)) != STORE_OK)
+            return rc;
+    } else {
+        return rc == 0 ? STORE_INVALID : map_error(rc);
+    }
+    uint8_t dk[DEVICE_KEY_LEN], dv[STORE_KEY_LEN + 4];
+    store_device d;
+    memcpy(d.account, account, STORE_ACCOUNT_ID_LEN);
+    d.device = primary->device;
+    device_key(dk, &d);
+    memcpy(dv, primary->identity_key, STORE_KEY_LEN);
+    dv[32] = (uint8_t)(primary->registration_id >> 24);
+    dv[33] = (uint8_t)(primary->registration_id >> 16);
+    dv[34] = (uint8_t)(primary->registration_id >> 8);
+    dv[35] = (uint8_t)primary->registration_id;
+    return put(b->txn, b->s->devices, dk, sizeof dk, dv, sizeof dv);
+}
+
+int store_account_by_phone(store *s, const char *phone, uint8_t account[STORE_ACCOUNT_ID_LEN])
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0)
+        return map_error(rc);
+    MDB_val pk = {strlen(phone), (void *)phone}, pv;
+    rc = mdb_get(txn, s->phones, &pk, &pv);
+    if (rc == 0 && pv.mv_size == STORE_ACCOUNT_ID_LEN)
+        memcpy(account, pv.mv_data, STORE_ACCOUNT_ID_LEN);
+    else if (rc == 0)
+        rc = EINVAL;
+    mdb_txn_abort(txn);
+    return rc == EINVAL ? STORE_INVALID : map_error(rc);
+}
+
+int store_device_get(store *s, const store_device *d, store_device_record *out)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0)
+        return map_error(rc);
+    uint8_t dk[DEVICE_KEY_LEN];
+    device_key(dk, d);
+    MDB_val key = {sizeof dk, dk}, val;
+    rc = mdb_get(txn, s->devices, &key, &val);
+    if (rc == 0 && val.mv_size == STORE_KEY_LEN + 4) {
+        const uint8_t *v = val.mv_data;
+        out->device = d->device;
+        memcpy(out->identity_key, v, STORE_KEY_LEN);
+        out->registration_id = (uint32_t)v[32] << 24 | (uint32_t)v[33] << 16 |
+                               (uint32_t)v[34] << 8 | v[35];
+    } else if (rc == 0) {
+        rc = EINVAL;
+    }
+    mdb_txn_abort(txn);
+    return rc == EINVAL ? STORE_INVALID : map_error(rc);
+}
+
+int store_account_devices(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN], uint32_t *ids,
+                          size_t max, size_t *n)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0)
+        return map_error(rc);
+    key_list l = {.n = 0};
+    rc = each_device(txn, s->devices, account, collect_key, &l);
+    mdb_txn_abort(txn);
+    *n = 0;
+    for (size_t i = 0; i < l.n && i < max; i++) {
+        store_device d;
+        device_from_key(&d, l.keys[i]);
+        ids[(*n)++] = d.device;
+    }
+    return rc;
 }
