@@ -1,0 +1,109 @@
+/* io.c - parleyd's I/O threads. Each thread has its own libuv loop and its own
+ * listening socket on the same address (SO_REUSEPORT: the kernel spreads new
+ * connections over the threads), and a connection stays on its thread for life. */
+#define _GNU_SOURCE /* SO_REUSEPORT */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "server.h"
+
+static int open_listener(const server_config *cfg, uv_loop_t *loop, uv_tcp_t *tcp)
+{
+    struct sockaddr_in addr;
+    int rc = uv_ip4_addr(cfg->host, cfg->port, &addr);
+    if (rc != 0)
+        return rc;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return uv_translate_sys_error(errno);
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+        bind(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        rc = uv_translate_sys_error(errno);
+        close(fd);
+        return rc;
+    }
+    uv_tcp_init(loop, tcp);
+    if ((rc = uv_tcp_open(tcp, fd)) != 0) {
+        close(fd);
+        return rc;
+    }
+    return 0;
+}
+
+static void on_connection(uv_stream_t *listener, int status)
+{
+    io_thread *t = listener->data;
+    if (status == 0)
+        ws_thread_accept(&t->ws, listener);
+}
+
+static void on_stop(uv_async_t *a)
+{
+    io_thread *t = a->data;
+    uv_close((uv_handle_t *)&t->listener, NULL);
+    uv_close((uv_handle_t *)&t->stop, NULL);
+    ws_thread_stop(&t->ws);
+}
+
+static void *io_main(void *arg)
+{
+    io_thread *t = arg;
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&t->loop);
+    return NULL;
+}
+
+int io_start(server *srv)
+{
+    srv->io = calloc((size_t)srv->cfg.threads, sizeof *srv->io);
+    if (!srv->io)
+        return UV_ENOMEM;
+    ws_limits limits = {srv->cfg.max_frame_bytes, srv->cfg.max_frame_bytes};
+    for (int i = 0; i < srv->cfg.threads; i++) {
+        io_thread *t = &srv->io[i];
+        t->srv = srv;
+        t->index = i;
+        uv_loop_init(&t->loop);
+        int rc = open_listener(&srv->cfg, &t->loop, &t->listener);
+        if (rc == 0)
+            rc = uv_listen((uv_stream_t *)&t->listener, 1024, on_connection);
+        if (rc != 0) {
+            fprintf(stderr, "parleyd: cannot listen on %s:%d: %s\n", srv->cfg.host, srv->cfg.port,
+                    uv_strerror(rc));
+            srv->nio = i;
+            return rc;
+        }
+        t->listener.data = t;
+        uv_async_init(&t->loop, &t->stop, on_stop);
+        t->stop.data = t;
+        /* a connection silent for twice the heartbeat interval is closed */
+        ws_thread_init(&t->ws, &t->loop, &peer_callbacks, limits, srv->cfg.heartbeat_seconds * 2000);
+        t->ws.loop->data = t;
+    }
+    srv->nio = srv->cfg.threads;
+    for (int i = 0; i < srv->nio; i++)
+        if (pthread_create(&srv->io[i].tid, NULL, io_main, &srv->io[i]) != 0)
+            return UV_EAGAIN;
+    return 0;
+}
+
+void io_stop(server *srv)
+{
+    for (int i = 0; i < srv->nio; i++)
+        uv_async_send(&srv->io[i].stop);
+}
+
+void io_join(server *srv)
+{
+    for (int i = 0; i < srv->nio; i++)
+        pthread_join(srv->io[i].tid, NULL);
+    free(srv->io);
+    srv->io = NULL;
+}

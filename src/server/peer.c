@@ -1,0 +1,465 @@
+/* peer.c - the Parley protocol on one connection (docs/protocol.md): Hello, ping,
+ * registration by one-time code, challenge-response authentication, lookup, and a
+ * clear Error for every frame that cannot be served. A connection costs a small
+ * struct; the nonce exists only between Connect and Authenticate. */
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "parley.pb-c.h"
+#include "primitives.h"
+#include "server.h"
+
+#define CODE_TTL_MS (10 * 60 * 1000)
+#define CODE_ATTEMPTS 5
+#define CODES_PER_HOUR 5
+#define AUTH_CONTEXT "parley-auth-v1"
+
+enum { PEER_NEW, PEER_CHALLENGED, PEER_AUTHENTICATED };
+
+typedef struct {
+    uint8_t state;
+    uint32_t pending_work;           /* SMS sends in flight for this connection */
+    ws_conn *conn;                   /* NULL once the connection is gone */
+    store_device device;             /* claimed in Connect, proven by Authenticate */
+    uint8_t *nonce;                  /* only while challenged */
+} peer;
+
+uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static server *server_of(ws_conn *c)
+{
+    return ((io_thread *)c->thread->loop->data)->srv;
+}
+
+static void send_frame(ws_conn *c, Parley__Frame *f)
+{
+    f->has_version = 1;
+    f->version = PARLEY_PROTOCOL_VERSION;
+    size_t n = parley__frame__get_packed_size(f);
+    uint8_t stack[512], *buf = n <= sizeof stack ? stack : malloc(n);
+    if (!buf) {
+        ws_conn_abort(c);
+        return;
+    }
+    parley__frame__pack(f, buf);
+    ws_conn_send(c, WS_OP_BINARY, buf, n);
+    if (buf != stack)
+        free(buf);
+}
+
+static void reply(ws_conn *c, uint64_t request_id, Parley__Frame *f)
+{
+    f->has_request_id = request_id != 0;
+    f->request_id = request_id;
+    send_frame(c, f);
+}
+
+static void send_error(ws_conn *c, uint64_t request_id, uint32_t code, const char *reason)
+{
+    Parley__Error e = PARLEY__ERROR__INIT;
+    e.has_code = 1;
+    e.code = code;
+    e.reason = (char *)reason;
+    Parley__Frame f = PARLEY__FRAME__INIT;
+    f.body_case = PARLEY__FRAME__BODY_ERROR;
+    f.error = &e;
+    reply(c, request_id, &f);
+}
+
+/* ---- registration ------------------------------------------------------------ */
+
+static bool phone_valid(const char *p)
+{
+    size_t n = p ? strlen(p) : 0;
+    if (n < 8 || n > STORE_PHONE_MAX || p[0] != '+' || p[1] == '0')
+        return false;
+    for (size_t i = 1; i < n; i++)
+        if (p[i] < '0' || p[i] > '9')
+            return false;
+    return true;
+}
+
+static code_entry *find_code(server *srv, const char *phone, bool create)
+{
+    for (code_entry *e = srv->codes; e; e = e->next)
+        if (strcmp(e->phone, phone) == 0)
+            return e;
+    if (!create)
+        return NULL;
+    code_entry *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    snprintf(e->phone, sizeof e->phone, "%s", phone);
+    e->next = srv->codes;
+    srv->codes = e;
+    return e;
+}
+
+typedef struct {
+    uv_work_t work;
+    peer *p;
+    server *srv;
+    uint64_t request_id;
+    char phone[STORE_PHONE_MAX + 1];
+    char code[7];
+    int rc;
+    char err[200];
+} sms_job;
+
+static void sms_job_run(uv_work_t *w)
+{
+    sms_job *j = w->data;
+    j->rc = sms_send(j->srv->cfg.sms, j->phone, j->code, j->err, sizeof j->err);
+}
+
+static void sms_job_done(uv_work_t *w, int status)
+{
+    sms_job *j = w->data;
+    peer *p = j->p;
+    p->pending_work--;
+    if (p->conn) {
+        if (status != 0 || j->rc != 0) {
+            fprintf(stderr, "parleyd: SMS for %s failed: %s\n", j->phone, j->err);
+            send_error(p->conn, j->request_id, PARLEY__ERROR_CODE__INTERNAL,
+                       "the code could not be sent; try again later");
+        } else {
+            Parley__CodeRequested cr = PARLEY__CODE_REQUESTED__INIT;
+            cr.has_expires_in_seconds = 1;
+            cr.expires_in_seconds = CODE_TTL_MS / 1000;
+            Parley__Frame f = PARLEY__FRAME__INIT;
+            f.body_case = PARLEY__FRAME__BODY_CODE_REQUESTED;
+            f.code_requested = &cr;
+            reply(p->conn, j->request_id, &f);
+        }
+    } else if (p->pending_work == 0) {
+        free(p); /* the connection went away while the SMS was out */
+    }
+    sodium_memzero(j->code, sizeof j->code);
+    free(j);
+}
+
+static void on_request_code(ws_conn *c, peer *p, uint64_t rid, const Parley__RequestCode *m)
+{
+    server *srv = server_of(c);
+    if (!phone_valid(m->phone)) {
+        send_error(c, rid, PARLEY__ERROR_CODE__INVALID_PHONE, "not an E.164 phone number");
+        return;
+    }
+    uint64_t now = now_ms();
+    sms_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        send_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        return;
+    }
+    pthread_mutex_lock(&srv->codes_lock);
+    code_entry *e = find_code(srv, m->phone, true);
+    int recent = 0;
+    for (int i = 0; e && i < CODES_PER_HOUR; i++)
+        recent += e->sent_ms[i] && now - e->sent_ms[i] < 3600 * 1000;
+    bool limited = e && recent >= CODES_PER_HOUR;
+    if (e && !limited) {
+        snprintf(e->code, sizeof e->code, "%06u", (unsigned)randombytes_uniform(1000000));
+        e->expires_ms = now + CODE_TTL_MS;
+        e->attempts_left = CODE_ATTEMPTS;
+        memmove(e->sent_ms + 1, e->sent_ms, (CODES_PER_HOUR - 1) * sizeof e->sent_ms[0]);
+        e->sent_ms[0] = now;
+        memcpy(j->code, e->code, sizeof j->code);
+    }
+    pthread_mutex_unlock(&srv->codes_lock);
+    if (!e || limited) {
+        free(j);
+        send_error(c, rid, e ? PARLEY__ERROR_CODE__CODE_RATE_LIMITED : PARLEY__ERROR_CODE__INTERNAL,
+                   e ? "too many codes for this number; try again within the hour" : "out of memory");
+        return;
+    }
+    j->work.data = j;
+    j->p = p;
+    j->srv = srv;
+    j->request_id = rid;
+    snprintf(j->phone, sizeof j->phone, "%s", m->phone);
+    p->pending_work++;
+    if (uv_queue_work(c->thread->loop, &j->work, sms_job_run, sms_job_done) != 0) {
+        p->pending_work--;
+        free(j);
+        send_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "the code could not be sent");
+    }
+}
+
+/* Checks a code; burns it after too many wrong tries or once used. */
+static uint32_t check_code(server *srv, const char *phone, const char *code)
+{
+    uint32_t result;
+    pthread_mutex_lock(&srv->codes_lock);
+    code_entry *e = find_code(srv, phone, false);
+    if (!e || !e->code[0]) {
+        result = PARLEY__ERROR_CODE__WRONG_CODE;
+    } else if (now_ms() > e->expires_ms) {
+        result = PARLEY__ERROR_CODE__CODE_EXPIRED;
+    } else if (e->attempts_left == 0) {
+        result = PARLEY__ERROR_CODE__TOO_MANY_ATTEMPTS;
+    } else if (!code || strlen(code) != 6 || sodium_memcmp(code, e->code, 6) != 0) {
+        e->attempts_left--;
+        result = e->attempts_left ? PARLEY__ERROR_CODE__WRONG_CODE : PARLEY__ERROR_CODE__TOO_MANY_ATTEMPTS;
+    } else {
+        sodium_memzero(e->code, sizeof e->code); /* one use */
+        result = 0;
+    }
+    pthread_mutex_unlock(&srv->codes_lock);
+    return result;
+}
+
+static void on_register(ws_conn *c, uint64_t rid, const Parley__Register *m)
+{
+    server *srv = server_of(c);
+    if (!phone_valid(m->phone)) {
+        send_error(c, rid, PARLEY__ERROR_CODE__INVALID_PHONE, "not an E.164 phone number");
+        return;
+    }
+    store_device_record primary = {.device = 1, .registration_id = m->registration_id};
+    if (!m->has_identity_key ||
+        ps_pubkey_parse(primary.identity_key, m->identity_key.data, m->identity_key.len) != PS_OK) {
+        send_error(c, rid, PARLEY__ERROR_CODE__INVALID_KEY,
+                   "identity_key must be a 33-byte Curve25519 key (0x05 || u)");
+        return;
+    }
+    uint32_t code_error = check_code(srv, m->phone, m->code);
+    if (code_error) {
+        send_error(c, rid, code_error, code_error == PARLEY__ERROR_CODE__WRONG_CODE ? "wrong code"
+                                       : code_error == PARLEY__ERROR_CODE__CODE_EXPIRED
+                                           ? "the code expired; request a new one"
+                                           : "too many wrong codes; request a new one");
+        return;
+    }
+    uint8_t new_id[STORE_ACCOUNT_ID_LEN], account[STORE_ACCOUNT_ID_LEN];
+    randombytes_buf(new_id, sizeof new_id);
+    store_batch *b = NULL;
+    pthread_mutex_lock(&srv->write_lock);
+    int rc = store_batch_begin(srv->st, &b);
+    if (rc == STORE_OK && (rc = store_register(b, m->phone, new_id, &primary, account)) != STORE_OK)
+        store_batch_abort(b);
+    else if (rc == STORE_OK)
+        rc = store_batch_commit(b);
+    pthread_mutex_unlock(&srv->write_lock);
+    if (rc != STORE_OK) {
+        send_error(c, rid, rc == STORE_FULL ? PARLEY__ERROR_CODE__STORAGE_FULL : PARLEY__ERROR_CODE__INTERNAL,
+                   store_strerror(rc));
+        return;
+    }
+    Parley__Registered r = PARLEY__REGISTERED__INIT;
+    r.has_account_id = 1;
+    r.account_id = (ProtobufCBinaryData){sizeof account, account};
+    r.has_device_id = 1;
+    r.device_id = 1;
+    Parley__Frame f = PARLEY__FRAME__INIT;
+    f.body_case = PARLEY__FRAME__BODY_REGISTERED;
+    f.registered = &r;
+    reply(c, rid, &f);
+}
+
+/* ---- authentication ------------------------------------------------------------ */
+
+static void on_connect(ws_conn *c, peer *p, uint64_t rid, const Parley__Connect *m)
+{
+    if (p->state == PEER_AUTHENTICATED) {
+        send_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED, "already authenticated");
+        return;
+    }
+    if (!m->has_account_id || m->account_id.len != STORE_ACCOUNT_ID_LEN || !m->has_device_id) {
+        send_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, "Connect needs account_id (16 bytes) and device_id");
+        return;
+    }
+    if (!p->nonce && !(p->nonce = malloc(32))) {
+        send_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        return;
+    }
+    randombytes_buf(p->nonce, 32);
+    memcpy(p->device.account, m->account_id.data, STORE_ACCOUNT_ID_LEN);
+    p->device.device = m->device_id;
+    p->state = PEER_CHALLENGED;
+    Parley__Challenge ch = PARLEY__CHALLENGE__INIT;
+    ch.has_nonce = 1;
+    ch.nonce = (ProtobufCBinaryData){32, p->nonce};
+    Parley__Frame f = PARLEY__FRAME__INIT;
+    f.body_case = PARLEY__FRAME__BODY_CHALLENGE;
+    f.challenge = &ch;
+    reply(c, rid, &f);
+}
+
+static void on_authenticate(ws_conn *c, peer *p, uint64_t rid, const Parley__Authenticate *m)
+{
+    server *srv = server_of(c);
+    if (p->state != PEER_CHALLENGED) {
+        send_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED, "send Connect first");
+        return;
+    }
+    uint8_t msg[sizeof AUTH_CONTEXT - 1 + 32 + 16 + 4];
+    memcpy(msg, AUTH_CONTEXT, sizeof AUTH_CONTEXT - 1);
+    memcpy(msg + sizeof AUTH_CONTEXT - 1, p->nonce, 32);
+    memcpy(msg + sizeof AUTH_CONTEXT - 1 + 32, p->device.account, 16);
+    uint8_t *d = msg + sizeof AUTH_CONTEXT - 1 + 48;
+    d[0] = (uint8_t)(p->device.device >> 24), d[1] = (uint8_t)(p->device.device >> 16);
+    d[2] = (uint8_t)(p->device.device >> 8), d[3] = (uint8_t)p->device.device;
+    /* the nonce is good for one try: a new Connect is needed after a failure */
+    free(p->nonce);
+    p->nonce = NULL;
+    p->state = PEER_NEW;
+    store_device_record rec;
+    int rc = store_device_get(srv->st, &p->device, &rec);
+    if (rc != STORE_OK || !m->has_signature || m->signature.len != PS_SIG_LEN ||
+        !ps_xeddsa_verify(rec.identity_key, msg, sizeof msg, m->signature.data)) {
+        send_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED,
+                   rc == STORE_NOT_FOUND ? "unknown device" : "the signature does not verify");
+        return;
+    }
+    p->state = PEER_AUTHENTICATED;
+    Parley__Authenticated a = PARLEY__AUTHENTICATED__INIT;
+    a.has_server_time_ms = 1;
+    a.server_time_ms = now_ms();
+    Parley__Frame f = PARLEY__FRAME__INIT;
+    f.body_case = PARLEY__FRAME__BODY_AUTHENTICATED;
+    f.authenticated = &a;
+    reply(c, rid, &f);
+}
+
+static void on_lookup(ws_conn *c, uint64_t rid, const Parley__Lookup *m)
+{
+    server *srv = server_of(c);
+    uint8_t account[STORE_ACCOUNT_ID_LEN];
+    uint32_t ids[8];
+    size_t n = 0;
+    int rc = phone_valid(m->phone) ? store_account_by_phone(srv->st, m->phone, account) : STORE_NOT_FOUND;
+    if (rc == STORE_OK)
+        rc = store_account_devices(srv->st, account, ids, 8, &n);
+    if (rc != STORE_OK || n == 0) {
+        send_error(c, rid, rc == STORE_NOT_FOUND || n == 0 ? PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT
+                                                            : PARLEY__ERROR_CODE__INTERNAL,
+                   rc == STORE_NOT_FOUND || n == 0 ? "no account has this number" : store_strerror(rc));
+        return;
+    }
+    Parley__DeviceList dl = PARLEY__DEVICE_LIST__INIT;
+    dl.has_account_id = 1;
+    dl.account_id = (ProtobufCBinaryData){sizeof account, account};
+    dl.n_device_ids = n;
+    dl.device_ids = ids;
+    Parley__LookupResult lr = PARLEY__LOOKUP_RESULT__INIT;
+    lr.devices = &dl;
+    Parley__Frame f = PARLEY__FRAME__INIT;
+    f.body_case = PARLEY__FRAME__BODY_LOOKUP_RESULT;
+    f.lookup_result = &lr;
+    reply(c, rid, &f);
+}
+
+/* ---- dispatch ------------------------------------------------------------------ */
+
+static void on_open(ws_conn *c)
+{
+    server *srv = server_of(c);
+    peer *p = calloc(1, sizeof *p);
+    if (!p) {
+        ws_conn_close(c, WS_CLOSE_INTERNAL_ERROR, "out of memory");
+        return;
+    }
+    p->conn = c;
+    c->user = p;
+    Parley__Hello h = PARLEY__HELLO__INIT;
+    h.has_protocol_version = 1;
+    h.protocol_version = PARLEY_PROTOCOL_VERSION;
+    h.has_heartbeat_seconds = 1;
+    h.heartbeat_seconds = srv->cfg.heartbeat_seconds;
+    h.has_server_time_ms = 1;
+    h.server_time_ms = now_ms();
+    h.has_max_frame_bytes = 1;
+    h.max_frame_bytes = srv->cfg.max_frame_bytes;
+    Parley__Frame f = PARLEY__FRAME__INIT;
+    f.body_case = PARLEY__FRAME__BODY_HELLO;
+    f.hello = &h;
+    send_frame(c, &f);
+}
+
+static bool on_message(ws_conn *c, int opcode, uint8_t *data, size_t len)
+{
+    peer *p = c->user;
+    if (!p)
+        return false;
+    if (opcode == WS_OP_TEXT) {
+        send_error(c, 0, PARLEY__ERROR_CODE__TEXT_FRAME, "send binary frames: text frames are not part of the protocol");
+        return true;
+    }
+    Parley__Frame *f = parley__frame__unpack(NULL, len, data);
+    if (!f) {
+        send_error(c, 0, PARLEY__ERROR_CODE__MALFORMED_FRAME, "not a Parley frame");
+        return true;
+    }
+    uint64_t rid = f->has_request_id ? f->request_id : 0;
+    if (f->has_version && f->version != PARLEY_PROTOCOL_VERSION) {
+        send_error(c, rid, PARLEY__ERROR_CODE__UNSUPPORTED_VERSION, "this server speaks protocol version 1");
+        parley__frame__free_unpacked(f, NULL);
+        return true;
+    }
+    bool authed = p->state == PEER_AUTHENTICATED;
+    switch (f->body_case) {
+    case PARLEY__FRAME__BODY_PING: {
+        Parley__Pong pong = PARLEY__PONG__INIT;
+        pong.has_nonce = f->ping->has_nonce;
+        pong.nonce = f->ping->nonce;
+        Parley__Frame r = PARLEY__FRAME__INIT;
+        r.body_case = PARLEY__FRAME__BODY_PONG;
+        r.pong = &pong;
+        reply(c, rid, &r);
+        break;
+    }
+    case PARLEY__FRAME__BODY_REQUEST_CODE:
+        on_request_code(c, p, rid, f->request_code);
+        break;
+    case PARLEY__FRAME__BODY_REGISTER:
+        on_register(c, rid, f->register_);
+        break;
+    case PARLEY__FRAME__BODY_CONNECT:
+        on_connect(c, p, rid, f->connect);
+        break;
+    case PARLEY__FRAME__BODY_AUTHENTICATE:
+        on_authenticate(c, p, rid, f->authenticate);
+        break;
+    case PARLEY__FRAME__BODY_LOOKUP:
+    case PARLEY__FRAME__BODY_SEND:
+    case PARLEY__FRAME__BODY_DELIVER_ACK:
+    case PARLEY__FRAME__BODY_RECEIPT:
+        if (!authed)
+            send_error(c, rid, PARLEY__ERROR_CODE__NOT_AUTHENTICATED, "authenticate first");
+        else if (f->body_case == PARLEY__FRAME__BODY_LOOKUP)
+            on_lookup(c, rid, f->lookup);
+        else /* messaging is the next part of the server core */
+            send_error(c, rid, PARLEY__ERROR_CODE__UNKNOWN_FRAME, "not served by this server version yet");
+        break;
+    case PARLEY__FRAME__BODY__NOT_SET:
+        send_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, "the frame has no body");
+        break;
+    default:
+        send_error(c, rid, PARLEY__ERROR_CODE__UNKNOWN_FRAME, "clients do not send this frame");
+        break;
+    }
+    parley__frame__free_unpacked(f, NULL);
+    return true;
+}
+
+static void on_closed(ws_conn *c)
+{
+    peer *p = c->user;
+    if (!p)
+        return;
+    free(p->nonce);
+    p->nonce = NULL;
+    p->conn = NULL;
+    if (p->pending_work == 0)
+        free(p);
+}
+
+const ws_conn_callbacks peer_callbacks = {on_open, on_message, on_closed};

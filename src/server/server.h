@@ -1,0 +1,74 @@
+/* server.h - parleyd's shared state: configuration, the store, the I/O threads and
+ * the registration service. Each connection lives on one I/O thread for its life. */
+#ifndef PARLEY_SERVER_H
+#define PARLEY_SERVER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "store.h"
+#include "ws_conn.h"
+
+#define PARLEY_PROTOCOL_VERSION 1
+
+typedef struct {
+    char host[64];
+    int port;
+    char data_dir[512];
+    int threads;
+    char sms[1024];              /* "file:PATH" or "http://HOST[:PORT]/PATH" */
+    uint64_t retention_ms;
+    uint32_t heartbeat_seconds;
+    uint32_t max_frame_bytes;
+    uint64_t map_size;
+} server_config;
+
+typedef struct server server;
+
+typedef struct {
+    server *srv;
+    int index;
+    uv_loop_t loop;
+    uv_tcp_t listener;
+    uv_async_t stop;
+    ws_thread ws;
+    pthread_t tid;
+} io_thread;
+
+/* One-time codes, in memory (a restart voids them; the user asks again). */
+typedef struct code_entry {
+    char phone[STORE_PHONE_MAX + 1];
+    char code[7];
+    uint64_t expires_ms;
+    uint32_t attempts_left;
+    uint64_t sent_ms[5];          /* when the last codes were sent, for the hourly limit */
+    struct code_entry *next;
+} code_entry;
+
+struct server {
+    server_config cfg;
+    store *st;
+    pthread_mutex_t write_lock;   /* one store batch at a time */
+    pthread_mutex_t codes_lock;
+    code_entry *codes;
+    io_thread *io;
+    int nio;
+};
+
+/* Wall-clock milliseconds. */
+uint64_t now_ms(void);
+
+/* I/O threads (io.c): listen with SO_REUSEPORT on every thread, run, stop. */
+int io_start(server *srv);
+void io_stop(server *srv);
+void io_join(server *srv);
+
+/* Per-connection protocol (peer.c). */
+extern const ws_conn_callbacks peer_callbacks;
+
+/* Sending one code by the configured provider (sms.c). Blocking; run off the loop. */
+int sms_send(const char *provider, const char *phone, const char *code, char *err, size_t errlen);
+
+#endif
