@@ -2,9 +2,11 @@
 #include "primitives.h"
 
 #include <openssl/core_names.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/kdf.h>
+#include <protobuf-c/protobuf-c.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,6 +150,8 @@ int ps_hkdf(uint8_t *out, size_t outlen, const uint8_t *salt, size_t saltlen,
     };
     int ok = EVP_KDF_derive(ctx, out, outlen, params);
     EVP_KDF_CTX_free(ctx);
+    if (ok != 1)
+        ERR_clear_error();
     return ok == 1 ? PS_OK : PS_ERR_INTERNAL;
 }
 
@@ -177,6 +181,7 @@ static int aes_cbc(ps_bytes *out, int enc, const uint8_t key[32], const uint8_t 
     out->len = (size_t)n1 + (size_t)n2;
     return PS_OK;
 fail:
+    ERR_clear_error(); /* a bad padding leaves an entry; do not let them pile up */
     EVP_CIPHER_CTX_free(ctx);
     sodium_memzero(buf, len + 16);
     free(buf);
@@ -194,3 +199,31 @@ int ps_aes_cbc_decrypt(ps_bytes *out, const uint8_t key[32], const uint8_t iv[16
 {
     return aes_cbc(out, 0, key, iv, in, len);
 }
+
+/* protobuf-c copies every bytes field it unpacks; for records that hold keys those
+ * copies must be wiped when freed, so the block remembers its size in a header. */
+#define WIPE_HEADER 16 /* keeps the malloc alignment */
+
+static void *wiping_alloc(void *data, size_t size)
+{
+    (void)data;
+    uint8_t *base = malloc(size + WIPE_HEADER);
+    if (!base)
+        return NULL;
+    memcpy(base, &size, sizeof size);
+    return base + WIPE_HEADER;
+}
+
+static void wiping_free(void *data, void *ptr)
+{
+    (void)data;
+    if (!ptr)
+        return;
+    uint8_t *base = (uint8_t *)ptr - WIPE_HEADER;
+    size_t size;
+    memcpy(&size, base, sizeof size);
+    sodium_memzero(ptr, size);
+    free(base);
+}
+
+ProtobufCAllocator ps_wiping_allocator = {wiping_alloc, wiping_free, NULL};

@@ -5,6 +5,10 @@
 
 #include "ps.h"
 
+/* A protobuf-c allocator whose frees wipe: unpack records that hold keys with it. */
+struct ProtobufCAllocator;
+extern struct ProtobufCAllocator ps_wiping_allocator;
+
 /* Generates a key pair: 32 random bytes, clamped, public = X25519 base point multiple. */
 void ps_keypair_generate(const ps_rng *rng, ps_keypair *kp);
 

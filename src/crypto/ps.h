@@ -3,7 +3,8 @@
  * Everything under src/crypto/ is pure computation: no I/O, no globals. Secrets
  * live in caller-owned structs and are wiped by the *_clear / *_free functions.
  * Randomness comes from a ps_rng the caller passes, or libsodium when it is NULL
- * (tests pass a deterministic one to reproduce the reference's transcript). */
+ * (tests pass a deterministic one to reproduce the reference's transcript).
+ * Callers must have called sodium_init() once before using anything here. */
 #ifndef PARLEY_CRYPTO_PS_H
 #define PARLEY_CRYPTO_PS_H
 

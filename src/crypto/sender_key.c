@@ -82,6 +82,7 @@ int ps_sender_key_create(ps_sender_key_record *rec, const uint8_t dist[PS_UUID_L
         st.has_signing_private = true;
         ps_keypair_clear(&signing);
         record_push_front(rec, &st);
+        sodium_memzero(&st, sizeof st);
     }
     const ps_sk_state *st = &rec->states[0];
     uint8_t signing33[PS_PUBKEY_LEN];
@@ -108,7 +109,7 @@ int ps_skdm_parse(ps_skdm *out, const uint8_t *body, size_t len)
     if ((body[0] >> 4) != 3)
         return PS_ERR_VERSION;
     Signalwire__SenderKeyDistributionMessage *m =
-        signalwire__sender_key_distribution_message__unpack(NULL, len - 1, body + 1);
+        signalwire__sender_key_distribution_message__unpack(&ps_wiping_allocator, len - 1, body + 1);
     if (!m)
         return PS_ERR_INVALID_MESSAGE;
     int rc = PS_ERR_INVALID_MESSAGE;
@@ -124,7 +125,7 @@ int ps_skdm_parse(ps_skdm *out, const uint8_t *body, size_t len)
     memcpy(out->chain_key, m->chain_key.data, PS_KEY_LEN);
     rc = PS_OK;
 out:
-    signalwire__sender_key_distribution_message__free_unpacked(m, NULL);
+    signalwire__sender_key_distribution_message__free_unpacked(m, &ps_wiping_allocator);
     return rc;
 }
 
@@ -156,6 +157,7 @@ int ps_sender_key_process(ps_sender_key_record *rec, const ps_skdm *m)
     }
     if (have_kept) {
         record_push_front(rec, &kept);
+        sodium_memzero(&kept, sizeof kept);
         return PS_OK;
     }
     memset(&st, 0, sizeof st);
@@ -164,6 +166,7 @@ int ps_sender_key_process(ps_sender_key_record *rec, const ps_skdm *m)
     memcpy(st.chain_key, m->chain_key, PS_KEY_LEN);
     memcpy(st.signing_public, m->signing_key, PS_KEY_LEN);
     record_push_front(rec, &st);
+    sodium_memzero(&st, sizeof st);
     return PS_OK;
 }
 
@@ -175,6 +178,8 @@ int ps_sender_key_encrypt(ps_sender_key_record *rec, const uint8_t *plaintext, s
     if (rec->nstates == 0 || !rec->states[0].has_signing_private)
         return PS_ERR_NO_SENDER_KEY;
     ps_sk_state *st = &rec->states[0];
+    if (st->iteration == UINT32_MAX) /* the chain is used up: a new sender key is needed */
+        return PS_ERR_TOO_FAR;
     uint8_t seed[32], next[32], iv[16], key[32];
     ps_bytes ct = {0};
     int rc;

@@ -213,7 +213,7 @@ out:
 int ps_session_record_deserialize(ps_session_record *rec, const uint8_t *in, size_t len)
 {
     memset(rec, 0, sizeof *rec);
-    Signalstate__SessionRecord *r = signalstate__session_record__unpack(NULL, len, in);
+    Signalstate__SessionRecord *r = signalstate__session_record__unpack(&ps_wiping_allocator, len, in);
     if (!r)
         return PS_ERR_BAD_STATE;
     int rc = PS_ERR_BAD_STATE;
@@ -228,7 +228,7 @@ int ps_session_record_deserialize(ps_session_record *rec, const uint8_t *in, siz
     }
     rc = PS_OK;
 out:
-    signalstate__session_record__free_unpacked(r, NULL);
+    signalstate__session_record__free_unpacked(r, &ps_wiping_allocator);
     if (rc)
         ps_session_record_clear(rec);
     return rc;
@@ -286,7 +286,7 @@ out:
 int ps_sender_key_record_deserialize(ps_sender_key_record *rec, const uint8_t *in, size_t len)
 {
     memset(rec, 0, sizeof *rec);
-    Signalstate__SenderKeyRecord *r = signalstate__sender_key_record__unpack(NULL, len, in);
+    Signalstate__SenderKeyRecord *r = signalstate__sender_key_record__unpack(&ps_wiping_allocator, len, in);
     if (!r)
         return PS_ERR_BAD_STATE;
     int rc = PS_ERR_BAD_STATE;
@@ -327,7 +327,7 @@ int ps_sender_key_record_deserialize(ps_sender_key_record *rec, const uint8_t *i
     }
     rc = PS_OK;
 out:
-    signalstate__sender_key_record__free_unpacked(r, NULL);
+    signalstate__sender_key_record__free_unpacked(r, &ps_wiping_allocator);
     if (rc)
         ps_sender_key_record_clear(rec);
     return rc;
@@ -353,7 +353,7 @@ int ps_key_record_serialize(const ps_key_record *k, ps_bytes *out)
 int ps_key_record_deserialize(ps_key_record *k, const uint8_t *in, size_t len)
 {
     memset(k, 0, sizeof *k);
-    Signalstate__KeyRecord *r = signalstate__key_record__unpack(NULL, len, in);
+    Signalstate__KeyRecord *r = signalstate__key_record__unpack(&ps_wiping_allocator, len, in);
     if (!r)
         return PS_ERR_BAD_STATE;
     int rc = PS_ERR_BAD_STATE;
@@ -377,7 +377,7 @@ int ps_key_record_deserialize(ps_key_record *k, const uint8_t *in, size_t len)
     rc = PS_OK;
 out:
     sodium_memzero(priv, sizeof priv);
-    signalstate__key_record__free_unpacked(r, NULL);
+    signalstate__key_record__free_unpacked(r, &ps_wiping_allocator);
     if (rc)
         sodium_memzero(k, sizeof *k);
     return rc;

@@ -212,6 +212,9 @@ bool ps_session_record_has_base_key(const ps_session_record *rec, const uint8_t 
 int ps_session_initiate(ps_session_record *rec, const ps_local_identity *me,
                         const ps_bundle *b, const ps_rng *rng)
 {
+    /* Readers take one-time prekey id 0 for "none" and would leave out DH4. */
+    if (b->has_prekey && b->prekey_id == 0)
+        return PS_ERR_INVALID_MESSAGE;
     uint8_t spk_serialized[PS_PUBKEY_LEN];
     ps_pubkey_serialize(spk_serialized, b->signed_prekey);
     if (!ps_xeddsa_verify(b->identity_key, spk_serialized, sizeof spk_serialized,
@@ -319,6 +322,8 @@ int ps_session_encrypt(ps_session_record *rec, const uint8_t *plaintext, size_t 
     out->len = 0;
     if (!s)
         return PS_ERR_NO_SESSION;
+    if (s->send_index == UINT32_MAX) /* counters never wrap */
+        return PS_ERR_TOO_FAR;
 
     uint8_t seed[32], next[32], ratchet33[PS_PUBKEY_LEN];
     ps_message_keys k;
@@ -449,21 +454,24 @@ int ps_chain_seed_for(uint8_t chain_key[PS_KEY_LEN], uint32_t *index, ps_skipped
         return PS_ERR_DUPLICATE;
     }
     uint32_t skip = counter - *index;
-    if (skip > max_jump)
+    if (skip > max_jump || counter == UINT32_MAX) /* a counter never wraps */
         return PS_ERR_TOO_FAR;
     uint32_t keep = skip > max_skipped ? max_skipped : skip; /* only the newest are kept */
     if (keep) {
         uint32_t total = *nskipped + keep;
         uint32_t drop = total > max_skipped ? total - max_skipped : 0;
-        if (drop) { /* the oldest go first */
-            sodium_memzero(keys, drop * sizeof *keys);
-            memmove(keys, keys + drop, (*nskipped - drop) * sizeof *keys);
-            *nskipped -= drop;
-        }
-        keys = realloc(keys, (*nskipped + keep) * sizeof *keys);
-        if (!keys)
+        /* a new array, the old one wiped: realloc could leave seeds in freed memory */
+        ps_skipped_key *grown = malloc((*nskipped - drop + keep) * sizeof *keys);
+        if (!grown)
             return PS_ERR_NOMEM;
-        *skipped = keys;
+        if (*nskipped - drop)
+            memcpy(grown, keys + drop, (*nskipped - drop) * sizeof *keys);
+        if (keys) {
+            sodium_memzero(keys, *nskipped * sizeof *keys);
+            free(keys);
+        }
+        *nskipped -= drop;
+        *skipped = keys = grown;
     }
     uint8_t next[32];
     for (; *index < counter; (*index)++) {
@@ -544,6 +552,15 @@ static int try_session(ps_session **slot, const uint8_t *body, size_t len,
     return PS_OK;
 }
 
+/* Makes previous session i current. */
+static void promote_previous(ps_session_record *rec, uint32_t i)
+{
+    ps_session *s = rec->previous[i];
+    memmove(&rec->previous[i], &rec->previous[i + 1], (rec->nprevious - i - 1) * sizeof(ps_session *));
+    rec->nprevious--;
+    record_promote(rec, s);
+}
+
 int ps_session_decrypt(ps_session_record *rec, const uint8_t *body, size_t len,
                        ps_bytes *plaintext, const ps_rng *rng)
 {
@@ -560,13 +577,11 @@ int ps_session_decrypt(ps_session_record *rec, const uint8_t *body, size_t len,
     for (uint32_t i = 0; i < rec->nprevious; i++) {
         int rc = try_session(&rec->previous[i], body, len, plaintext, rng);
         if (rc == PS_OK) { /* the session that opened it becomes current */
-            ps_session *s = rec->previous[i];
-            memmove(&rec->previous[i], &rec->previous[i + 1],
-                    (rec->nprevious - i - 1) * sizeof(ps_session *));
-            rec->nprevious--;
-            record_promote(rec, s);
+            promote_previous(rec, i);
             return PS_OK;
         }
+        if (rc == PS_ERR_NOMEM)
+            return rc;
         if (first_rc == PS_ERR_NO_SESSION)
             first_rc = rc;
     }
@@ -628,9 +643,25 @@ int ps_session_decrypt_prekey(ps_session_record *rec, const ps_local_identity *m
     *used_one_time_prekey = false;
     plaintext->data = NULL;
     plaintext->len = 0;
-    /* A repeat PreKey message of a session we already have: open it with that session. */
-    if (ps_session_record_has_base_key(rec, m->base_key))
-        return ps_session_decrypt(rec, m->message.data, m->message.len, plaintext, rng);
+    /* A repeat PreKey message of a session we already have: only that session may
+     * open it, and the identity it names must be that session's. The MAC covers the
+     * stored identities, not this field, so without the check a relay could swap in
+     * another identity key unnoticed. */
+    ps_session **match = NULL;
+    uint32_t match_index = UINT32_MAX;
+    if (rec->current && sodium_memcmp(rec->current->base_key, m->base_key, PS_KEY_LEN) == 0)
+        match = &rec->current;
+    for (uint32_t i = 0; !match && i < rec->nprevious; i++)
+        if (sodium_memcmp(rec->previous[i]->base_key, m->base_key, PS_KEY_LEN) == 0)
+            match = &rec->previous[i], match_index = i;
+    if (match) {
+        if (sodium_memcmp((*match)->remote_identity, m->identity_key, PS_KEY_LEN) != 0)
+            return PS_ERR_INVALID_MESSAGE;
+        int rc = try_session(match, m->message.data, m->message.len, plaintext, rng);
+        if (rc == PS_OK && match_index != UINT32_MAX)
+            promote_previous(rec, match_index);
+        return rc;
+    }
 
     if (!signed_prekey || (m->has_prekey_id && !one_time_prekey))
         return PS_ERR_NO_PREKEY;

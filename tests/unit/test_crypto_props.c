@@ -316,6 +316,44 @@ static void test_reinstall(void)
     ps_session_record_clear(&b2.rec);
 }
 
+/* A repeat PreKey message whose (unauthenticated) identity field was swapped is
+ * refused and changes nothing; the genuine one still opens. */
+static void test_prekey_identity_swap(void)
+{
+    static party a, b, mallory;
+    party_init(&a, 1);
+    party_init(&b, 2);
+    party_init(&mallory, 3);
+    ps_bundle bb;
+    party_bundle(&b, &bb, true);
+    CHECK_RC(ps_session_initiate(&a.rec, &a.me, &bb, NULL), PS_OK);
+    ps_bytes m1, m2, pt;
+    int t1, t2;
+    CHECK_RC(ps_session_encrypt(&a.rec, (const uint8_t *)"one", 3, &m1, &t1), PS_OK);
+    CHECK_RC(ps_session_encrypt(&a.rec, (const uint8_t *)"two", 3, &m2, &t2), PS_OK);
+    CHECK_RC(party_decrypt(&b, t1, &m1, &pt), PS_OK);
+    ps_bytes_free(&pt);
+    uint8_t id33[33], evil33[33];
+    ps_pubkey_serialize(id33, a.me.identity.pub);
+    ps_pubkey_serialize(evil33, mallory.me.identity.pub);
+    ps_bytes forged = {malloc(m2.len), m2.len};
+    memcpy(forged.data, m2.data, m2.len);
+    uint8_t *at = memmem(forged.data, forged.len, id33, 33);
+    CHECK(at != NULL);
+    if (at)
+        memcpy(at, evil33, 33);
+    CHECK(rejected_without_change(&b, t2, &forged));
+    CHECK(memcmp(b.rec.current->remote_identity, a.me.identity.pub, 32) == 0);
+    CHECK_RC(party_decrypt(&b, t2, &m2, &pt), PS_OK);
+    CHECK(pt.len == 3 && memcmp(pt.data, "two", 3) == 0);
+    ps_bytes_free(&pt);
+    ps_bytes_free(&forged);
+    ps_bytes_free(&m1);
+    ps_bytes_free(&m2);
+    ps_session_record_clear(&a.rec);
+    ps_session_record_clear(&b.rec);
+}
+
 static void test_bad_bundle(void)
 {
     static party a, b;
@@ -329,6 +367,10 @@ static void test_bad_bundle(void)
     party_bundle(&b, &bb, true);
     bb.signed_prekey[0] ^= 1; /* key swapped under a valid signature */
     CHECK_RC(ps_session_initiate(&a.rec, &a.me, &bb, NULL), PS_ERR_BAD_SIGNATURE);
+    party_bundle(&b, &bb, true);
+    bb.prekey_id = 0; /* id 0 reads as "no one-time prekey" at the other end */
+    CHECK_RC(ps_session_initiate(&a.rec, &a.me, &bb, NULL), PS_ERR_INVALID_MESSAGE);
+    CHECK(a.rec.current == NULL);
 }
 
 static void test_limits(void)
@@ -514,6 +556,17 @@ static void test_sender_keys(void)
         ps_sender_key_record_clear(&other);
     }
     CHECK(theirs.nstates == PS_SK_MAX_STATES);
+
+    /* iterations never wrap: the last one refuses to encrypt, and a receiver refuses it */
+    mine.states[0].iteration = UINT32_MAX;
+    CHECK_RC(ps_sender_key_encrypt(&mine, (const uint8_t *)"x", 1, NULL, &far), PS_ERR_TOO_FAR);
+    ps_sk_state *last = &theirs.states[0];
+    uint32_t n = 0;
+    ps_skipped_key *none = NULL;
+    uint8_t ck[32] = {0};
+    uint32_t idx = UINT32_MAX - 1;
+    CHECK_RC(ps_chain_seed_for(ck, &idx, &none, &n, UINT32_MAX, 10, 10, seed), PS_ERR_TOO_FAR);
+    CHECK(idx == UINT32_MAX - 1 && n == 0 && last != NULL);
     ps_sender_key_record_clear(&mine);
     ps_sender_key_record_clear(&theirs);
 }
@@ -579,6 +632,7 @@ int main(int argc, char **argv)
     test_conversation(5000);
     test_simultaneous_initiation();
     test_reinstall();
+    test_prekey_identity_swap();
     test_bad_bundle();
     test_limits();
     test_sender_keys();

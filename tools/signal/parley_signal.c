@@ -49,6 +49,7 @@ typedef struct {
     uint8_t spk_sig[PS_SIG_LEN];
     prekey *prekeys;           /* unconsumed one-time prekeys, ascending id */
     size_t nprekeys;
+    size_t prekeys_cap;
     peer *peers;
     size_t npeers;
     group_key *groups;         /* ours (sender == NULL) and other senders' */
@@ -59,6 +60,21 @@ static identity self;
 
 /* ---- lookups -------------------------------------------------------------------- */
 
+/* Grows an array of records that hold keys: a new block, the old one wiped. */
+static void *grow_wiped(void *old, size_t old_bytes, size_t new_bytes)
+{
+    uint8_t *grown = malloc(new_bytes);
+    if (!grown)
+        abort();
+    if (old_bytes)
+        memcpy(grown, old, old_bytes);
+    if (old) {
+        sodium_memzero(old, old_bytes);
+        free(old);
+    }
+    return grown;
+}
+
 static peer *find_peer(const char *name, uint32_t device_id, bool create)
 {
     for (size_t i = 0; i < self.npeers; i++)
@@ -66,10 +82,7 @@ static peer *find_peer(const char *name, uint32_t device_id, bool create)
             return &self.peers[i];
     if (!create)
         return NULL;
-    peer *grown = realloc(self.peers, (self.npeers + 1) * sizeof *grown);
-    if (!grown)
-        abort();
-    self.peers = grown;
+    self.peers = grow_wiped(self.peers, self.npeers * sizeof(peer), (self.npeers + 1) * sizeof(peer));
     peer *p = &self.peers[self.npeers++];
     memset(p, 0, sizeof *p);
     p->name = strdup(name);
@@ -89,10 +102,8 @@ static group_key *find_group(const char *sender, uint32_t device_id, const uint8
     }
     if (!create)
         return NULL;
-    group_key *grown = realloc(self.groups, (self.ngroups + 1) * sizeof *grown);
-    if (!grown)
-        abort();
-    self.groups = grown;
+    self.groups = grow_wiped(self.groups, self.ngroups * sizeof(group_key),
+                             (self.ngroups + 1) * sizeof(group_key));
     group_key *g = &self.groups[self.ngroups++];
     memset(g, 0, sizeof *g);
     g->sender = sender ? strdup(sender) : NULL;
@@ -112,7 +123,9 @@ static void identity_clear(void)
         ps_sender_key_record_clear(&self.groups[i].rec);
     }
     if (self.prekeys)
-        sodium_memzero(self.prekeys, self.nprekeys * sizeof(prekey));
+        sodium_memzero(self.prekeys, self.prekeys_cap * sizeof(prekey));
+    if (self.groups)
+        sodium_memzero(self.groups, self.ngroups * sizeof(group_key));
     free(self.prekeys);
     free(self.peers);
     free(self.groups);
@@ -225,6 +238,7 @@ static bool cmd_generate(const cJSON *req, cJSON *ans, json_err *e)
         ps_keypair_generate(NULL, &self.prekeys[i].pair);
     }
     self.nprekeys = pk_count;
+    self.prekeys_cap = pk_count ? pk_count : 1;
     self.generated = true;
     cJSON_AddNumberToObject(ans, "registration_id", reg_id);
     add_bundle(ans, true);
@@ -257,6 +271,8 @@ static bool parse_bundle(const cJSON *b, ps_bundle *out, json_err *e)
         if (!json_u32(b, "prekey_id", false, 0, &out->prekey_id, e) ||
             !json_pubkey(b, "prekey", out->prekey, e))
             return false;
+        if (out->prekey_id == 0)
+            return json_fail(e, "prekey_id must be at least 1 (0 means none to the references)");
         out->has_prekey = true;
     }
     return true;
@@ -348,12 +364,13 @@ static int decrypt_prekey(peer *p, const ps_bytes *body, ps_bytes *pt, json_err 
     bool used = false;
     rc = ps_session_decrypt_prekey(&p->rec, &self.me, &m, spk, opk, pt, NULL, &used);
     if (rc == PS_OK) {
-        note_identity(p, m.identity_key);
+        note_identity(p, p->rec.current->remote_identity); /* the session's, authenticated */
         if (used) { /* a one-time prekey opens exactly one session */
             sodium_memzero(&self.prekeys[opk_index], sizeof(prekey));
             memmove(&self.prekeys[opk_index], &self.prekeys[opk_index + 1],
                     (self.nprekeys - opk_index - 1) * sizeof(prekey));
             self.nprekeys--;
+            sodium_memzero(&self.prekeys[self.nprekeys], sizeof(prekey)); /* the old last slot */
         }
     } else if (rc == PS_ERR_NO_PREKEY) {
         json_fail(e, "decrypt: unknown prekey (signed %u, one-time %u)", m.signed_prekey_id,
