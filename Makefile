@@ -4,7 +4,7 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
 
-.PHONY: all deps build test test-unit test-asan test-fuzz interop-deps bench-crypto clean
+.PHONY: all deps build run test test-unit test-asan test-fuzz interop-deps bench-crypto clean
 
 all: build
 
@@ -12,7 +12,7 @@ deps:
 	@scripts/install-deps.sh
 
 # npm packages the tests drive (reference implementations, the ws client), from their lockfiles.
-NODE_TEST_DIRS := tests/interop tests/ws
+NODE_TEST_DIRS := tests/interop tests/ws tests/e2e
 interop-deps: deps
 	@for d in $(NODE_TEST_DIRS); do \
 	  if [ ! -f $$d/node_modules/.package-lock.json ] || [ $$d/package-lock.json -nt $$d/node_modules/.package-lock.json ]; then \
@@ -23,6 +23,11 @@ interop-deps: deps
 build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
+
+# parleyd on 127.0.0.1:7443 with its data in ./var and codes in ./var/sms.log.
+run: build
+	@mkdir -p var
+	$(BUILD)/parleyd --listen 127.0.0.1:7443 --data ./var --sms file:./var/sms.log
 
 # Everything: unit + interop tests, then the same under ASan+UBSan, then short fuzz runs.
 test: build interop-deps
@@ -36,7 +41,7 @@ test-unit: build
 test-asan: deps interop-deps
 	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DPARLEY_SANITIZE=ON >/dev/null
 	@cmake --build $(ASAN_BUILD) -j $(JOBS)
-	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -L "unit|interop"
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -L "unit|interop|e2e"
 
 test-fuzz: deps
 	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPARLEY_FUZZ=ON >/dev/null

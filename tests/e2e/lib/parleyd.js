@@ -1,0 +1,88 @@
+// Starts and stops real parleyd processes for the tests (loopback only).
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+const SANITIZER = /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:/;
+
+export function binary() {
+  const p = process.env.PARLEYD;
+  if (!p) throw new Error('PARLEYD is not set: export PARLEYD=/path/to/parleyd (ctest sets it)');
+  return p;
+}
+
+export function tempDir() {
+  return mkdtempSync(path.join(os.tmpdir(), 'parley-e2e-'));
+}
+
+export function removeDir(dir) {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+// A free loopback port (the kernel picks; a small race is acceptable in tests).
+export async function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export class Parleyd {
+  static async start({ dataDir, sms, heartbeat, threads = 2, maxFrame } = {}) {
+    const port = await freePort();
+    const args = ['--listen', `127.0.0.1:${port}`, '--data', dataDir, '--threads', String(threads)];
+    if (sms) args.push('--sms', sms);
+    if (heartbeat) args.push('--heartbeat', String(heartbeat));
+    if (maxFrame) args.push('--max-frame', String(maxFrame));
+    const child = spawn(binary(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const d = new Parleyd(child, port, dataDir);
+    await d.ready();
+    return d;
+  }
+
+  constructor(child, port, dataDir) {
+    this.child = child;
+    this.port = port;
+    this.dataDir = dataDir;
+    this.url = `ws://127.0.0.1:${port}/`;
+    this.stderr = '';
+    this.stdout = '';
+    child.stderr.on('data', (b) => { this.stderr += b; });
+    this.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  }
+
+  ready() {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`parleyd did not start: ${this.stderr}`)), 10000);
+      this.child.stdout.on('data', (b) => {
+        this.stdout += b;
+        if (this.stdout.includes('parleyd listening')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      this.exited.then(({ code }) => { clearTimeout(timer); reject(new Error(`parleyd exited ${code}: ${this.stderr}`)); });
+    });
+  }
+
+  // SIGTERM, then the exit code must be 0 within 10 s and stderr free of sanitizer reports.
+  async stop() {
+    this.child.kill('SIGTERM');
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), 10000);
+    const { code, signal } = await this.exited;
+    clearTimeout(timer);
+    if (code !== 0) throw new Error(`parleyd exited with ${code ?? signal}: ${this.stderr}`);
+    if (SANITIZER.test(this.stderr)) throw new Error(`sanitizer report from parleyd:\n${this.stderr}`);
+  }
+
+  kill9() {
+    this.child.kill('SIGKILL');
+    return this.exited;
+  }
+}
