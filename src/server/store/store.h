@@ -4,8 +4,8 @@
  *
  * Writes happen in batches: one batch is one LMDB write transaction, and its commit
  * is one fsync for everything in it (group commit). Nothing in a batch is visible or
- * durable before store_batch_commit returns 0; on any error the batch is aborted
- * whole, so a full disk or map refuses the batch and never half-writes it.
+ * durable before store_batch_commit returns 0. A caller aborts the batch on any error,
+ * so a full disk or map refuses the whole batch and never half-writes it.
  * Reads may run from any thread, concurrently with the writer (LMDB MVCC). */
 #ifndef PARLEY_STORE_H
 #define PARLEY_STORE_H
