@@ -49,7 +49,15 @@ static void on_stop(uv_async_t *a)
     io_thread *t = a->data;
     uv_close((uv_handle_t *)&t->listener, NULL);
     uv_close((uv_handle_t *)&t->stop, NULL);
-    ws_thread_stop(&t->ws);
+    ws_thread_stop(&t->ws); /* every connection is closing: its input is no longer read */
+    uv_sem_post(&t->srv->stopped);
+}
+
+static void on_finish(uv_async_t *a)
+{
+    io_thread *t = a->data;
+    uv_close((uv_handle_t *)&t->finish, NULL);
+    writer_home_close(&t->home);
 }
 
 static void *io_main(void *arg)
@@ -62,6 +70,7 @@ static void *io_main(void *arg)
 
 int io_start(server *srv)
 {
+    uv_sem_init(&srv->stopped, 0);
     srv->io = calloc((size_t)srv->cfg.threads, sizeof *srv->io);
     if (!srv->io)
         return UV_ENOMEM;
@@ -83,6 +92,9 @@ int io_start(server *srv)
         t->listener.data = t;
         uv_async_init(&t->loop, &t->stop, on_stop);
         t->stop.data = t;
+        uv_async_init(&t->loop, &t->finish, on_finish);
+        t->finish.data = t;
+        writer_home_init(&t->home, &t->loop);
         /* a connection silent for twice the heartbeat interval is closed */
         ws_thread_init(&t->ws, &t->loop, &peer_callbacks, limits, srv->cfg.heartbeat_seconds * 2000);
         t->ws.loop->data = t;
@@ -98,12 +110,21 @@ void io_stop(server *srv)
 {
     for (int i = 0; i < srv->nio; i++)
         uv_async_send(&srv->io[i].stop);
+    for (int i = 0; i < srv->nio; i++)
+        uv_sem_wait(&srv->stopped);
+}
+
+void io_finish(server *srv)
+{
+    for (int i = 0; i < srv->nio; i++)
+        uv_async_send(&srv->io[i].finish);
 }
 
 void io_join(server *srv)
 {
     for (int i = 0; i < srv->nio; i++)
         pthread_join(srv->io[i].tid, NULL);
+    uv_sem_destroy(&srv->stopped);
     free(srv->io);
     srv->io = NULL;
 }

@@ -144,9 +144,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "parleyd: cannot open the store in %s: %s\n", srv.cfg.data_dir, store_strerror(rc));
         return 1;
     }
-    pthread_mutex_init(&srv.write_lock, NULL);
     pthread_mutex_init(&srv.codes_lock, NULL);
-    if (io_start(&srv) != 0) {
+    if ((rc = writer_start(&srv.wr, srv.st, 1024)) != STORE_OK || io_start(&srv) != 0) {
+        if (rc == STORE_OK)
+            writer_stop(srv.wr);
         store_close(srv.st);
         return 1;
     }
@@ -157,9 +158,11 @@ int main(int argc, char **argv)
     int sig = 0;
     sigwait(&sigs, &sig);
     fprintf(stderr, "parleyd: signal %d: closing connections\n", sig);
-    io_stop(&srv);
+    io_stop(&srv);       /* no more input is read, so no more writes come */
+    writer_stop(srv.wr); /* commits what is queued */
+    io_finish(&srv);     /* the threads send the last answers and end */
     io_join(&srv);
-    store_close(srv.st); /* every batch was committed before its answer went out */
+    store_close(srv.st);
     for (code_entry *e = srv.codes, *next; e; e = next) {
         next = e->next;
         sodium_memzero(e, sizeof *e);

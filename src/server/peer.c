@@ -21,7 +21,7 @@ enum { PEER_NEW, PEER_CHALLENGED, PEER_AUTHENTICATED };
 
 typedef struct {
     uint8_t state;
-    uint32_t pending_work;           /* SMS sends in flight for this connection */
+    uint32_t pending_work;           /* SMS sends and store writes in flight for it */
     ws_conn *conn;                   /* NULL once the connection is gone */
     store_device device;             /* claimed in Connect, proven by Authenticate */
     uint8_t *nonce;                  /* only while challenged */
@@ -216,7 +216,50 @@ static uint32_t check_code(server *srv, const char *phone, const char *code)
     return result;
 }
 
-static void on_register(ws_conn *c, uint64_t rid, const Parley__Register *m)
+typedef struct {
+    writer_job job;
+    peer *p;
+    uint64_t request_id;
+    char phone[STORE_PHONE_MAX + 1];
+    store_device_record primary;
+    uint8_t new_id[STORE_ACCOUNT_ID_LEN];
+    uint8_t account[STORE_ACCOUNT_ID_LEN];
+} register_job;
+
+static int register_apply(store_batch *b, writer_job *job)
+{
+    register_job *j = (register_job *)job;
+    return store_register(b, j->phone, j->new_id, &j->primary, j->account);
+}
+
+/* Back on the connection's thread, after the commit: only now is the device durable. */
+static void register_done(writer_job *job, int status)
+{
+    register_job *j = (register_job *)job;
+    peer *p = j->p;
+    p->pending_work--;
+    if (!p->conn) {
+        if (p->pending_work == 0)
+            free(p);
+    } else if (status != STORE_OK) {
+        send_error(p->conn, j->request_id,
+                   status == STORE_FULL ? PARLEY__ERROR_CODE__STORAGE_FULL : PARLEY__ERROR_CODE__INTERNAL,
+                   store_strerror(status));
+    } else {
+        Parley__Registered r = PARLEY__REGISTERED__INIT;
+        r.has_account_id = 1;
+        r.account_id = (ProtobufCBinaryData){sizeof j->account, j->account};
+        r.has_device_id = 1;
+        r.device_id = j->primary.device;
+        Parley__Frame f = PARLEY__FRAME__INIT;
+        f.body_case = PARLEY__FRAME__BODY_REGISTERED;
+        f.registered = &r;
+        reply(p->conn, j->request_id, &f);
+    }
+    free(j);
+}
+
+static void on_register(ws_conn *c, peer *p, uint64_t rid, const Parley__Register *m)
 {
     server *srv = server_of(c);
     if (!phone_valid(m->phone)) {
@@ -238,30 +281,20 @@ static void on_register(ws_conn *c, uint64_t rid, const Parley__Register *m)
                                            : "too many wrong codes; request a new one");
         return;
     }
-    uint8_t new_id[STORE_ACCOUNT_ID_LEN], account[STORE_ACCOUNT_ID_LEN];
-    randombytes_buf(new_id, sizeof new_id);
-    store_batch *b = NULL;
-    pthread_mutex_lock(&srv->write_lock);
-    int rc = store_batch_begin(srv->st, &b);
-    if (rc == STORE_OK && (rc = store_register(b, m->phone, new_id, &primary, account)) != STORE_OK)
-        store_batch_abort(b);
-    else if (rc == STORE_OK)
-        rc = store_batch_commit(b);
-    pthread_mutex_unlock(&srv->write_lock);
-    if (rc != STORE_OK) {
-        send_error(c, rid, rc == STORE_FULL ? PARLEY__ERROR_CODE__STORAGE_FULL : PARLEY__ERROR_CODE__INTERNAL,
-                   store_strerror(rc));
+    register_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        send_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
         return;
     }
-    Parley__Registered r = PARLEY__REGISTERED__INIT;
-    r.has_account_id = 1;
-    r.account_id = (ProtobufCBinaryData){sizeof account, account};
-    r.has_device_id = 1;
-    r.device_id = 1;
-    Parley__Frame f = PARLEY__FRAME__INIT;
-    f.body_case = PARLEY__FRAME__BODY_REGISTERED;
-    f.registered = &r;
-    reply(c, rid, &f);
+    j->job.apply = register_apply;
+    j->job.done = register_done;
+    j->p = p;
+    j->request_id = rid;
+    snprintf(j->phone, sizeof j->phone, "%s", m->phone);
+    j->primary = primary;
+    randombytes_buf(j->new_id, sizeof j->new_id);
+    p->pending_work++;
+    writer_submit(srv->wr, &((io_thread *)c->thread->loop->data)->home, &j->job);
 }
 
 /* ---- authentication ------------------------------------------------------------ */
@@ -420,7 +453,7 @@ static bool on_message(ws_conn *c, int opcode, uint8_t *data, size_t len)
         on_request_code(c, p, rid, f->request_code);
         break;
     case PARLEY__FRAME__BODY_REGISTER:
-        on_register(c, rid, f->register_);
+        on_register(c, p, rid, f->register_);
         break;
     case PARLEY__FRAME__BODY_CONNECT:
         on_connect(c, p, rid, f->connect);

@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "store.h"
+#include "writer.h"
 #include "ws_conn.h"
 
 #define PARLEY_PROTOCOL_VERSION 1
@@ -32,7 +33,9 @@ typedef struct {
     int index;
     uv_loop_t loop;
     uv_tcp_t listener;
-    uv_async_t stop;
+    uv_async_t stop;              /* phase 1: stop accepting and reading, close connections */
+    uv_async_t finish;            /* phase 2, after the writer stopped: last answers, then end */
+    writer_home home;             /* where the writer hands this thread's jobs back */
     ws_thread ws;
     pthread_t tid;
 } io_thread;
@@ -50,19 +53,24 @@ typedef struct code_entry {
 struct server {
     server_config cfg;
     store *st;
-    pthread_mutex_t write_lock;   /* one store batch at a time */
+    writer *wr;                   /* every write goes through it (group commit) */
     pthread_mutex_t codes_lock;
     code_entry *codes;
     io_thread *io;
     int nio;
+    uv_sem_t stopped;             /* posted by each I/O thread when phase 1 is done */
 };
 
 /* Wall-clock milliseconds. */
 uint64_t now_ms(void);
 
-/* I/O threads (io.c): listen with SO_REUSEPORT on every thread, run, stop. */
+/* I/O threads (io.c): listen with SO_REUSEPORT on every thread, run, stop.
+ * Shutdown: io_stop (no more input is read, so no more writes are submitted; returns
+ * when every thread got there), then writer_stop, then io_finish (the threads deliver
+ * the last answers and end), then io_join. */
 int io_start(server *srv);
 void io_stop(server *srv);
+void io_finish(server *srv);
 void io_join(server *srv);
 
 /* Per-connection protocol (peer.c). */

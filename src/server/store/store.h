@@ -47,6 +47,10 @@ int store_batch_begin(store *s, store_batch **out);
 int store_batch_commit(store_batch *b); /* durable when it returns STORE_OK; frees b */
 void store_batch_abort(store_batch *b);
 
+/* A nested batch inside b: its commit folds its changes into b (no fsync), its abort
+ * undoes only them. One job of a group commit fails without spoiling the others. */
+int store_batch_nest(store_batch *b, store_batch **child);
+
 /* Appends an opaque envelope to a device's inbox; *seq is its place in the inbox
  * (strictly increasing per device, never reused, also across restarts). */
 int store_inbox_append(store_batch *b, const store_device *d, uint64_t now_ms,

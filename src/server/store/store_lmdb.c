@@ -157,6 +157,22 @@ int store_batch_begin(store *s, store_batch **out)
     return STORE_OK;
 }
 
+int store_batch_nest(store_batch *b, store_batch **child)
+{
+    *child = NULL;
+    store_batch *c = malloc(sizeof *c);
+    if (!c)
+        return STORE_NOMEM;
+    c->s = b->s;
+    int rc = mdb_txn_begin(b->s->env, b->txn, 0, &c->txn);
+    if (rc != 0) {
+        free(c);
+        return map_error(rc);
+    }
+    *child = c;
+    return STORE_OK;
+}
+
 int store_batch_commit(store_batch *b)
 {
     int rc = mdb_txn_commit(b->txn); /* frees the transaction whatever happens */

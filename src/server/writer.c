@@ -1,0 +1,167 @@
+/* writer.c - group commit on one storage writer thread (see writer.h). */
+#include "writer.h"
+
+#include <stdlib.h>
+
+struct writer {
+    store *st;
+    size_t max_batch;
+    pthread_t tid;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    writer_job *head, *tail;
+    bool stopping;
+    writer_stats stats;
+};
+
+static void home_drain(uv_async_t *a)
+{
+    writer_home *h = a->data;
+    pthread_mutex_lock(&h->lock);
+    writer_job *j = h->head;
+    h->head = h->tail = NULL;
+    pthread_mutex_unlock(&h->lock);
+    while (j) {
+        writer_job *next = j->next; /* done may free the job */
+        j->done(j, j->status);
+        j = next;
+    }
+}
+
+int writer_home_init(writer_home *home, uv_loop_t *loop)
+{
+    home->head = home->tail = NULL;
+    pthread_mutex_init(&home->lock, NULL);
+    home->async.data = home;
+    return uv_async_init(loop, &home->async, home_drain);
+}
+
+void writer_home_close(writer_home *home)
+{
+    home_drain(&home->async);
+    uv_close((uv_handle_t *)&home->async, NULL);
+}
+
+static void send_home(writer_job *j)
+{
+    writer_home *h = j->home;
+    j->next = NULL;
+    pthread_mutex_lock(&h->lock);
+    if (h->tail)
+        h->tail->next = j;
+    else
+        h->head = j;
+    h->tail = j;
+    pthread_mutex_unlock(&h->lock);
+    uv_async_send(&h->async); /* coalesces: one wake-up drains them all */
+}
+
+/* Runs one batch: each job in its own nested batch, one commit for all. */
+static void run_batch(writer *w, writer_job *jobs)
+{
+    store_batch *b = NULL;
+    int rc = store_batch_begin(w->st, &b);
+    size_t n = 0;
+    for (writer_job *j = jobs; j; j = j->next, n++) {
+        if (rc != STORE_OK) {
+            j->status = rc;
+            continue;
+        }
+        store_batch *child = NULL;
+        j->status = store_batch_nest(b, &child);
+        if (j->status == STORE_OK)
+            j->status = j->apply(child, j);
+        if (j->status == STORE_OK)
+            j->status = store_batch_commit(child);
+        else if (child)
+            store_batch_abort(child);
+    }
+    if (rc == STORE_OK)
+        rc = store_batch_commit(b);
+    pthread_mutex_lock(&w->lock);
+    w->stats.batches += rc == STORE_OK;
+    w->stats.jobs += n;
+    pthread_mutex_unlock(&w->lock);
+    for (writer_job *j = jobs, *next; j; j = next) {
+        next = j->next;
+        if (rc != STORE_OK) /* nothing of this batch is on disk */
+            j->status = rc;
+        send_home(j);
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    writer *w = arg;
+    for (;;) {
+        pthread_mutex_lock(&w->lock);
+        while (!w->head && !w->stopping)
+            pthread_cond_wait(&w->wake, &w->lock);
+        if (!w->head && w->stopping) {
+            pthread_mutex_unlock(&w->lock);
+            return NULL;
+        }
+        /* take up to max_batch jobs: everything that queued while the last fsync ran */
+        writer_job *first = w->head, *last = first;
+        for (size_t n = 1; n < w->max_batch && last->next; n++)
+            last = last->next;
+        w->head = last->next;
+        if (!w->head)
+            w->tail = NULL;
+        last->next = NULL;
+        pthread_mutex_unlock(&w->lock);
+        run_batch(w, first);
+    }
+}
+
+int writer_start(writer **out, store *s, size_t max_batch)
+{
+    writer *w = calloc(1, sizeof *w);
+    if (!w)
+        return STORE_NOMEM;
+    w->st = s;
+    w->max_batch = max_batch ? max_batch : 1024;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->wake, NULL);
+    if (pthread_create(&w->tid, NULL, writer_main, w) != 0) {
+        free(w);
+        return STORE_IO;
+    }
+    *out = w;
+    return STORE_OK;
+}
+
+void writer_submit(writer *w, writer_home *home, writer_job *job)
+{
+    job->home = home;
+    job->next = NULL;
+    job->status = STORE_OK;
+    pthread_mutex_lock(&w->lock);
+    if (w->tail)
+        w->tail->next = job;
+    else
+        w->head = job;
+    w->tail = job;
+    pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+}
+
+void writer_stop(writer *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->stopping = true;
+    pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(w->tid, NULL);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->wake);
+    free(w);
+}
+
+writer_stats writer_get_stats(writer *w)
+{
+    pthread_mutex_lock(&w->lock);
+    writer_stats s = w->stats;
+    pthread_mutex_unlock(&w->lock);
+    return s;
+}

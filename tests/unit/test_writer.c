@@ -1,0 +1,114 @@
+/* test_writer.c - group commit: jobs submitted from a loop are applied in batches of
+ * many with one commit each, every done callback runs on the loop after its data is
+ * durable and visible, and a job that fails is rolled back without touching the
+ * others in its batch. */
+#include <unistd.h>
+
+#include "check.h"
+#include "writer.h"
+
+#define JOBS 2000
+
+typedef struct {
+    writer_job job;
+    int n;
+} append_job;
+
+static store *st;
+static writer *w;
+static writer_home home;
+static int done_ok, done_failed, visible_when_done;
+static store_device dev = {{7}, 1};
+
+static int apply_append(store_batch *b, writer_job *job)
+{
+    append_job *a = (append_job *)job;
+    char text[32];
+    uint64_t seq;
+    snprintf(text, sizeof text, "job %d", a->n);
+    int rc = store_inbox_append(b, &dev, 1, (const uint8_t *)text, strlen(text), &seq);
+    if (rc == STORE_OK && a->n % 100 == 99)
+        return STORE_INVALID; /* fails after writing: its append must be rolled back */
+    return rc;
+}
+
+static bool find_text(void *ctx, uint64_t seq, uint64_t ms, const uint8_t *data, size_t len)
+{
+    (void)seq, (void)ms;
+    const char *want = ctx;
+    if (len == strlen(want) && memcmp(data, want, len) == 0) {
+        visible_when_done++;
+        return false;
+    }
+    return true;
+}
+
+static void on_done(writer_job *job, int status)
+{
+    append_job *a = (append_job *)job;
+    if (status == STORE_OK) {
+        done_ok++;
+        if (a->n % 250 == 0) { /* durable and visible by the time we hear of it */
+            char text[32];
+            snprintf(text, sizeof text, "job %d", a->n);
+            if (store_inbox_read(st, &dev, 0, SIZE_MAX, find_text, text) != STORE_OK)
+                visible_when_done = -100000;
+        }
+    } else {
+        done_failed++;
+    }
+    free(a);
+    if (done_ok + done_failed == JOBS)
+        uv_close((uv_handle_t *)&home.async, NULL);
+}
+
+static int submitted;
+
+static void submit_some(uv_idle_t *idle)
+{
+    for (int i = 0; i < 50 && submitted < JOBS; i++) {
+        append_job *a = calloc(1, sizeof *a);
+        a->n = submitted++;
+        a->job.apply = apply_append;
+        a->job.done = on_done;
+        writer_submit(w, &home, &a->job);
+    }
+    if (submitted == JOBS) {
+        uv_idle_stop(idle);
+        uv_close((uv_handle_t *)idle, NULL);
+    }
+}
+
+int main(void)
+{
+    char dir[128];
+    snprintf(dir, sizeof dir, "/tmp/parley-test-writer-%d", (int)getpid());
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        return 2;
+    CHECK_RC(store_open(&st, dir, 64 << 20), STORE_OK);
+    CHECK_RC(writer_start(&w, st, 256), STORE_OK);
+    uv_loop_t *loop = uv_default_loop();
+    CHECK(writer_home_init(&home, loop) == 0);
+    uv_idle_t idle;
+    uv_idle_init(loop, &idle);
+    uv_idle_start(&idle, submit_some);
+    uv_run(loop, UV_RUN_DEFAULT);
+    writer_stats stats = writer_get_stats(w);
+    writer_stop(w);
+
+    CHECK(done_ok == JOBS - JOBS / 100 && done_failed == JOBS / 100);
+    CHECK(visible_when_done == JOBS / 250);
+    CHECK(stats.jobs == JOBS);
+    CHECK(stats.batches > 0 && stats.batches < JOBS / 4); /* grouped: far fewer commits than jobs */
+    uint64_t count = 0;
+    CHECK_RC(store_inbox_count(st, &dev, &count), STORE_OK);
+    CHECK(count == (uint64_t)(JOBS - JOBS / 100)); /* the failed jobs left nothing */
+    printf("writer: %d jobs in %llu commits\n", JOBS, (unsigned long long)stats.batches);
+    store_close(st);
+    uv_loop_close(loop);
+    if (system(cmd) != 0)
+        return 2;
+    return check_summary("writer");
+}
