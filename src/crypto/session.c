@@ -179,11 +179,6 @@ nomem:
     return PS_ERR_NOMEM;
 }
 
-bool ps_session_record_has_current(const ps_session_record *rec)
-{
-    return rec->current != NULL;
-}
-
 /* Makes s current; the old current session becomes the newest previous one. */
 static void record_promote(ps_session_record *rec, ps_session *s)
 {
@@ -197,14 +192,27 @@ static void record_promote(ps_session_record *rec, ps_session *s)
     rec->current = s;
 }
 
+/* The slot of the session named by base_key, or NULL; *previous_index tells which
+ * previous session it is (UINT32_MAX for the current one). */
+static ps_session **find_base_key(ps_session_record *rec, const uint8_t base_key[PS_KEY_LEN],
+                                  uint32_t *previous_index)
+{
+    *previous_index = UINT32_MAX;
+    if (rec->current && sodium_memcmp(rec->current->base_key, base_key, PS_KEY_LEN) == 0)
+        return &rec->current;
+    for (uint32_t i = 0; i < rec->nprevious; i++) {
+        if (sodium_memcmp(rec->previous[i]->base_key, base_key, PS_KEY_LEN) == 0) {
+            *previous_index = i;
+            return &rec->previous[i];
+        }
+    }
+    return NULL;
+}
+
 bool ps_session_record_has_base_key(const ps_session_record *rec, const uint8_t base_key[PS_KEY_LEN])
 {
-    if (rec->current && sodium_memcmp(rec->current->base_key, base_key, PS_KEY_LEN) == 0)
-        return true;
-    for (uint32_t i = 0; i < rec->nprevious; i++)
-        if (sodium_memcmp(rec->previous[i]->base_key, base_key, PS_KEY_LEN) == 0)
-            return true;
-    return false;
+    uint32_t index;
+    return find_base_key((ps_session_record *)rec, base_key, &index) != NULL;
 }
 
 /* ---- X3DH ------------------------------------------------------------------- */
@@ -647,13 +655,8 @@ int ps_session_decrypt_prekey(ps_session_record *rec, const ps_local_identity *m
      * open it, and the identity it names must be that session's. The MAC covers the
      * stored identities, not this field, so without the check a relay could swap in
      * another identity key unnoticed. */
-    ps_session **match = NULL;
-    uint32_t match_index = UINT32_MAX;
-    if (rec->current && sodium_memcmp(rec->current->base_key, m->base_key, PS_KEY_LEN) == 0)
-        match = &rec->current;
-    for (uint32_t i = 0; !match && i < rec->nprevious; i++)
-        if (sodium_memcmp(rec->previous[i]->base_key, m->base_key, PS_KEY_LEN) == 0)
-            match = &rec->previous[i], match_index = i;
+    uint32_t match_index;
+    ps_session **match = find_base_key(rec, m->base_key, &match_index);
     if (match) {
         if (sodium_memcmp((*match)->remote_identity, m->identity_key, PS_KEY_LEN) != 0)
             return PS_ERR_INVALID_MESSAGE;

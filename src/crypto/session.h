@@ -89,9 +89,6 @@ void ps_session_record_clear(ps_session_record *rec);
 /* Deep copy (for callers that keep a record and want a transactional update). */
 PS_MUST_CHECK int ps_session_record_copy(ps_session_record *dst, const ps_session_record *src);
 
-/* True when the record has a current session. */
-bool ps_session_record_has_current(const ps_session_record *rec);
-
 /* Initiator side of X3DH: checks the signed-prekey signature (PS_ERR_BAD_SIGNATURE if
  * it fails, nothing changed), derives the session and makes it current; the old
  * current session is archived. Messages are PreKey messages until the peer answers. */

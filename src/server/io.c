@@ -97,7 +97,7 @@ int io_start(server *srv)
         writer_home_init(&t->home, &t->loop);
         /* a connection silent for twice the heartbeat interval is closed */
         ws_thread_init(&t->ws, &t->loop, &peer_callbacks, limits, srv->cfg.heartbeat_seconds * 2000);
-        t->ws.loop->data = t;
+        t->loop.data = t; /* connections find their thread (and the server) through their loop */
     }
     srv->nio = srv->cfg.threads;
     for (int i = 0; i < srv->nio; i++)

@@ -87,13 +87,27 @@ static bool phone_valid(const char *p)
     return true;
 }
 
+/* Finds (or adds) phone's entry. Entries whose code expired and whose last send is
+ * over an hour old are dropped on the way, so the table holds only numbers active in
+ * the last hour and cannot grow without bound. Called with codes_lock held. */
 static code_entry *find_code(server *srv, const char *phone, bool create)
 {
-    for (code_entry *e = srv->codes; e; e = e->next)
-        if (strcmp(e->phone, phone) == 0)
-            return e;
-    if (!create)
-        return NULL;
+    uint64_t now = now_ms();
+    code_entry *found = NULL;
+    for (code_entry **link = &srv->codes; *link;) {
+        code_entry *e = *link;
+        if (!found && strcmp(e->phone, phone) == 0) {
+            found = e;
+        } else if (now > e->expires_ms && now - e->sent_ms[0] >= 3600 * 1000) {
+            *link = e->next;
+            sodium_memzero(e, sizeof *e);
+            free(e);
+            continue;
+        }
+        link = &e->next;
+    }
+    if (found || !create)
+        return found;
     code_entry *e = calloc(1, sizeof *e);
     if (!e)
         return NULL;
