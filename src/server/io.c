@@ -10,7 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "server.h"
+#include "peer.h"
 
 static int open_listener(const server_config *cfg, uv_loop_t *loop, uv_tcp_t *tcp)
 {
@@ -49,6 +49,8 @@ static void on_stop(uv_async_t *a)
     io_thread *t = a->data;
     uv_close((uv_handle_t *)&t->listener, NULL);
     uv_close((uv_handle_t *)&t->stop, NULL);
+    if (t->index == 0)
+        messaging_sweep_stop(t);
     ws_thread_stop(&t->ws); /* every connection is closing: its input is no longer read */
     uv_sem_post(&t->srv->stopped);
 }
@@ -58,6 +60,7 @@ static void on_finish(uv_async_t *a)
     io_thread *t = a->data;
     uv_close((uv_handle_t *)&t->finish, NULL);
     writer_home_close(&t->home);
+    route_mailbox_close(&t->mail);
 }
 
 static void *io_main(void *arg)
@@ -65,6 +68,7 @@ static void *io_main(void *arg)
     io_thread *t = arg;
     uv_run(&t->loop, UV_RUN_DEFAULT);
     uv_loop_close(&t->loop);
+    free(t->deliver_buf);
     return NULL;
 }
 
@@ -95,9 +99,12 @@ int io_start(server *srv)
         uv_async_init(&t->loop, &t->finish, on_finish);
         t->finish.data = t;
         writer_home_init(&t->home, &t->loop);
+        route_mailbox_init(&t->mail, &t->loop);
         /* a connection silent for twice the heartbeat interval is closed */
         ws_thread_init(&t->ws, &t->loop, &peer_callbacks, limits, srv->cfg.heartbeat_seconds * 2000);
         t->loop.data = t; /* connections find their thread (and the server) through their loop */
+        if (i == 0)
+            messaging_sweep_start(t);
     }
     srv->nio = srv->cfg.threads;
     for (int i = 0; i < srv->nio; i++)

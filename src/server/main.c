@@ -1,6 +1,7 @@
 /* main.c - parleyd: flags, the store, the I/O threads, graceful shutdown.
  *   parleyd [--listen HOST:PORT] [--data DIR] [--threads N] [--sms file:PATH|http:URL]
- *           [--retention DURATION] [--heartbeat SECONDS] [--max-frame BYTES] */
+ *           [--retention DURATION] [--heartbeat SECONDS] [--max-frame BYTES]
+ *           [--max-recipients N] [--send-rate N] [--conn-rate N] [--window N] */
 #include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -21,7 +22,11 @@ static void usage(FILE *out)
             "  --sms http:URL         POST verification codes as JSON to URL\n"
             "  --retention DURATION   keep undelivered messages this long: 30d, 12h, 90m, 3600s (default 30d)\n"
             "  --heartbeat SECONDS    heartbeat interval announced to clients (default 30)\n"
-            "  --max-frame BYTES      largest WebSocket message accepted (default 262144)\n");
+            "  --max-frame BYTES      largest WebSocket message accepted (default 262144)\n"
+            "  --max-recipients N     device messages in one send (default 16)\n"
+            "  --send-rate N          sends and receipts per second per device, bursts of 2N (default 100)\n"
+            "  --conn-rate N          new connections per second per client address, 0 for no limit (default 100)\n"
+            "  --window N             unacknowledged deliveries per connection (default 256)\n");
 }
 
 /* "30d", "12h", "90m", "3600s" or plain seconds -> milliseconds; 0 on error. */
@@ -58,6 +63,10 @@ static int parse_args(server_config *cfg, int argc, char **argv)
     cfg->retention_ms = 30ULL * 86400000ULL;
     cfg->heartbeat_seconds = 30;
     cfg->max_frame_bytes = 256 * 1024;
+    cfg->max_recipients = 16;
+    cfg->send_rate = 100;
+    cfg->conn_rate = 100;
+    cfg->deliver_window = 256;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -111,6 +120,18 @@ static int parse_args(server_config *cfg, int argc, char **argv)
                 return -1;
             }
             cfg->max_frame_bytes = (uint32_t)n;
+        } else if (strcmp(a, "--max-recipients") == 0 || strcmp(a, "--send-rate") == 0 ||
+                   strcmp(a, "--conn-rate") == 0 || strcmp(a, "--window") == 0) {
+            char *end;
+            unsigned long n = strtoul(v, &end, 10);
+            bool zero_ok = strcmp(a, "--conn-rate") == 0;
+            if (*end || end == v || n > 1000000 || (n == 0 && !zero_ok)) {
+                fprintf(stderr, "parleyd: %s wants a number from %d to 1000000\n", a, zero_ok ? 0 : 1);
+                return -1;
+            }
+            uint32_t *field = a[2] == 'm' ? &cfg->max_recipients : a[2] == 's' ? &cfg->send_rate
+                            : a[2] == 'c' ? &cfg->conn_rate : &cfg->deliver_window;
+            *field = (uint32_t)n;
         } else {
             fprintf(stderr, "parleyd: unknown option %s\n", a);
             usage(stderr);
@@ -145,6 +166,11 @@ int main(int argc, char **argv)
         return 1;
     }
     pthread_mutex_init(&srv.codes_lock, NULL);
+    conn_limiter_init(&srv.conn_limit, srv.cfg.conn_rate);
+    if (routes_init(&srv.routes) != 0) {
+        store_close(srv.st);
+        return 1;
+    }
     if ((rc = writer_start(&srv.wr, srv.st, 1024)) != STORE_OK || io_start(&srv) != 0) {
         if (rc == STORE_OK)
             writer_stop(srv.wr);
@@ -163,6 +189,8 @@ int main(int argc, char **argv)
     io_finish(&srv);     /* the threads send the last answers and end */
     io_join(&srv);
     store_close(srv.st);
+    routes_destroy(&srv.routes);
+    conn_limiter_destroy(&srv.conn_limit);
     for (code_entry *e = srv.codes, *next; e; e = next) {
         next = e->next;
         sodium_memzero(e, sizeof *e);

@@ -1,31 +1,21 @@
 /* peer.c - the Parley protocol on one connection (docs/protocol.md): Hello, ping,
- * registration by one-time code, challenge-response authentication, lookup, and a
- * clear Error for every frame that cannot be served. A connection costs a small
- * struct; the nonce exists only between Connect and Authenticate. */
+ * registration by one-time code, challenge-response authentication, lookup, the
+ * connection rate limit, and a clear Error for every frame that cannot be served;
+ * messaging.c does the rest. A connection costs a small struct; the nonce exists
+ * only between Connect and Authenticate. */
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "parley.pb-c.h"
+#include "peer.h"
 #include "primitives.h"
-#include "server.h"
 
 #define CODE_TTL_MS (10 * 60 * 1000)
 #define CODE_ATTEMPTS 5
 #define CODES_PER_HOUR 5
 #define AUTH_CONTEXT "parley-auth-v1"
-
-enum { PEER_NEW, PEER_CHALLENGED, PEER_AUTHENTICATED };
-
-typedef struct {
-    uint8_t state;
-    uint32_t pending_work;           /* SMS sends and store writes in flight for it */
-    ws_conn *conn;                   /* NULL once the connection is gone */
-    store_device device;             /* claimed in Connect, proven by Authenticate */
-    uint8_t *nonce;                  /* only while challenged */
-} peer;
 
 uint64_t now_ms(void)
 {
@@ -34,12 +24,7 @@ uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static server *server_of(ws_conn *c)
-{
-    return ((io_thread *)c->thread->loop->data)->srv;
-}
-
-static void send_frame(ws_conn *c, Parley__Frame *f)
+void peer_send_frame(ws_conn *c, Parley__Frame *f)
 {
     f->has_version = 1;
     f->version = PARLEY_PROTOCOL_VERSION;
@@ -55,23 +40,51 @@ static void send_frame(ws_conn *c, Parley__Frame *f)
         free(buf);
 }
 
-static void reply(ws_conn *c, uint64_t request_id, Parley__Frame *f)
+void peer_reply(ws_conn *c, uint64_t request_id, Parley__Frame *f)
 {
     f->has_request_id = request_id != 0;
     f->request_id = request_id;
-    send_frame(c, f);
+    peer_send_frame(c, f);
 }
 
-static void send_error(ws_conn *c, uint64_t request_id, uint32_t code, const char *reason)
+void peer_error_full(ws_conn *c, uint64_t request_id, uint32_t code, const char *reason,
+                     uint32_t retry_after_ms, Parley__DeviceList *devices)
 {
     Parley__Error e = PARLEY__ERROR__INIT;
     e.has_code = 1;
     e.code = code;
     e.reason = (char *)reason;
+    e.has_retry_after_ms = retry_after_ms != 0;
+    e.retry_after_ms = retry_after_ms;
+    e.devices = devices;
     Parley__Frame f = PARLEY__FRAME__INIT;
     f.body_case = PARLEY__FRAME__BODY_ERROR;
     f.error = &e;
-    reply(c, request_id, &f);
+    peer_reply(c, request_id, &f);
+}
+
+void peer_error(ws_conn *c, uint64_t request_id, uint32_t code, const char *reason)
+{
+    peer_error_full(c, request_id, code, reason, 0, NULL);
+}
+
+void peer_store_error(ws_conn *c, uint64_t request_id, int status)
+{
+    if (status == STORE_FULL)
+        peer_error(c, request_id, PARLEY__ERROR_CODE__STORAGE_FULL,
+                   "the server cannot store this now; nothing was stored, try again later");
+    else
+        peer_error(c, request_id, PARLEY__ERROR_CODE__INTERNAL, store_strerror(status));
+}
+
+bool peer_job_returned(peer *p)
+{
+    p->pending_work--;
+    if (p->conn)
+        return true;
+    if (p->pending_work == 0)
+        free(p); /* the connection went away while the work was out */
+    return false;
 }
 
 /* ---- registration ------------------------------------------------------------ */
@@ -138,11 +151,10 @@ static void sms_job_done(uv_work_t *w, int status)
 {
     sms_job *j = w->data;
     peer *p = j->p;
-    p->pending_work--;
-    if (p->conn) {
+    if (peer_job_returned(p)) {
         if (status != 0 || j->rc != 0) {
             fprintf(stderr, "parleyd: SMS for %s failed: %s\n", j->phone, j->err);
-            send_error(p->conn, j->request_id, PARLEY__ERROR_CODE__INTERNAL,
+            peer_error(p->conn, j->request_id, PARLEY__ERROR_CODE__INTERNAL,
                        "the code could not be sent; try again later");
         } else {
             Parley__CodeRequested cr = PARLEY__CODE_REQUESTED__INIT;
@@ -151,10 +163,8 @@ static void sms_job_done(uv_work_t *w, int status)
             Parley__Frame f = PARLEY__FRAME__INIT;
             f.body_case = PARLEY__FRAME__BODY_CODE_REQUESTED;
             f.code_requested = &cr;
-            reply(p->conn, j->request_id, &f);
+            peer_reply(p->conn, j->request_id, &f);
         }
-    } else if (p->pending_work == 0) {
-        free(p); /* the connection went away while the SMS was out */
     }
     sodium_memzero(j->code, sizeof j->code);
     free(j);
@@ -164,13 +174,13 @@ static void on_request_code(ws_conn *c, peer *p, uint64_t rid, const Parley__Req
 {
     server *srv = server_of(c);
     if (!phone_valid(m->phone)) {
-        send_error(c, rid, PARLEY__ERROR_CODE__INVALID_PHONE, "not an E.164 phone number");
+        peer_error(c, rid, PARLEY__ERROR_CODE__INVALID_PHONE, "not an E.164 phone number");
         return;
     }
     uint64_t now = now_ms();
     sms_job *j = calloc(1, sizeof *j);
     if (!j) {
-        send_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
         return;
     }
     pthread_mutex_lock(&srv->codes_lock);
@@ -190,7 +200,7 @@ static void on_request_code(ws_conn *c, peer *p, uint64_t rid, const Parley__Req
     pthread_mutex_unlock(&srv->codes_lock);
     if (!e || limited) {
         free(j);
-        send_error(c, rid, e ? PARLEY__ERROR_CODE__CODE_RATE_LIMITED : PARLEY__ERROR_CODE__INTERNAL,
+        peer_error(c, rid, e ? PARLEY__ERROR_CODE__CODE_RATE_LIMITED : PARLEY__ERROR_CODE__INTERNAL,
                    e ? "too many codes for this number; try again within the hour" : "out of memory");
         return;
     }
@@ -203,7 +213,7 @@ static void on_request_code(ws_conn *c, peer *p, uint64_t rid, const Parley__Req
     if (uv_queue_work(c->thread->loop, &j->work, sms_job_run, sms_job_done) != 0) {
         p->pending_work--;
         free(j);
-        send_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "the code could not be sent");
+        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "the code could not be sent");
     }
 }
 
@@ -251,14 +261,10 @@ static void register_done(writer_job *job, int status)
 {
     register_job *j = (register_job *)job;
     peer *p = j->p;
-    p->pending_work--;
-    if (!p->conn) {
-        if (p->pending_work == 0)
-            free(p);
+    if (!peer_job_returned(p)) {
+        /* the connection is gone; the registration stands */
     } else if (status != STORE_OK) {
-        send_error(p->conn, j->request_id,
-                   status == STORE_FULL ? PARLEY__ERROR_CODE__STORAGE_FULL : PARLEY__ERROR_CODE__INTERNAL,
-                   store_strerror(status));
+        peer_store_error(p->conn, j->request_id, status);
     } else {
         Parley__Registered r = PARLEY__REGISTERED__INIT;
         r.has_account_id = 1;
@@ -268,7 +274,7 @@ static void register_done(writer_job *job, int status)
         Parley__Frame f = PARLEY__FRAME__INIT;
         f.body_case = PARLEY__FRAME__BODY_REGISTERED;
         f.registered = &r;
-        reply(p->conn, j->request_id, &f);
+        peer_reply(p->conn, j->request_id, &f);
     }
     free(j);
 }
@@ -277,19 +283,19 @@ static void on_register(ws_conn *c, peer *p, uint64_t rid, const Parley__Registe
 {
     server *srv = server_of(c);
     if (!phone_valid(m->phone)) {
-        send_error(c, rid, PARLEY__ERROR_CODE__INVALID_PHONE, "not an E.164 phone number");
+        peer_error(c, rid, PARLEY__ERROR_CODE__INVALID_PHONE, "not an E.164 phone number");
         return;
     }
     store_device_record primary = {.device = 1, .registration_id = m->registration_id};
     if (!m->has_identity_key ||
         ps_pubkey_parse(primary.identity_key, m->identity_key.data, m->identity_key.len) != PS_OK) {
-        send_error(c, rid, PARLEY__ERROR_CODE__INVALID_KEY,
+        peer_error(c, rid, PARLEY__ERROR_CODE__INVALID_KEY,
                    "identity_key must be a 33-byte Curve25519 key (0x05 || u)");
         return;
     }
     uint32_t code_error = check_code(srv, m->phone, m->code);
     if (code_error) {
-        send_error(c, rid, code_error, code_error == PARLEY__ERROR_CODE__WRONG_CODE ? "wrong code"
+        peer_error(c, rid, code_error, code_error == PARLEY__ERROR_CODE__WRONG_CODE ? "wrong code"
                                        : code_error == PARLEY__ERROR_CODE__CODE_EXPIRED
                                            ? "the code expired; request a new one"
                                            : "too many wrong codes; request a new one");
@@ -297,7 +303,7 @@ static void on_register(ws_conn *c, peer *p, uint64_t rid, const Parley__Registe
     }
     register_job *j = calloc(1, sizeof *j);
     if (!j) {
-        send_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
         return;
     }
     j->job.apply = register_apply;
@@ -316,20 +322,21 @@ static void on_register(ws_conn *c, peer *p, uint64_t rid, const Parley__Registe
 static void on_connect(ws_conn *c, peer *p, uint64_t rid, const Parley__Connect *m)
 {
     if (p->state == PEER_AUTHENTICATED) {
-        send_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED, "already authenticated");
+        peer_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED, "already authenticated");
         return;
     }
     if (!m->has_account_id || m->account_id.len != STORE_ACCOUNT_ID_LEN || !m->has_device_id) {
-        send_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, "Connect needs account_id (16 bytes) and device_id");
+        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, "Connect needs account_id (16 bytes) and device_id");
         return;
     }
     if (!p->nonce && !(p->nonce = malloc(32))) {
-        send_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
         return;
     }
     randombytes_buf(p->nonce, 32);
     memcpy(p->device.account, m->account_id.data, STORE_ACCOUNT_ID_LEN);
     p->device.device = m->device_id;
+    p->receive = !m->has_receive || m->receive;
     p->state = PEER_CHALLENGED;
     Parley__Challenge ch = PARLEY__CHALLENGE__INIT;
     ch.has_nonce = 1;
@@ -337,14 +344,14 @@ static void on_connect(ws_conn *c, peer *p, uint64_t rid, const Parley__Connect 
     Parley__Frame f = PARLEY__FRAME__INIT;
     f.body_case = PARLEY__FRAME__BODY_CHALLENGE;
     f.challenge = &ch;
-    reply(c, rid, &f);
+    peer_reply(c, rid, &f);
 }
 
 static void on_authenticate(ws_conn *c, peer *p, uint64_t rid, const Parley__Authenticate *m)
 {
     server *srv = server_of(c);
     if (p->state != PEER_CHALLENGED) {
-        send_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED, "send Connect first");
+        peer_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED, "send Connect first");
         return;
     }
     uint8_t msg[sizeof AUTH_CONTEXT - 1 + 32 + 16 + 4];
@@ -362,7 +369,7 @@ static void on_authenticate(ws_conn *c, peer *p, uint64_t rid, const Parley__Aut
     int rc = store_device_get(srv->st, &p->device, &rec);
     if (rc != STORE_OK || !m->has_signature || m->signature.len != PS_SIG_LEN ||
         !ps_xeddsa_verify(rec.identity_key, msg, sizeof msg, m->signature.data)) {
-        send_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED,
+        peer_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED,
                    rc == STORE_NOT_FOUND ? "unknown device" : "the signature does not verify");
         return;
     }
@@ -373,22 +380,38 @@ static void on_authenticate(ws_conn *c, peer *p, uint64_t rid, const Parley__Aut
     Parley__Frame f = PARLEY__FRAME__INIT;
     f.body_case = PARLEY__FRAME__BODY_AUTHENTICATED;
     f.authenticated = &a;
-    reply(c, rid, &f);
+    peer_reply(c, rid, &f);
+    messaging_authenticated(p); /* a receiving connection: routed, and its inbox drained */
 }
 
 static void on_lookup(ws_conn *c, uint64_t rid, const Parley__Lookup *m)
 {
     server *srv = server_of(c);
     uint8_t account[STORE_ACCOUNT_ID_LEN];
+    char phone[STORE_PHONE_MAX + 1] = "";
     uint32_t ids[8];
     size_t n = 0;
-    int rc = phone_valid(m->phone) ? store_account_by_phone(srv->st, m->phone, account) : STORE_NOT_FOUND;
+    int rc = STORE_NOT_FOUND;
+    if (m->has_account_id && m->account_id.len == STORE_ACCOUNT_ID_LEN) {
+        memcpy(account, m->account_id.data, STORE_ACCOUNT_ID_LEN);
+        rc = store_phone_by_account(srv->st, account, phone);
+    } else if (m->has_account_id) {
+        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, "account_id must be 16 bytes");
+        return;
+    } else if (phone_valid(m->phone)) {
+        rc = store_account_by_phone(srv->st, m->phone, account);
+        snprintf(phone, sizeof phone, "%s", m->phone);
+    }
     if (rc == STORE_OK)
         rc = store_account_devices(srv->st, account, ids, 8, &n);
-    if (rc != STORE_OK || n == 0) {
-        send_error(c, rid, rc == STORE_NOT_FOUND || n == 0 ? PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT
-                                                            : PARLEY__ERROR_CODE__INTERNAL,
-                   rc == STORE_NOT_FOUND || n == 0 ? "no account has this number" : store_strerror(rc));
+    if (rc == STORE_OK && n == 0)
+        rc = STORE_NOT_FOUND;
+    if (rc != STORE_OK) {
+        if (rc == STORE_NOT_FOUND)
+            peer_error(c, rid, PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT,
+                       m->has_account_id ? "no such account" : "no account has this number");
+        else
+            peer_store_error(c, rid, rc);
         return;
     }
     Parley__DeviceList dl = PARLEY__DEVICE_LIST__INIT;
@@ -398,10 +421,11 @@ static void on_lookup(ws_conn *c, uint64_t rid, const Parley__Lookup *m)
     dl.device_ids = ids;
     Parley__LookupResult lr = PARLEY__LOOKUP_RESULT__INIT;
     lr.devices = &dl;
+    lr.phone = phone;
     Parley__Frame f = PARLEY__FRAME__INIT;
     f.body_case = PARLEY__FRAME__BODY_LOOKUP_RESULT;
     f.lookup_result = &lr;
-    reply(c, rid, &f);
+    peer_reply(c, rid, &f);
 }
 
 /* ---- dispatch ------------------------------------------------------------------ */
@@ -416,6 +440,16 @@ static void on_open(ws_conn *c)
     }
     p->conn = c;
     c->user = p;
+    struct sockaddr_storage addr;
+    int alen = sizeof addr;
+    uint32_t retry = 0;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&addr, &alen) == 0 &&
+        !conn_limiter_allow(&srv->conn_limit, &addr, now_ms(), &retry)) {
+        peer_error_full(c, 0, PARLEY__ERROR_CODE__CONNECTION_RATE_LIMITED,
+                        "too many new connections from this address; try again later", retry ? retry : 1, NULL);
+        ws_conn_close(c, WS_CLOSE_POLICY, "connection rate limited");
+        return;
+    }
     Parley__Hello h = PARLEY__HELLO__INIT;
     h.has_protocol_version = 1;
     h.protocol_version = PARLEY_PROTOCOL_VERSION;
@@ -428,7 +462,7 @@ static void on_open(ws_conn *c)
     Parley__Frame f = PARLEY__FRAME__INIT;
     f.body_case = PARLEY__FRAME__BODY_HELLO;
     f.hello = &h;
-    send_frame(c, &f);
+    peer_send_frame(c, &f);
 }
 
 static bool on_message(ws_conn *c, int opcode, uint8_t *data, size_t len)
@@ -437,17 +471,17 @@ static bool on_message(ws_conn *c, int opcode, uint8_t *data, size_t len)
     if (!p)
         return false;
     if (opcode == WS_OP_TEXT) {
-        send_error(c, 0, PARLEY__ERROR_CODE__TEXT_FRAME, "send binary frames: text frames are not part of the protocol");
+        peer_error(c, 0, PARLEY__ERROR_CODE__TEXT_FRAME, "send binary frames: text frames are not part of the protocol");
         return true;
     }
     Parley__Frame *f = parley__frame__unpack(NULL, len, data);
     if (!f) {
-        send_error(c, 0, PARLEY__ERROR_CODE__MALFORMED_FRAME, "not a Parley frame");
+        peer_error(c, 0, PARLEY__ERROR_CODE__MALFORMED_FRAME, "not a Parley frame");
         return true;
     }
     uint64_t rid = f->has_request_id ? f->request_id : 0;
     if (f->has_version && f->version != PARLEY_PROTOCOL_VERSION) {
-        send_error(c, rid, PARLEY__ERROR_CODE__UNSUPPORTED_VERSION, "this server speaks protocol version 1");
+        peer_error(c, rid, PARLEY__ERROR_CODE__UNSUPPORTED_VERSION, "this server speaks protocol version 1");
         parley__frame__free_unpacked(f, NULL);
         return true;
     }
@@ -460,7 +494,7 @@ static bool on_message(ws_conn *c, int opcode, uint8_t *data, size_t len)
         Parley__Frame r = PARLEY__FRAME__INIT;
         r.body_case = PARLEY__FRAME__BODY_PONG;
         r.pong = &pong;
-        reply(c, rid, &r);
+        peer_reply(c, rid, &r);
         break;
     }
     case PARLEY__FRAME__BODY_REQUEST_CODE:
@@ -480,17 +514,21 @@ static bool on_message(ws_conn *c, int opcode, uint8_t *data, size_t len)
     case PARLEY__FRAME__BODY_DELIVER_ACK:
     case PARLEY__FRAME__BODY_RECEIPT:
         if (!authed)
-            send_error(c, rid, PARLEY__ERROR_CODE__NOT_AUTHENTICATED, "authenticate first");
+            peer_error(c, rid, PARLEY__ERROR_CODE__NOT_AUTHENTICATED, "authenticate first");
         else if (f->body_case == PARLEY__FRAME__BODY_LOOKUP)
             on_lookup(c, rid, f->lookup);
-        else /* messaging is the next part of the server core */
-            send_error(c, rid, PARLEY__ERROR_CODE__UNKNOWN_FRAME, "not served by this server version yet");
+        else if (f->body_case == PARLEY__FRAME__BODY_SEND)
+            on_send(c, p, rid, f->send);
+        else if (f->body_case == PARLEY__FRAME__BODY_DELIVER_ACK)
+            on_deliver_ack(c, p, f->deliver_ack);
+        else
+            on_receipt(c, p, rid, f->receipt);
         break;
     case PARLEY__FRAME__BODY__NOT_SET:
-        send_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, "the frame has no body");
+        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, "the frame has no body");
         break;
     default:
-        send_error(c, rid, PARLEY__ERROR_CODE__UNKNOWN_FRAME, "clients do not send this frame");
+        peer_error(c, rid, PARLEY__ERROR_CODE__UNKNOWN_FRAME, "clients do not send this frame");
         break;
     }
     parley__frame__free_unpacked(f, NULL);
@@ -502,6 +540,7 @@ static void on_closed(ws_conn *c)
     peer *p = c->user;
     if (!p)
         return;
+    messaging_closed(p);
     free(p->nonce);
     p->nonce = NULL;
     p->conn = NULL;

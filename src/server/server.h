@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "rate_limit.h"
+#include "routes.h"
 #include "store.h"
 #include "writer.h"
 #include "ws_conn.h"
@@ -24,6 +26,10 @@ typedef struct {
     uint32_t heartbeat_seconds;
     uint32_t max_frame_bytes;
     uint64_t map_size;
+    uint32_t max_recipients;     /* device messages in one Send */
+    uint32_t send_rate;          /* sends and receipts per second per device (burst: twice) */
+    uint32_t conn_rate;          /* new connections per second per address; 0: no limit */
+    uint32_t deliver_window;     /* unacknowledged envelopes per receiving connection */
 } server_config;
 
 typedef struct server server;
@@ -36,6 +42,11 @@ typedef struct {
     uv_async_t stop;              /* phase 1: stop accepting and reading, close connections */
     uv_async_t finish;            /* phase 2, after the writer stopped: last answers, then end */
     writer_home home;             /* where the writer hands this thread's jobs back */
+    route_mailbox mail;           /* wake-ups and kicks from other threads */
+    uv_timer_t sweep;             /* retention sweeps (thread 0 only) */
+    bool sweeping;                /* a sweep job is with the writer */
+    uint8_t *deliver_buf;         /* scratch for building Deliver frames */
+    size_t deliver_cap;
     ws_thread ws;
     pthread_t tid;
 } io_thread;
@@ -54,6 +65,8 @@ struct server {
     server_config cfg;
     store *st;
     writer *wr;                   /* every write goes through it (group commit) */
+    routes routes;                /* device -> its receiving connection */
+    conn_limiter conn_limit;
     pthread_mutex_t codes_lock;
     code_entry *codes;
     io_thread *io;

@@ -118,11 +118,15 @@ static void test_inbox(void)
     CHECK(count == 100);
     store_close(s);
 
-    /* reopen: data kept, and sequence numbers continue (never reused) */
+    /* reopen: data kept, and sequence numbers continue (never reused); a take shows
+     * each envelope it deletes, in order */
     CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
     CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    c.n = 0;
+    CHECK_RC(store_inbox_take(b, &d1, 70, collect, &c, &deleted), STORE_OK);
+    CHECK(deleted == 10 && c.n == 10 && c.seqs[0] == 61 && strcmp(c.texts[9], "a1-69") == 0);
     CHECK_RC(store_inbox_ack(b, &d1, UINT64_MAX, &deleted), STORE_OK);
-    CHECK(deleted == 40);
+    CHECK(deleted == 30);
     CHECK_RC(append_text(b, d1, 1000, "after", &seq), STORE_OK);
     CHECK(seq == 101);
     CHECK_RC(store_batch_commit(b), STORE_OK);
@@ -316,6 +320,18 @@ static void test_accounts(void)
     size_t n = 0;
     CHECK_RC(store_account_devices(s, id1, ids, 8, &n), STORE_OK);
     CHECK(n == 1 && ids[0] == 1);
+    char phone[STORE_PHONE_MAX + 1];
+    CHECK_RC(store_phone_by_account(s, id1, phone), STORE_OK);
+    CHECK(strcmp(phone, "+15550000001") == 0);
+    CHECK_RC(store_phone_by_account(s, id2, phone), STORE_NOT_FOUND);
+    /* inside a batch, the batch's own registration is visible */
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_register(b, "+15550000002", id2, &primary, acc), STORE_OK);
+    CHECK_RC(store_batch_account_devices(b, id2, ids, 8, &n), STORE_OK);
+    CHECK(n == 1 && ids[0] == 1);
+    store_batch_abort(b);
+    CHECK_RC(store_account_devices(s, id2, ids, 8, &n), STORE_OK);
+    CHECK(n == 0);
 
     /* the number registers again: same account, new device key, old inbox dropped */
     CHECK_RC(store_batch_begin(s, &b), STORE_OK);

@@ -56,8 +56,18 @@ int store_batch_nest(store_batch *b, store_batch **child);
 int store_inbox_append(store_batch *b, const store_device *d, uint64_t now_ms,
                        const uint8_t *envelope, size_t len, uint64_t *seq);
 
+/* Reads up to max envelopes of a device with seq > after, in order. fn returns false
+ * to stop early. Data is valid only during the call. */
+typedef bool (*store_envelope_fn)(void *ctx, uint64_t seq, uint64_t stored_ms,
+                                  const uint8_t *data, size_t len);
+
 /* Deletes the device's envelopes with seq <= up_to (a cumulative ack). */
 int store_inbox_ack(store_batch *b, const store_device *d, uint64_t up_to, size_t *deleted);
+
+/* The same, showing each envelope to fn (if not NULL) before it goes: the server
+ * learns whom to send delivered receipts to. fn's return value is ignored. */
+int store_inbox_take(store_batch *b, const store_device *d, uint64_t up_to,
+                     store_envelope_fn fn, void *ctx, size_t *deleted);
 
 /* Drops a device's whole inbox (the device was replaced or removed). */
 int store_inbox_drop(store_batch *b, const store_device *d, size_t *deleted);
@@ -94,6 +104,10 @@ int store_register(store_batch *b, const char *phone, const uint8_t new_id[STORE
 /* The account of a phone number, or STORE_NOT_FOUND. */
 int store_account_by_phone(store *s, const char *phone, uint8_t account[STORE_ACCOUNT_ID_LEN]);
 
+/* The phone number of an account (NUL-terminated), or STORE_NOT_FOUND. */
+int store_phone_by_account(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN],
+                           char phone[STORE_PHONE_MAX + 1]);
+
 /* One device's record, or STORE_NOT_FOUND. */
 int store_device_get(store *s, const store_device *d, store_device_record *out);
 
@@ -101,10 +115,13 @@ int store_device_get(store *s, const store_device *d, store_device_record *out);
 int store_account_devices(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN], uint32_t *ids,
                           size_t max, size_t *n);
 
-/* Reads up to max envelopes of a device with seq > after, in order. fn returns false
- * to stop early. Data is valid only during the call. */
-typedef bool (*store_envelope_fn)(void *ctx, uint64_t seq, uint64_t stored_ms,
-                                  const uint8_t *data, size_t len);
+/* The same inside a batch: sees the batch's own changes (the writer checks a send's
+ * device list against the list its commit will hold). */
+int store_batch_account_devices(store_batch *b, const uint8_t account[STORE_ACCOUNT_ID_LEN],
+                                uint32_t *ids, size_t max, size_t *n);
+
+/* Reads up to max envelopes of a device with seq > after, in order (store_envelope_fn
+ * above), in a read transaction of its own. */
 int store_inbox_read(store *s, const store_device *d, uint64_t after, size_t max,
                      store_envelope_fn fn, void *ctx);
 

@@ -7,6 +7,7 @@
  *   dedup       sender(20) id(16)            -> accepted_ms(8)
  *   dedup_time  accepted_ms(8) sender(20) id(16) -> ""
  *   phones      phone (E.164 text)           -> account(16)
+ *   accounts    account(16)                  -> phone (E.164 text)
  *   devices     device(20)                   -> identity key(32) registration id(4)
  * A device is account(16) device number(4). Every change to inbox or dedup changes
  * its time index in the same transaction, so a sweep costs what it removes. */
@@ -22,7 +23,7 @@
 
 struct store {
     MDB_env *env;
-    MDB_dbi inbox, inbox_next, inbox_time, dedup, dedup_time, phones, devices;
+    MDB_dbi inbox, inbox_next, inbox_time, dedup, dedup_time, phones, accounts, devices;
 };
 
 struct store_batch {
@@ -95,7 +96,7 @@ int store_open(store **out, const char *dir, uint64_t map_size)
     MDB_txn *txn = NULL;
     int rc = mdb_env_create(&s->env);
     if (rc == 0)
-        rc = mdb_env_set_maxdbs(s->env, 8);
+        rc = mdb_env_set_maxdbs(s->env, 16);
     if (rc == 0)
         rc = mdb_env_set_mapsize(s->env, map_size ? map_size : (uint64_t)4 << 30);
     /* NOTLS: read transactions are not tied to threads (libuv threads share them). */
@@ -115,6 +116,8 @@ int store_open(store **out, const char *dir, uint64_t map_size)
         rc = mdb_dbi_open(txn, "dedup_time", MDB_CREATE, &s->dedup_time);
     if (rc == 0)
         rc = mdb_dbi_open(txn, "phones", MDB_CREATE, &s->phones);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, "accounts", MDB_CREATE, &s->accounts);
     if (rc == 0)
         rc = mdb_dbi_open(txn, "devices", MDB_CREATE, &s->devices);
     if (rc == 0) {
@@ -245,6 +248,12 @@ static int delete_envelope(store_batch *b, MDB_cursor *c, const MDB_val *key, co
 
 int store_inbox_ack(store_batch *b, const store_device *d, uint64_t up_to, size_t *deleted)
 {
+    return store_inbox_take(b, d, up_to, NULL, NULL, deleted);
+}
+
+int store_inbox_take(store_batch *b, const store_device *d, uint64_t up_to,
+                     store_envelope_fn fn, void *ctx, size_t *deleted)
+{
     uint8_t start[DEVICE_KEY_LEN + 8];
     device_key(start, d);
     put_be64(start + DEVICE_KEY_LEN, 0);
@@ -259,6 +268,9 @@ int store_inbox_ack(store_batch *b, const store_device *d, uint64_t up_to, size_
         if (key.mv_size != sizeof start || memcmp(key.mv_data, start, DEVICE_KEY_LEN) != 0 ||
             get_be64((const uint8_t *)key.mv_data + DEVICE_KEY_LEN) > up_to)
             break;
+        if (fn && val.mv_size >= 8)
+            fn(ctx, get_be64((const uint8_t *)key.mv_data + DEVICE_KEY_LEN), get_be64(val.mv_data),
+               (const uint8_t *)val.mv_data + 8, val.mv_size - 8);
         if ((rc = delete_envelope(b, c, &key, &val)) != STORE_OK) {
             mdb_cursor_close(c);
             return rc;
@@ -465,7 +477,8 @@ int store_register(store_batch *b, const char *phone, const uint8_t new_id[STORE
         }
     } else if (rc == MDB_NOTFOUND) {
         memcpy(account, new_id, STORE_ACCOUNT_ID_LEN);
-        if ((rc = put(b->txn, b->s->phones, phone, plen, account, STORE_ACCOUNT_ID_LEN)) != STORE_OK)
+        if ((rc = put(b->txn, b->s->phones, phone, plen, account, STORE_ACCOUNT_ID_LEN)) != STORE_OK ||
+            (rc = put(b->txn, b->s->accounts, account, STORE_ACCOUNT_ID_LEN, phone, plen)) != STORE_OK)
             return rc;
     } else {
         return rc == 0 ? STORE_INVALID : map_error(rc);
@@ -499,6 +512,25 @@ int store_account_by_phone(store *s, const char *phone, uint8_t account[STORE_AC
     return rc == EINVAL ? STORE_INVALID : map_error(rc);
 }
 
+int store_phone_by_account(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN],
+                           char phone[STORE_PHONE_MAX + 1])
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0)
+        return map_error(rc);
+    MDB_val key = {STORE_ACCOUNT_ID_LEN, (void *)account}, val;
+    rc = mdb_get(txn, s->accounts, &key, &val);
+    if (rc == 0 && val.mv_size > 0 && val.mv_size <= STORE_PHONE_MAX) {
+        memcpy(phone, val.mv_data, val.mv_size);
+        phone[val.mv_size] = 0;
+    } else if (rc == 0) {
+        rc = EINVAL;
+    }
+    mdb_txn_abort(txn);
+    return rc == EINVAL ? STORE_INVALID : map_error(rc);
+}
+
 int store_device_get(store *s, const store_device *d, store_device_record *out)
 {
     MDB_txn *txn;
@@ -522,16 +554,11 @@ int store_device_get(store *s, const store_device *d, store_device_record *out)
     return rc == EINVAL ? STORE_INVALID : map_error(rc);
 }
 
-int store_account_devices(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN], uint32_t *ids,
-                          size_t max, size_t *n)
+static int account_devices(MDB_txn *txn, MDB_dbi devices, const uint8_t account[STORE_ACCOUNT_ID_LEN],
+                           uint32_t *ids, size_t max, size_t *n)
 {
-    MDB_txn *txn;
-    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-    if (rc != 0)
-        return map_error(rc);
     key_list l = {.n = 0};
-    rc = each_device(txn, s->devices, account, collect_key, &l);
-    mdb_txn_abort(txn);
+    int rc = each_device(txn, devices, account, collect_key, &l);
     *n = 0;
     for (size_t i = 0; i < l.n && i < max; i++) {
         store_device d;
@@ -539,4 +566,22 @@ int store_account_devices(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN],
         ids[(*n)++] = d.device;
     }
     return rc;
+}
+
+int store_account_devices(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN], uint32_t *ids,
+                          size_t max, size_t *n)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0)
+        return map_error(rc);
+    rc = account_devices(txn, s->devices, account, ids, max, n);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+int store_batch_account_devices(store_batch *b, const uint8_t account[STORE_ACCOUNT_ID_LEN],
+                                uint32_t *ids, size_t max, size_t *n)
+{
+    return account_devices(b->txn, b->s->devices, account, ids, max, n);
 }

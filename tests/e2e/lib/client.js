@@ -37,18 +37,25 @@ export class Client {
       const c = new Client(ws);
       const timer = setTimeout(() => reject(new Error('no Hello')), WAIT_MS);
       ws.on('error', (e) => { clearTimeout(timer); reject(e); });
-      c.next().then((f) => { clearTimeout(timer); c.hello = f.hello; resolve(c); }, reject);
+      c.next().then((f) => { clearTimeout(timer); c.first = f; c.hello = f.hello; resolve(c); }, reject);
     });
   }
 
   constructor(ws) {
     this.ws = ws;
-    this.queue = [];
+    this.queue = [];        // frames nobody asked for: Deliver pushes, errors without an id
     this.waiters = [];
+    this.pending = new Map(); // request id -> resolve
     this.nextId = 1;
     this.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
     ws.on('message', (data, isBinary) => {
       const f = isBinary ? Frame.toObject(Frame.decode(data), { longs: Number, bytes: Buffer, defaults: false }) : { text: data.toString() };
+      const answer = f.request_id && this.pending.get(Number(f.request_id));
+      if (answer) {
+        this.pending.delete(Number(f.request_id));
+        answer(f);
+        return;
+      }
       const w = this.waiters.shift();
       if (w) w(f);
       else this.queue.push(f);
@@ -59,8 +66,12 @@ export class Client {
   next(ms = WAIT_MS) {
     if (this.queue.length) return Promise.resolve(this.queue.shift());
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('no frame from the server')), ms);
-      this.waiters.push((f) => { clearTimeout(timer); resolve(f); });
+      const waiter = (f) => { clearTimeout(timer); resolve(f); };
+      const timer = setTimeout(() => {
+        this.waiters.splice(this.waiters.indexOf(waiter), 1); // a later frame must not go to a waiter that gave up
+        reject(new Error('no frame from the server'));
+      }, ms);
+      this.waiters.push(waiter);
     });
   }
 
@@ -68,13 +79,20 @@ export class Client {
     this.ws.send(bytes, opts);
   }
 
-  // Sends {body: value} with a fresh request id; returns the answer carrying that id.
-  async request(body, value, { version = 1 } = {}) {
+  // Sends {body: value} with a fresh request id; returns the answer carrying that id
+  // (frames pushed meanwhile stay queued for next()).
+  request(body, value, { version = 1, ms = WAIT_MS } = {}) {
     const request_id = this.nextId++;
-    this.ws.send(Frame.encode(Frame.create({ version, request_id, [body]: value })).finish());
-    const f = await this.next();
-    if (Number(f.request_id) !== request_id) throw new Error(`answer for request ${f.request_id}, expected ${request_id}: ${JSON.stringify(f)}`);
-    return f;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => { this.pending.delete(request_id); reject(new Error(`no answer to ${body} (request ${request_id})`)); }, ms);
+      this.pending.set(request_id, (f) => { clearTimeout(timer); resolve(f); });
+      this.ws.send(Frame.encode(Frame.create({ version, request_id, [body]: value })).finish());
+    });
+  }
+
+  // Sends a frame that gets no answer (DeliverAck).
+  push(body, value) {
+    this.ws.send(Frame.encode(Frame.create({ version: 1, [body]: value })).finish());
   }
 
   close() {
@@ -103,8 +121,10 @@ export function lastCode(smsLog, phone) {
 }
 
 // Connect -> Challenge -> Authenticate; returns the Authenticate answer.
-export async function authenticate(c, account, device, priv) {
-  const ch = await c.request('connect', { account_id: account, device_id: device });
+export async function authenticate(c, account, device, priv, { receive } = {}) {
+  const connect = { account_id: account, device_id: device };
+  if (receive !== undefined) connect.receive = receive;
+  const ch = await c.request('connect', connect);
   if (!ch.challenge) return ch;
   return c.request('authenticate', { signature: sign(priv, authMessage(ch.challenge.nonce, account, device)) });
 }

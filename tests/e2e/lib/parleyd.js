@@ -34,12 +34,14 @@ export async function freePort() {
 }
 
 export class Parleyd {
-  static async start({ dataDir, sms, heartbeat, threads = 2, maxFrame } = {}) {
-    const port = await freePort();
+  // extra: more flags, e.g. ['--send-rate', '5'].
+  static async start({ dataDir, sms, heartbeat, threads = 2, maxFrame, extra = [], port } = {}) {
+    port = port ?? await freePort();
     const args = ['--listen', `127.0.0.1:${port}`, '--data', dataDir, '--threads', String(threads)];
     if (sms) args.push('--sms', sms);
     if (heartbeat) args.push('--heartbeat', String(heartbeat));
     if (maxFrame) args.push('--max-frame', String(maxFrame));
+    args.push(...extra);
     const child = spawn(binary(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const d = new Parleyd(child, port, dataDir);
     await d.ready();

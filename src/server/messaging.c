@@ -1,0 +1,752 @@
+/* messaging.c - store-and-forward (docs/protocol.md, "Messages"):
+ *   Send: validated on the I/O thread, envelopes packed there; on the writer thread
+ *         de-duplicated, checked against the device lists and appended, one envelope
+ *         per device inbox; SendAck only after the commit.
+ *   Deliver: straight from the inbox, in seq order, never more than a window of
+ *         unacknowledged envelopes; online and offline devices take the same path
+ *         (a commit wakes the device's receiving connection, which reads its inbox).
+ *   DeliverAck: deletes, and puts delivered receipts in the senders' inboxes.
+ *   Receipt: read receipts, routed durably to the author's devices.
+ *   Retention: a sweep on thread 0's timer deletes what is older than --retention. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "peer.h"
+
+#define MAX_DEVICES 64                 /* devices listed per account (store bound) */
+#define MAX_RECEIPT_IDS 1000           /* message ids in one receipt */
+#define BODY_OVERHEAD 1024             /* room for the envelope around a body in a Deliver */
+#define DELIVER_FRAME_TARGET (64 * 1024)
+#define WRITE_QUEUE_HIGH (1 << 20)     /* stop delivering to a connection this far behind */
+#define DEDUP_MIN_MS (7ULL * 86400000) /* duplicates are recognised for at least 7 days */
+#define SWEEP_MAX 10000                /* records removed per sweep job */
+
+enum { JOB_UNKNOWN_ACCOUNT = 100, JOB_DEVICE_MISMATCH = 101 }; /* job statuses beyond STORE_* */
+
+static bool same_account(const uint8_t *a, const uint8_t *b)
+{
+    return memcmp(a, b, STORE_ACCOUNT_ID_LEN) == 0;
+}
+
+/* One token of the device's send bucket, or RATE_LIMITED. */
+static bool take_token(ws_conn *c, peer *p, uint64_t rid)
+{
+    const server_config *cfg = &server_of(c)->cfg;
+    uint32_t retry = 0;
+    if (token_take(&p->tokens_milli, &p->tokens_ms, cfg->send_rate, cfg->send_rate * 2, now_ms(), &retry))
+        return true;
+    peer_error_full(c, rid, PARLEY__ERROR_CODE__RATE_LIMITED, "too many sends from this device; slow down",
+               retry ? retry : 1, NULL);
+    return false;
+}
+
+/* Envelopes packed on an I/O thread, appended on the writer thread, each to one device. */
+typedef struct {
+    store_device device;
+    size_t offset, len;
+} target;
+
+typedef struct {
+    size_t n, cap;
+    target *items;
+    uint8_t *buf;
+    size_t used, buf_cap;
+} target_list;
+
+static void targets_free(target_list *l)
+{
+    free(l->items);
+    free(l->buf);
+    memset(l, 0, sizeof *l);
+}
+
+static int targets_add(target_list *l, const store_device *d, const Parley__Envelope *e)
+{
+    size_t len = parley__envelope__get_packed_size(e);
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 4;
+        target *items = realloc(l->items, cap * sizeof *items);
+        if (!items)
+            return STORE_NOMEM;
+        l->items = items;
+        l->cap = cap;
+    }
+    if (l->used + len > l->buf_cap) {
+        size_t cap = l->buf_cap ? l->buf_cap * 2 : 256;
+        while (cap < l->used + len)
+            cap *= 2;
+        uint8_t *buf = realloc(l->buf, cap);
+        if (!buf)
+            return STORE_NOMEM;
+        l->buf = buf;
+        l->buf_cap = cap;
+    }
+    parley__envelope__pack(e, l->buf + l->used);
+    l->items[l->n++] = (target){*d, l->used, len};
+    l->used += len;
+    return STORE_OK;
+}
+
+static int targets_append(store_batch *b, const target_list *l, uint64_t now)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        uint64_t seq;
+        int rc = store_inbox_append(b, &l->items[i].device, now, l->buf + l->items[i].offset,
+                                    l->items[i].len, &seq);
+        if (rc != STORE_OK)
+            return rc;
+    }
+    return STORE_OK;
+}
+
+static void targets_wake(server *srv, const target_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (i == 0 || memcmp(&l->items[i].device, &l->items[i - 1].device, sizeof(store_device)) != 0)
+            routes_wake(srv, &l->items[i].device);
+}
+
+/* Appends one envelope to every device of account except skip (if it is one of them).
+ * JOB_UNKNOWN_ACCOUNT if the account has no device. */
+static int append_to_account(store_batch *b, const uint8_t account[STORE_ACCOUNT_ID_LEN],
+                             const store_device *skip, const Parley__Envelope *e, target_list *l)
+{
+    uint32_t ids[MAX_DEVICES];
+    size_t n;
+    int rc = store_batch_account_devices(b, account, ids, MAX_DEVICES, &n);
+    if (rc != STORE_OK)
+        return rc;
+    if (n == 0)
+        return JOB_UNKNOWN_ACCOUNT;
+    for (size_t i = 0; i < n; i++) {
+        store_device d = {.device = ids[i]};
+        memcpy(d.account, account, STORE_ACCOUNT_ID_LEN);
+        if (skip && skip->device == d.device && same_account(skip->account, account))
+            continue;
+        if ((rc = targets_add(l, &d, e)) != STORE_OK)
+            return rc;
+    }
+    return STORE_OK;
+}
+
+/* ---- Send ---------------------------------------------------------------------- */
+
+typedef struct {
+    writer_job job;
+    server *srv;
+    peer *p;
+    uint64_t request_id;
+    store_device sender;
+    uint8_t message_id[STORE_MESSAGE_ID_LEN];
+    uint8_t recipient[STORE_ACCOUNT_ID_LEN];
+    uint64_t server_ms;                   /* on a duplicate: the first acceptance's */
+    bool duplicate;
+    target_list targets;
+    /* DEVICE_MISMATCH: the list that did not match */
+    uint8_t mismatch_account[STORE_ACCOUNT_ID_LEN];
+    uint32_t mismatch_ids[MAX_DEVICES];
+    size_t mismatch_n;
+} send_job;
+
+/* Does the send address exactly the devices of account (less the sender's own)? */
+static int check_devices(store_batch *b, send_job *j, const uint8_t account[STORE_ACCOUNT_ID_LEN])
+{
+    uint32_t ids[MAX_DEVICES];
+    size_t n, expected = 0, given = 0;
+    int rc = store_batch_account_devices(b, account, ids, MAX_DEVICES, &n);
+    if (rc != STORE_OK)
+        return rc;
+    if (n == 0)
+        return JOB_UNKNOWN_ACCOUNT;
+    bool match = true;
+    for (size_t i = 0; i < n; i++) {
+        if (same_account(account, j->sender.account) && ids[i] == j->sender.device)
+            continue;
+        expected++;
+        bool found = false;
+        for (size_t t = 0; t < j->targets.n && !found; t++)
+            found = j->targets.items[t].device.device == ids[i] &&
+                    same_account(j->targets.items[t].device.account, account);
+        match &= found;
+    }
+    for (size_t t = 0; t < j->targets.n; t++)
+        given += same_account(j->targets.items[t].device.account, account);
+    if (match && given == expected)
+        return STORE_OK;
+    memcpy(j->mismatch_account, account, STORE_ACCOUNT_ID_LEN);
+    memcpy(j->mismatch_ids, ids, n * sizeof *ids);
+    j->mismatch_n = n;
+    return JOB_DEVICE_MISMATCH;
+}
+
+static int send_apply(store_batch *b, writer_job *job)
+{
+    send_job *j = (send_job *)job;
+    uint64_t first;
+    int rc = store_dedup_get(b, &j->sender, j->message_id, &first);
+    if (rc == STORE_OK) { /* a resend: the same ack, nothing new */
+        j->server_ms = first;
+        j->duplicate = true;
+        return STORE_OK;
+    }
+    if (rc != STORE_NOT_FOUND)
+        return rc;
+    if ((rc = check_devices(b, j, j->recipient)) != STORE_OK)
+        return rc;
+    if (!same_account(j->recipient, j->sender.account) &&
+        (rc = check_devices(b, j, j->sender.account)) != STORE_OK)
+        return rc;
+    if ((rc = targets_append(b, &j->targets, j->server_ms)) != STORE_OK)
+        return rc;
+    return store_dedup_put(b, &j->sender, j->message_id, j->server_ms);
+}
+
+static void send_done(writer_job *job, int status)
+{
+    send_job *j = (send_job *)job;
+    if (status == STORE_OK && !j->duplicate)
+        targets_wake(j->srv, &j->targets);
+    if (peer_job_returned(j->p)) {
+        ws_conn *c = j->p->conn;
+        if (status == STORE_OK) {
+            Parley__SendAck ack = PARLEY__SEND_ACK__INIT;
+            ack.has_message_id = 1;
+            ack.message_id = (ProtobufCBinaryData){STORE_MESSAGE_ID_LEN, j->message_id};
+            ack.has_server_time_ms = 1;
+            ack.server_time_ms = j->server_ms;
+            Parley__Frame f = PARLEY__FRAME__INIT;
+            f.body_case = PARLEY__FRAME__BODY_SEND_ACK;
+            f.send_ack = &ack;
+            peer_reply(c, j->request_id, &f);
+        } else if (status == JOB_DEVICE_MISMATCH) {
+            Parley__DeviceList dl = PARLEY__DEVICE_LIST__INIT;
+            dl.has_account_id = 1;
+            dl.account_id = (ProtobufCBinaryData){STORE_ACCOUNT_ID_LEN, j->mismatch_account};
+            dl.n_device_ids = j->mismatch_n;
+            dl.device_ids = j->mismatch_ids;
+            peer_error_full(c, j->request_id, PARLEY__ERROR_CODE__DEVICE_MISMATCH,
+                       "the device list changed; encrypt for these devices and send again", 0, &dl);
+        } else if (status == JOB_UNKNOWN_ACCOUNT) {
+            peer_error(c, j->request_id, PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT, "no such account");
+        } else {
+            peer_store_error(c, j->request_id, status);
+        }
+    }
+    targets_free(&j->targets);
+    free(j);
+}
+
+void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m)
+{
+    server *srv = server_of(c);
+    if (!m->has_message_id || m->message_id.len != STORE_MESSAGE_ID_LEN || !m->has_recipient_account ||
+        m->recipient_account.len != STORE_ACCOUNT_ID_LEN || m->n_messages == 0) {
+        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME,
+                   "Send needs message_id (16 bytes), recipient_account (16 bytes) and messages");
+        return;
+    }
+    if (m->n_messages > srv->cfg.max_recipients) {
+        peer_error(c, rid, PARLEY__ERROR_CODE__TOO_MANY_RECIPIENTS, "too many device messages in one Send");
+        return;
+    }
+    if (!take_token(c, p, rid))
+        return;
+    send_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        return;
+    }
+    j->srv = srv;
+    j->p = p;
+    j->request_id = rid;
+    j->sender = p->device;
+    memcpy(j->message_id, m->message_id.data, STORE_MESSAGE_ID_LEN);
+    memcpy(j->recipient, m->recipient_account.data, STORE_ACCOUNT_ID_LEN);
+    j->server_ms = now_ms();
+    Parley__Envelope e = PARLEY__ENVELOPE__INIT;
+    e.has_sender_account = e.has_sender_device = e.has_message_id = e.has_server_time_ms = 1;
+    e.sender_account = (ProtobufCBinaryData){STORE_ACCOUNT_ID_LEN, p->device.account};
+    e.sender_device = p->device.device;
+    e.message_id = m->message_id;
+    e.server_time_ms = j->server_ms;
+    const char *bad = NULL;
+    for (size_t i = 0; i < m->n_messages && !bad; i++) {
+        const Parley__DeviceMessage *dm = m->messages[i];
+        store_device d = {.device = dm->device_id};
+        memcpy(d.account, dm->has_account_id ? dm->account_id.data : m->recipient_account.data,
+               STORE_ACCOUNT_ID_LEN);
+        if ((dm->has_account_id && dm->account_id.len != STORE_ACCOUNT_ID_LEN) || !dm->has_device_id ||
+            dm->device_id == 0 || !dm->has_body)
+            bad = "each device message needs device_id, body and at most a 16-byte account_id";
+        else if (!same_account(d.account, m->recipient_account.data) && !same_account(d.account, p->device.account))
+            bad = "a device message may go to the recipient or to the sender's own devices only";
+        else if (d.device == p->device.device && same_account(d.account, p->device.account))
+            bad = "a device does not send to itself";
+        else if (dm->body.len > srv->cfg.max_frame_bytes - BODY_OVERHEAD)
+            bad = "a message body is too large";
+        for (size_t t = 0; t < j->targets.n && !bad; t++)
+            if (memcmp(&j->targets.items[t].device, &d, sizeof d) == 0)
+                bad = "two device messages for the same device";
+        if (bad)
+            break;
+        e.has_type = 1;
+        e.type = dm->type;
+        e.has_body = 1;
+        e.body = dm->body;
+        if (targets_add(&j->targets, &d, &e) != STORE_OK)
+            bad = "out of memory";
+    }
+    if (bad) {
+        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, bad);
+        targets_free(&j->targets);
+        free(j);
+        return;
+    }
+    j->job.apply = send_apply;
+    j->job.done = send_done;
+    p->pending_work++;
+    writer_submit(srv->wr, &thread_of(c)->home, &j->job);
+}
+
+/* ---- Receipts ------------------------------------------------------------------ */
+
+typedef struct {
+    writer_job job;
+    server *srv;
+    peer *p;                 /* NULL: no one to answer (delivered receipts) */
+    uint64_t request_id;
+    store_device reader;
+    uint8_t to_account[STORE_ACCOUNT_ID_LEN];
+    uint64_t up_to_seq;      /* delivered receipts: the DeliverAck */
+    Parley__Envelope envelope;
+    Parley__ReceiptBody body;
+    ProtobufCBinaryData *ids;
+    target_list targets;
+} receipt_job;
+
+static void receipt_job_free(receipt_job *j)
+{
+    targets_free(&j->targets);
+    free(j->ids);
+    free(j);
+}
+
+static void receipt_envelope_init(receipt_job *j, uint32_t status, uint64_t now)
+{
+    parley__envelope__init(&j->envelope);
+    parley__receipt_body__init(&j->body);
+    j->body.has_status = 1;
+    j->body.status = status;
+    j->body.has_from_account = 1;
+    j->body.from_account = (ProtobufCBinaryData){STORE_ACCOUNT_ID_LEN, j->reader.account};
+    j->body.has_from_device = 1;
+    j->body.from_device = j->reader.device;
+    j->envelope.has_sender_account = j->envelope.has_sender_device = 1;
+    j->envelope.sender_account = j->body.from_account;
+    j->envelope.sender_device = j->reader.device;
+    j->envelope.has_server_time_ms = 1;
+    j->envelope.server_time_ms = now;
+    j->envelope.receipt = &j->body;
+}
+
+static int read_receipt_apply(store_batch *b, writer_job *job)
+{
+    receipt_job *j = (receipt_job *)job;
+    j->targets.n = j->targets.used = 0; /* a retried job starts over */
+    int rc = append_to_account(b, j->to_account, &j->reader, &j->envelope, &j->targets);
+    if (rc == STORE_OK && !same_account(j->to_account, j->reader.account)) /* the reader's other devices */
+        rc = append_to_account(b, j->reader.account, &j->reader, &j->envelope, &j->targets);
+    if (rc == STORE_OK)
+        rc = targets_append(b, &j->targets, j->envelope.server_time_ms);
+    return rc;
+}
+
+static void read_receipt_done(writer_job *job, int status)
+{
+    receipt_job *j = (receipt_job *)job;
+    if (status == STORE_OK)
+        targets_wake(j->srv, &j->targets);
+    if (peer_job_returned(j->p)) {
+        if (status == STORE_OK) {
+            Parley__ReceiptAck ack = PARLEY__RECEIPT_ACK__INIT;
+            Parley__Frame f = PARLEY__FRAME__INIT;
+            f.body_case = PARLEY__FRAME__BODY_RECEIPT_ACK;
+            f.receipt_ack = &ack;
+            peer_reply(j->p->conn, j->request_id, &f);
+        } else if (status == JOB_UNKNOWN_ACCOUNT) {
+            peer_error(j->p->conn, j->request_id, PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT, "no such account");
+        } else {
+            peer_store_error(j->p->conn, j->request_id, status);
+        }
+    }
+    receipt_job_free(j);
+}
+
+void on_receipt(ws_conn *c, peer *p, uint64_t rid, const Parley__Receipt *m)
+{
+    server *srv = server_of(c);
+    bool ids_ok = m->n_message_ids <= MAX_RECEIPT_IDS;
+    for (size_t i = 0; i < m->n_message_ids && ids_ok; i++)
+        ids_ok = m->message_ids[i].len == STORE_MESSAGE_ID_LEN;
+    if (!m->has_status || m->status != PARLEY__RECEIPT_STATUS__READ || !m->has_to_account ||
+        m->to_account.len != STORE_ACCOUNT_ID_LEN || !ids_ok ||
+        (m->n_message_ids == 0 && !m->has_up_to_server_ms)) {
+        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME,
+                   "Receipt needs status READ, to_account (16 bytes) and up to 1000 message ids "
+                   "(16 bytes each) or up_to_server_ms; delivered receipts come from the server");
+        return;
+    }
+    if (!take_token(c, p, rid))
+        return;
+    receipt_job *j = calloc(1, sizeof *j);
+    /* the request is freed after this call: the ids are copied into one block */
+    size_t n = m->n_message_ids;
+    ProtobufCBinaryData *ids = n ? malloc(n * (sizeof *ids + STORE_MESSAGE_ID_LEN)) : NULL;
+    if (!j || (n && !ids)) {
+        free(j);
+        free(ids);
+        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        return;
+    }
+    uint8_t *id_bytes = (uint8_t *)(ids + n);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(id_bytes + i * STORE_MESSAGE_ID_LEN, m->message_ids[i].data, STORE_MESSAGE_ID_LEN);
+        ids[i] = (ProtobufCBinaryData){STORE_MESSAGE_ID_LEN, id_bytes + i * STORE_MESSAGE_ID_LEN};
+    }
+    j->srv = srv;
+    j->p = p;
+    j->request_id = rid;
+    j->reader = p->device;
+    memcpy(j->to_account, m->to_account.data, STORE_ACCOUNT_ID_LEN);
+    receipt_envelope_init(j, PARLEY__RECEIPT_STATUS__READ, now_ms());
+    j->ids = ids;
+    j->body.n_message_ids = n;
+    j->body.message_ids = ids;
+    j->body.has_up_to_server_ms = m->has_up_to_server_ms;
+    j->body.up_to_server_ms = m->up_to_server_ms;
+    j->job.apply = read_receipt_apply;
+    j->job.done = read_receipt_done;
+    p->pending_work++;
+    writer_submit(srv->wr, &thread_of(c)->home, &j->job);
+}
+
+/* ---- DeliverAck and delivered receipts -------------------------------------------- */
+
+typedef struct {
+    uint8_t account[STORE_ACCOUNT_ID_LEN];
+    uint8_t id[STORE_MESSAGE_ID_LEN];
+} delivered_id;
+
+typedef struct {
+    delivered_id *items;
+    size_t n, cap;
+    const uint8_t *acker;
+    bool failed;
+} delivered_list;
+
+/* Notes the author and id of each message envelope an ack deletes (not receipts, and
+ * not the copies a device's own account sent it). */
+static bool collect_delivered(void *ctx, uint64_t seq, uint64_t stored_ms, const uint8_t *data, size_t len)
+{
+    delivered_list *l = ctx;
+    (void)seq, (void)stored_ms;
+    Parley__Envelope *e = parley__envelope__unpack(NULL, len, data);
+    if (e && !e->receipt && e->has_message_id && e->message_id.len == STORE_MESSAGE_ID_LEN &&
+        e->has_sender_account && e->sender_account.len == STORE_ACCOUNT_ID_LEN &&
+        !same_account(e->sender_account.data, l->acker)) {
+        if (l->n == l->cap) {
+            size_t cap = l->cap ? l->cap * 2 : 64;
+            delivered_id *items = realloc(l->items, cap * sizeof *items);
+            if (items) {
+                l->items = items;
+                l->cap = cap;
+            }
+        }
+        if (l->n < l->cap) {
+            memcpy(l->items[l->n].account, e->sender_account.data, STORE_ACCOUNT_ID_LEN);
+            memcpy(l->items[l->n].id, e->message_id.data, STORE_MESSAGE_ID_LEN);
+            l->n++;
+        } else {
+            l->failed = true;
+        }
+    }
+    if (e)
+        parley__envelope__free_unpacked(e, NULL);
+    return true;
+}
+
+static int by_account(const void *a, const void *b)
+{
+    return memcmp(((const delivered_id *)a)->account, ((const delivered_id *)b)->account, STORE_ACCOUNT_ID_LEN);
+}
+
+static int ack_apply(store_batch *b, writer_job *job)
+{
+    receipt_job *j = (receipt_job *)job;
+    delivered_list l = {.acker = j->reader.account};
+    j->targets.n = j->targets.used = 0;
+    int rc = store_inbox_take(b, &j->reader, j->up_to_seq, collect_delivered, &l, NULL);
+    if (rc == STORE_OK && l.failed)
+        rc = STORE_NOMEM;
+    if (rc == STORE_OK && l.n)
+        qsort(l.items, l.n, sizeof *l.items, by_account);
+    ProtobufCBinaryData ids[64];
+    /* one receipt per author and run of at most 64 ids (a window's worth, usually one) */
+    for (size_t i = 0; rc == STORE_OK && i < l.n;) {
+        size_t n = 0;
+        const uint8_t *author = l.items[i].account;
+        while (i < l.n && n < 64 && same_account(l.items[i].account, author))
+            ids[n++] = (ProtobufCBinaryData){STORE_MESSAGE_ID_LEN, l.items[i++].id};
+        j->body.n_message_ids = n;
+        j->body.message_ids = ids;
+        rc = append_to_account(b, author, NULL, &j->envelope, &j->targets);
+        if (rc == JOB_UNKNOWN_ACCOUNT) /* the author's devices are gone: no one to tell */
+            rc = STORE_OK;
+    }
+    j->body.n_message_ids = 0;
+    j->body.message_ids = NULL;
+    free(l.items);
+    if (rc == STORE_OK)
+        rc = targets_append(b, &j->targets, j->envelope.server_time_ms);
+    return rc;
+}
+
+static void ack_done(writer_job *job, int status)
+{
+    receipt_job *j = (receipt_job *)job;
+    if (status == STORE_OK)
+        targets_wake(j->srv, &j->targets);
+    else /* the envelopes stay and come again on the device's next connection */
+        fprintf(stderr, "parleyd: an ack could not be stored: %s\n", store_strerror(status));
+    receipt_job_free(j);
+}
+
+void on_deliver_ack(ws_conn *c, peer *p, const Parley__DeliverAck *m)
+{
+    /* only what this connection delivered can be acknowledged on it */
+    uint64_t up_to = m->up_to_seq < p->delivered_seq ? m->up_to_seq : p->delivered_seq;
+    if (!m->has_up_to_seq || up_to <= p->acked_seq)
+        return;
+    p->acked_seq = up_to;
+    receipt_job *j = calloc(1, sizeof *j);
+    if (j) {
+        j->srv = server_of(c);
+        j->reader = p->device;
+        j->up_to_seq = up_to;
+        receipt_envelope_init(j, PARLEY__RECEIPT_STATUS__DELIVERED, now_ms());
+        j->job.apply = ack_apply;
+        j->job.done = ack_done;
+        writer_submit(j->srv->wr, &thread_of(c)->home, &j->job);
+    }
+    messaging_pump(p);
+}
+
+/* ---- Deliver ------------------------------------------------------------------- */
+
+/* Deliver frames are written by hand from the stored envelopes: each stored envelope
+ * is a packed Envelope without its seq, and protobuf lets the seq field come first,
+ * so an envelope goes out as tag, length, seq field, stored bytes, with no unpacking.
+ *   Frame   { 1: version = 1, 30: Deliver }
+ *   Deliver { 1: Envelope (repeated), 2: drained } */
+#define FRAME_HEAD_ROOM 16
+
+static size_t varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80)
+        v >>= 7, n++;
+    return n;
+}
+
+static uint8_t *put_varint(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+typedef struct {
+    peer *p;
+    io_thread *t;
+    size_t len;          /* Deliver content bytes after FRAME_HEAD_ROOM */
+    size_t count;
+    uint64_t first_seq, last_seq;
+    bool failed;
+} deliver_batch;
+
+static bool reserve(io_thread *t, size_t need)
+{
+    if (need <= t->deliver_cap)
+        return true;
+    size_t cap = t->deliver_cap ? t->deliver_cap : DELIVER_FRAME_TARGET + FRAME_HEAD_ROOM + 16;
+    while (cap < need)
+        cap *= 2;
+    uint8_t *buf = realloc(t->deliver_buf, cap);
+    if (!buf)
+        return false;
+    t->deliver_buf = buf;
+    t->deliver_cap = cap;
+    return true;
+}
+
+static void flush_deliver(deliver_batch *d, bool drained)
+{
+    uint8_t *content = d->t->deliver_buf + FRAME_HEAD_ROOM;
+    size_t len = d->len;
+    if (drained) {
+        content[len++] = 0x10; /* field 2, varint */
+        content[len++] = 1;
+    }
+    uint8_t head[FRAME_HEAD_ROOM], *h = head;
+    *h++ = 0x08; /* Frame.version */
+    *h++ = PARLEY_PROTOCOL_VERSION;
+    *h++ = 0xF2; /* Frame.deliver: field 30, length-delimited, as a two-byte varint tag */
+    *h++ = 0x01;
+    h = put_varint(h, len);
+    size_t hlen = (size_t)(h - head);
+    memcpy(content - hlen, head, hlen);
+    ws_conn_send(d->p->conn, WS_OP_BINARY, content - hlen, hlen + len);
+    d->len = 0;
+}
+
+static bool add_envelope(void *ctx, uint64_t seq, uint64_t stored_ms, const uint8_t *data, size_t len)
+{
+    deliver_batch *d = ctx;
+    (void)stored_ms;
+    size_t item = 1 + varint_len(seq) + len;
+    size_t need = 1 + varint_len(item) + item;
+    if (d->len && d->len + need > DELIVER_FRAME_TARGET)
+        flush_deliver(d, false);
+    if (!reserve(d->t, FRAME_HEAD_ROOM + d->len + need + 2)) { /* +2: the drained field */
+        d->failed = true;
+        return false;
+    }
+    uint8_t *w = d->t->deliver_buf + FRAME_HEAD_ROOM + d->len;
+    *w++ = 0x0A; /* Deliver.envelopes */
+    w = put_varint(w, item);
+    *w++ = 0x08; /* Envelope.seq */
+    w = put_varint(w, seq);
+    memcpy(w, data, len);
+    d->len += need;
+    if (!d->count++)
+        d->first_seq = seq;
+    d->last_seq = seq;
+    return true;
+}
+
+void messaging_pump(peer *p)
+{
+    ws_conn *c = p->conn;
+    if (!c || c->closing || !p->receive || p->state != PEER_AUTHENTICATED)
+        return;
+    io_thread *t = thread_of(c);
+    uint32_t window = t->srv->cfg.deliver_window;
+    uint64_t in_flight = p->delivered_seq - p->acked_seq; /* seq distance: never less than the count */
+    if (in_flight >= window || c->tcp.write_queue_size > WRITE_QUEUE_HIGH)
+        return; /* the next ack resumes */
+    size_t want = window - in_flight;
+    deliver_batch d = {.p = p, .t = t};
+    if (!reserve(t, FRAME_HEAD_ROOM + 2))
+        return;
+    int rc = store_inbox_read(t->srv->st, &p->device, p->delivered_seq, want, add_envelope, &d);
+    if (rc != STORE_OK || d.failed) /* what was read still goes; the next ack or wake retries */
+        fprintf(stderr, "parleyd: reading an inbox failed: %s\n",
+                d.failed ? "out of memory" : store_strerror(rc));
+    if (d.count) {
+        if (p->delivered_seq == 0) /* the window counts from the first envelope handed out */
+            p->acked_seq = d.first_seq - 1;
+        p->delivered_seq = d.last_seq;
+    }
+    bool drained = rc == STORE_OK && !d.failed && d.count < want && !p->drained_sent;
+    if (d.len || drained)
+        flush_deliver(&d, drained);
+    p->drained_sent |= drained;
+}
+
+void messaging_authenticated(peer *p)
+{
+    if (!p->receive)
+        return;
+    routes_add(server_of(p->conn), p);
+    messaging_pump(p);
+}
+
+void messaging_closed(peer *p)
+{
+    routes_remove(server_of(p->conn), p);
+}
+
+/* ---- retention ------------------------------------------------------------------- */
+
+typedef struct {
+    writer_job job;
+    io_thread *t;
+    uint64_t inbox_cutoff, dedup_cutoff;
+    size_t inbox_removed, dedup_removed;
+} sweep_job;
+
+static void sweep_submit(io_thread *t);
+
+static int sweep_apply(store_batch *b, writer_job *job)
+{
+    sweep_job *j = (sweep_job *)job;
+    return store_sweep(b, j->inbox_cutoff, j->dedup_cutoff, SWEEP_MAX, &j->inbox_removed, &j->dedup_removed);
+}
+
+static void sweep_done(writer_job *job, int status)
+{
+    sweep_job *j = (sweep_job *)job;
+    io_thread *t = j->t;
+    t->sweeping = false;
+    if (status != STORE_OK)
+        fprintf(stderr, "parleyd: retention sweep failed: %s\n", store_strerror(status));
+    else if (j->inbox_removed)
+        fprintf(stderr, "parleyd: retention sweep removed %zu undelivered envelopes\n", j->inbox_removed);
+    bool more = status == STORE_OK && (j->inbox_removed == SWEEP_MAX || j->dedup_removed == SWEEP_MAX);
+    free(j);
+    if (more && !uv_is_closing((uv_handle_t *)&t->sweep)) /* not while shutting down */
+        sweep_submit(t);
+}
+
+static void sweep_submit(io_thread *t)
+{
+    if (t->sweeping)
+        return;
+    sweep_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return;
+    const server_config *cfg = &t->srv->cfg;
+    uint64_t now = now_ms();
+    uint64_t dedup_keep = cfg->retention_ms > DEDUP_MIN_MS ? cfg->retention_ms : DEDUP_MIN_MS;
+    j->t = t;
+    j->inbox_cutoff = now > cfg->retention_ms ? now - cfg->retention_ms : 0;
+    j->dedup_cutoff = now > dedup_keep ? now - dedup_keep : 0;
+    j->job.apply = sweep_apply;
+    j->job.done = sweep_done;
+    t->sweeping = true;
+    writer_submit(t->srv->wr, &t->home, &j->job);
+}
+
+static void on_sweep_timer(uv_timer_t *timer)
+{
+    sweep_submit(timer->data);
+}
+
+void messaging_sweep_start(io_thread *t)
+{
+    /* often enough that nothing outlives the retention by much more than a quarter of it */
+    uint64_t every = t->srv->cfg.retention_ms / 4;
+    every = every < 250 ? 250 : every > 60000 ? 60000 : every;
+    uv_timer_init(&t->loop, &t->sweep);
+    t->sweep.data = t;
+    uv_timer_start(&t->sweep, on_sweep_timer, every, every);
+}
+
+void messaging_sweep_stop(io_thread *t)
+{
+    uv_close((uv_handle_t *)&t->sweep, NULL);
+}

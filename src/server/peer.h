@@ -1,0 +1,69 @@
+/* peer.h - the protocol state of one connection, shared by peer.c (registration,
+ * authentication, dispatch) and messaging.c (send, deliver, acks, receipts). */
+#ifndef PARLEY_SERVER_PEER_H
+#define PARLEY_SERVER_PEER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "parley.pb-c.h"
+#include "server.h"
+
+enum { PEER_NEW, PEER_CHALLENGED, PEER_AUTHENTICATED };
+
+typedef struct peer peer;
+struct peer {
+    uint8_t state;
+    bool receive;                 /* the device's receiving connection (routed deliveries) */
+    bool routed;                  /* in the routing table */
+    bool drained_sent;            /* Deliver{drained} went out on this connection */
+    uint32_t pending_work;        /* SMS sends and store writes in flight for it */
+    ws_conn *conn;                /* NULL once the connection is gone */
+    store_device device;          /* claimed in Connect, proven by Authenticate */
+    uint8_t *nonce;               /* only while challenged */
+    /* delivery window: seqs handed out and acknowledged on this connection */
+    uint64_t delivered_seq;
+    uint64_t acked_seq;
+    uint64_t route_id;            /* newest receiving connection of a device wins */
+    peer *route_next;             /* routing table chain */
+    /* token bucket for sends and receipts, in thousandths of a token */
+    uint32_t tokens_milli;
+    uint64_t tokens_ms;
+};
+
+static inline io_thread *thread_of(ws_conn *c)
+{
+    return (io_thread *)c->thread->loop->data;
+}
+
+static inline server *server_of(ws_conn *c)
+{
+    return thread_of(c)->srv;
+}
+
+/* Frames out (peer.c). */
+void peer_send_frame(ws_conn *c, Parley__Frame *f);
+void peer_reply(ws_conn *c, uint64_t request_id, Parley__Frame *f);
+void peer_error(ws_conn *c, uint64_t request_id, uint32_t code, const char *reason);
+void peer_error_full(ws_conn *c, uint64_t request_id, uint32_t code, const char *reason,
+                     uint32_t retry_after_ms, Parley__DeviceList *devices);
+
+/* A store or job status as the client's error. */
+void peer_store_error(ws_conn *c, uint64_t request_id, int status);
+
+/* Called when a writer job for p finished: false if p is gone (and was freed now). */
+bool peer_job_returned(peer *p);
+
+/* Messaging (messaging.c). */
+void messaging_authenticated(peer *p);       /* a receiving connection starts: route, drain */
+void messaging_closed(peer *p);              /* before p's connection goes away */
+void messaging_pump(peer *p);                /* deliver what the window allows */
+void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m);
+void on_deliver_ack(ws_conn *c, peer *p, const Parley__DeliverAck *m);
+void on_receipt(ws_conn *c, peer *p, uint64_t rid, const Parley__Receipt *m);
+
+/* The retention sweep (messaging.c), run from I/O thread 0's timer. */
+void messaging_sweep_start(io_thread *t);
+void messaging_sweep_stop(io_thread *t);
+
+#endif
