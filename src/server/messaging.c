@@ -667,12 +667,47 @@ void messaging_pump(peer *p)
     p->drained_sent |= drained;
 }
 
+/* A receiving connection starts delivering only once every write submitted before its
+ * authentication is committed: the writer runs jobs in order, so an empty job is a
+ * barrier. Acks sent on the device's previous connection are then applied, and what
+ * they acknowledged is not delivered again. */
+typedef struct {
+    writer_job job;
+    peer *p;
+} barrier_job;
+
+static int barrier_apply(store_batch *b, writer_job *job)
+{
+    (void)b, (void)job;
+    return STORE_OK;
+}
+
+static void barrier_done(writer_job *job, int status)
+{
+    barrier_job *j = (barrier_job *)job;
+    peer *p = j->p;
+    free(j);
+    (void)status; /* a failed batch changes nothing for a read-only barrier */
+    if (!peer_job_returned(p) || p->conn->closing)
+        return;
+    routes_add(server_of(p->conn), p); /* from now on every commit for the device wakes p */
+    messaging_pump(p);
+}
+
 void messaging_authenticated(peer *p)
 {
     if (!p->receive)
         return;
-    routes_add(server_of(p->conn), p);
-    messaging_pump(p);
+    barrier_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        ws_conn_close(p->conn, WS_CLOSE_INTERNAL_ERROR, "out of memory");
+        return;
+    }
+    j->p = p;
+    j->job.apply = barrier_apply;
+    j->job.done = barrier_done;
+    p->pending_work++;
+    writer_submit(server_of(p->conn)->wr, &thread_of(p->conn)->home, &j->job);
 }
 
 void messaging_closed(peer *p)

@@ -1,6 +1,7 @@
 // A first, rough measurement until parley-bench exists (issue: parley-bench):
 // server memory per idle *authenticated* connection. Starts parleyd, registers one
-// account, opens N connections that each authenticate as its device, waits, and
+// account, opens N send-only connections (Connect.receive = false: a device has one
+// receiving connection) that each authenticate as its device, waits, and
 // reads parleyd's RSS (baseline subtracted) and the kernel's TCP memory.
 //   node tools/bench/idle-connections.mjs BUILD_DIR N [N ...]
 // Needs `make interop-deps` (ws and protobufjs from tests/e2e, libsignal-client from
@@ -47,7 +48,7 @@ async function measure(n) {
   const port = 20000 + Math.floor(Math.random() * 20000);
   const smsLog = path.join(dir, 'sms.log');
   const child = spawn(path.join(buildDir, 'parleyd'), ['--listen', `127.0.0.1:${port}`, '--data', path.join(dir, 'var'),
-    '--sms', `file:${smsLog}`, '--heartbeat', '3600'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    '--sms', `file:${smsLog}`, '--heartbeat', '3600', '--conn-rate', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise((r) => child.stdout.once('data', r));
   const url = `ws://127.0.0.1:${port}/`;
   const key = S.PrivateKey.generate();
@@ -81,7 +82,7 @@ async function measure(n) {
       while (started < n && started - authed < 256) {
         started++;
         connect(url, (ws, f) => {
-          if (f.hello) send(ws, 'connect', { account_id: account, device_id: 1 });
+          if (f.hello) send(ws, 'connect', { account_id: account, device_id: 1, receive: false });
           else if (f.challenge) {
             const msg = Buffer.concat([Buffer.from('parley-auth-v1'), Buffer.from(f.challenge.nonce), account, dev]);
             send(ws, 'authenticate', { signature: key.sign(msg) });

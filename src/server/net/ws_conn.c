@@ -13,6 +13,7 @@
 
 #define LINGER_MS 1000
 #define SWEEP_MS 250
+#define WRITE_QUEUE_MAX (16u << 20) /* a peer this far behind in reading is cut off */
 
 typedef struct {
     uv_write_t req;
@@ -81,6 +82,10 @@ static bool send_bytes(ws_conn *c, const uint8_t *hdr, size_t hlen, const uint8_
 {
     if (uv_is_closing((uv_handle_t *)&c->tcp))
         return false;
+    if (c->tcp.write_queue_size > WRITE_QUEUE_MAX) { /* a slow reader does not hold our memory */
+        ws_conn_abort(c);
+        return false;
+    }
     write_req *w = malloc(sizeof *w + hlen + blen);
     if (!w) {
         ws_conn_abort(c);
