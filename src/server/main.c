@@ -115,8 +115,8 @@ static int parse_args(server_config *cfg, int argc, char **argv)
             }
         } else if (strcmp(a, "--max-frame") == 0) {
             long n = atol(v);
-            if (n < 1024 || n > 64L * 1024 * 1024) {
-                fprintf(stderr, "parleyd: --max-frame must be 1 KiB..64 MiB\n");
+            if (n < 4096 || n > 64L * 1024 * 1024) {
+                fprintf(stderr, "parleyd: --max-frame must be 4 KiB..64 MiB\n");
                 return -1;
             }
             cfg->max_frame_bytes = (uint32_t)n;
@@ -166,8 +166,11 @@ int main(int argc, char **argv)
         return 1;
     }
     pthread_mutex_init(&srv.codes_lock, NULL);
-    conn_limiter_init(&srv.conn_limit, srv.cfg.conn_rate);
-    if (routes_init(&srv.routes) != 0) {
+    /* a million device buckets (16 MiB of address space, touched only where used);
+     * 4096 address buckets */
+    if (rate_table_init(&srv.send_limit, 1 << 20, srv.cfg.send_rate, srv.cfg.send_rate * 2) != 0 ||
+        rate_table_init(&srv.conn_limit, 4096, srv.cfg.conn_rate, srv.cfg.conn_rate) != 0 ||
+        routes_init(&srv.routes) != 0) {
         store_close(srv.st);
         return 1;
     }
@@ -190,7 +193,8 @@ int main(int argc, char **argv)
     io_join(&srv);
     store_close(srv.st);
     routes_destroy(&srv.routes);
-    conn_limiter_destroy(&srv.conn_limit);
+    rate_table_destroy(&srv.send_limit);
+    rate_table_destroy(&srv.conn_limit);
     for (code_entry *e = srv.codes, *next; e; e = next) {
         next = e->next;
         sodium_memzero(e, sizeof *e);

@@ -17,27 +17,61 @@
 #define MAX_DEVICES 64                 /* devices listed per account (store bound) */
 #define MAX_RECEIPT_IDS 1000           /* message ids in one receipt */
 #define BODY_OVERHEAD 1024             /* room for the envelope around a body in a Deliver */
-#define DELIVER_FRAME_TARGET (64 * 1024)
-#define WRITE_QUEUE_HIGH (1 << 20)     /* stop delivering to a connection this far behind */
+#define DELIVER_FRAME_TARGET (64 * 1024) /* or max_frame_bytes if smaller */
+#define WRITE_QUEUE_HIGH (1 << 20)     /* bytes queued for a connection before deliveries pause */
 #define DEDUP_MIN_MS (7ULL * 86400000) /* duplicates are recognised for at least 7 days */
 #define SWEEP_MAX 10000                /* records removed per sweep job */
+#define MAX_IN_FLIGHT 64               /* sends and receipts of one connection awaiting the writer */
 
-enum { JOB_UNKNOWN_ACCOUNT = 100, JOB_DEVICE_MISMATCH = 101 }; /* job statuses beyond STORE_* */
+enum { JOB_UNKNOWN_ACCOUNT = 100, JOB_DEVICE_MISMATCH = 101, JOB_REPLACED = 102 }; /* beyond STORE_* */
+
+/* Grows *buf (a doubling from first bytes on) until it holds need bytes. */
+static bool grow(void *buf, size_t *cap, size_t need, size_t first)
+{
+    if (need <= *cap)
+        return true;
+    size_t n = *cap ? *cap : first;
+    while (n < need)
+        n *= 2;
+    void *p = realloc(*(void **)buf, n);
+    if (!p)
+        return false;
+    *(void **)buf = p;
+    *cap = n;
+    return true;
+}
+
+/* The writer's check that the device still has the key its connection proved. */
+static int device_current(store_batch *b, const store_device *d, const uint8_t key_prefix[8])
+{
+    int rc = peer_device_current(b, d, key_prefix);
+    return rc == STORE_NOT_FOUND ? JOB_REPLACED : rc;
+}
+
+/* A replaced device's connection is told why, then closed (4000: do not come back). */
+static void replaced(ws_conn *c, uint64_t rid)
+{
+    peer_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED, "this device was replaced by a new registration");
+    ws_conn_close(c, 4000, "this device was replaced by a new registration");
+}
 
 static bool same_account(const uint8_t *a, const uint8_t *b)
 {
     return memcmp(a, b, STORE_ACCOUNT_ID_LEN) == 0;
 }
 
-/* One token of the device's send bucket, or RATE_LIMITED. */
+/* One token of the device's send bucket (shared by all its connections), or RATE_LIMITED. */
 static bool take_token(ws_conn *c, peer *p, uint64_t rid)
 {
-    const server_config *cfg = &server_of(c)->cfg;
     uint32_t retry = 0;
-    if (token_take(&p->tokens_milli, &p->tokens_ms, cfg->send_rate, cfg->send_rate * 2, now_ms(), &retry))
+    if (p->pending_work >= MAX_IN_FLIGHT) { /* the writer is behind: memory stays bounded */
+        peer_error_full(c, rid, PARLEY__ERROR_CODE__RATE_LIMITED, "too many requests waiting for storage", 50, NULL);
+        return false;
+    }
+    if (rate_table_take(&server_of(c)->send_limit, &p->device, sizeof p->device, now_ms(), &retry))
         return true;
     peer_error_full(c, rid, PARLEY__ERROR_CODE__RATE_LIMITED, "too many sends from this device; slow down",
-               retry ? retry : 1, NULL);
+                    retry ? retry : 1, NULL);
     return false;
 }
 
@@ -64,24 +98,11 @@ static void targets_free(target_list *l)
 static int targets_add(target_list *l, const store_device *d, const Parley__Envelope *e)
 {
     size_t len = parley__envelope__get_packed_size(e);
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 4;
-        target *items = realloc(l->items, cap * sizeof *items);
-        if (!items)
-            return STORE_NOMEM;
-        l->items = items;
-        l->cap = cap;
-    }
-    if (l->used + len > l->buf_cap) {
-        size_t cap = l->buf_cap ? l->buf_cap * 2 : 256;
-        while (cap < l->used + len)
-            cap *= 2;
-        uint8_t *buf = realloc(l->buf, cap);
-        if (!buf)
-            return STORE_NOMEM;
-        l->buf = buf;
-        l->buf_cap = cap;
-    }
+    size_t items_bytes = l->cap * sizeof *l->items;
+    if (!grow(&l->items, &items_bytes, (l->n + 1) * sizeof *l->items, 4 * sizeof *l->items) ||
+        !grow(&l->buf, &l->buf_cap, l->used + len, 256))
+        return STORE_NOMEM;
+    l->cap = items_bytes / sizeof *l->items;
     parley__envelope__pack(e, l->buf + l->used);
     l->items[l->n++] = (target){*d, l->used, len};
     l->used += len;
@@ -138,6 +159,7 @@ typedef struct {
     peer *p;
     uint64_t request_id;
     store_device sender;
+    uint8_t key_prefix[8];
     uint8_t message_id[STORE_MESSAGE_ID_LEN];
     uint8_t recipient[STORE_ACCOUNT_ID_LEN];
     uint64_t server_ms;                   /* on a duplicate: the first acceptance's */
@@ -184,7 +206,10 @@ static int send_apply(store_batch *b, writer_job *job)
 {
     send_job *j = (send_job *)job;
     uint64_t first;
-    int rc = store_dedup_get(b, &j->sender, j->message_id, &first);
+    int rc = device_current(b, &j->sender, j->key_prefix);
+    if (rc != STORE_OK)
+        return rc;
+    rc = store_dedup_get(b, &j->sender, j->message_id, &first);
     if (rc == STORE_OK) { /* a resend: the same ack, nothing new */
         j->server_ms = first;
         j->duplicate = true;
@@ -229,6 +254,8 @@ static void send_done(writer_job *job, int status)
                        "the device list changed; encrypt for these devices and send again", 0, &dl);
         } else if (status == JOB_UNKNOWN_ACCOUNT) {
             peer_error(c, j->request_id, PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT, "no such account");
+        } else if (status == JOB_REPLACED) {
+            replaced(c, j->request_id);
         } else {
             peer_store_error(c, j->request_id, status);
         }
@@ -261,6 +288,7 @@ void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m)
     j->p = p;
     j->request_id = rid;
     j->sender = p->device;
+    memcpy(j->key_prefix, p->key_prefix, sizeof j->key_prefix);
     memcpy(j->message_id, m->message_id.data, STORE_MESSAGE_ID_LEN);
     memcpy(j->recipient, m->recipient_account.data, STORE_ACCOUNT_ID_LEN);
     j->server_ms = now_ms();
@@ -274,12 +302,14 @@ void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m)
     for (size_t i = 0; i < m->n_messages && !bad; i++) {
         const Parley__DeviceMessage *dm = m->messages[i];
         store_device d = {.device = dm->device_id};
+        if ((dm->has_account_id && dm->account_id.len != STORE_ACCOUNT_ID_LEN) || !dm->has_device_id ||
+            dm->device_id == 0 || !dm->has_body) { /* checked before anything is read from it */
+            bad = "each device message needs device_id, body and at most a 16-byte account_id";
+            break;
+        }
         memcpy(d.account, dm->has_account_id ? dm->account_id.data : m->recipient_account.data,
                STORE_ACCOUNT_ID_LEN);
-        if ((dm->has_account_id && dm->account_id.len != STORE_ACCOUNT_ID_LEN) || !dm->has_device_id ||
-            dm->device_id == 0 || !dm->has_body)
-            bad = "each device message needs device_id, body and at most a 16-byte account_id";
-        else if (!same_account(d.account, m->recipient_account.data) && !same_account(d.account, p->device.account))
+        if (!same_account(d.account, m->recipient_account.data) && !same_account(d.account, p->device.account))
             bad = "a device message may go to the recipient or to the sender's own devices only";
         else if (d.device == p->device.device && same_account(d.account, p->device.account))
             bad = "a device does not send to itself";
@@ -317,6 +347,7 @@ typedef struct {
     peer *p;                 /* NULL: no one to answer (delivered receipts) */
     uint64_t request_id;
     store_device reader;
+    uint8_t key_prefix[8];
     uint8_t to_account[STORE_ACCOUNT_ID_LEN];
     uint64_t up_to_seq;      /* delivered receipts: the DeliverAck */
     Parley__Envelope envelope;
@@ -353,8 +384,10 @@ static void receipt_envelope_init(receipt_job *j, uint32_t status, uint64_t now)
 static int read_receipt_apply(store_batch *b, writer_job *job)
 {
     receipt_job *j = (receipt_job *)job;
-    j->targets.n = j->targets.used = 0; /* a retried job starts over */
-    int rc = append_to_account(b, j->to_account, &j->reader, &j->envelope, &j->targets);
+    j->targets.n = j->targets.used = 0;
+    int rc = device_current(b, &j->reader, j->key_prefix);
+    if (rc == STORE_OK)
+        rc = append_to_account(b, j->to_account, &j->reader, &j->envelope, &j->targets);
     if (rc == STORE_OK && !same_account(j->to_account, j->reader.account)) /* the reader's other devices */
         rc = append_to_account(b, j->reader.account, &j->reader, &j->envelope, &j->targets);
     if (rc == STORE_OK)
@@ -376,6 +409,8 @@ static void read_receipt_done(writer_job *job, int status)
             peer_reply(j->p->conn, j->request_id, &f);
         } else if (status == JOB_UNKNOWN_ACCOUNT) {
             peer_error(j->p->conn, j->request_id, PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT, "no such account");
+        } else if (status == JOB_REPLACED) {
+            replaced(j->p->conn, j->request_id);
         } else {
             peer_store_error(j->p->conn, j->request_id, status);
         }
@@ -386,7 +421,9 @@ static void read_receipt_done(writer_job *job, int status)
 void on_receipt(ws_conn *c, peer *p, uint64_t rid, const Parley__Receipt *m)
 {
     server *srv = server_of(c);
-    bool ids_ok = m->n_message_ids <= MAX_RECEIPT_IDS;
+    /* each id costs 18 bytes in the envelope: the receipt must fit a Deliver frame */
+    size_t max_ids = (srv->cfg.max_frame_bytes - 512) / 18;
+    bool ids_ok = m->n_message_ids <= MAX_RECEIPT_IDS && m->n_message_ids <= max_ids;
     for (size_t i = 0; i < m->n_message_ids && ids_ok; i++)
         ids_ok = m->message_ids[i].len == STORE_MESSAGE_ID_LEN;
     if (!m->has_status || m->status != PARLEY__RECEIPT_STATUS__READ || !m->has_to_account ||
@@ -418,6 +455,7 @@ void on_receipt(ws_conn *c, peer *p, uint64_t rid, const Parley__Receipt *m)
     j->p = p;
     j->request_id = rid;
     j->reader = p->device;
+    memcpy(j->key_prefix, p->key_prefix, sizeof j->key_prefix);
     memcpy(j->to_account, m->to_account.data, STORE_ACCOUNT_ID_LEN);
     receipt_envelope_init(j, PARLEY__RECEIPT_STATUS__READ, now_ms());
     j->ids = ids;
@@ -455,15 +493,9 @@ static bool collect_delivered(void *ctx, uint64_t seq, uint64_t stored_ms, const
     if (e && !e->receipt && e->has_message_id && e->message_id.len == STORE_MESSAGE_ID_LEN &&
         e->has_sender_account && e->sender_account.len == STORE_ACCOUNT_ID_LEN &&
         !same_account(e->sender_account.data, l->acker)) {
-        if (l->n == l->cap) {
-            size_t cap = l->cap ? l->cap * 2 : 64;
-            delivered_id *items = realloc(l->items, cap * sizeof *items);
-            if (items) {
-                l->items = items;
-                l->cap = cap;
-            }
-        }
-        if (l->n < l->cap) {
+        size_t bytes = l->cap * sizeof *l->items;
+        if (grow(&l->items, &bytes, (l->n + 1) * sizeof *l->items, 64 * sizeof *l->items)) {
+            l->cap = bytes / sizeof *l->items;
             memcpy(l->items[l->n].account, e->sender_account.data, STORE_ACCOUNT_ID_LEN);
             memcpy(l->items[l->n].id, e->message_id.data, STORE_MESSAGE_ID_LEN);
             l->n++;
@@ -481,35 +513,53 @@ static int by_account(const void *a, const void *b)
     return memcmp(((const delivered_id *)a)->account, ((const delivered_id *)b)->account, STORE_ACCOUNT_ID_LEN);
 }
 
+/* Deletes what the device acked, then tells the authors. The receipts go in a nested
+ * batch of their own: if they cannot be stored (a full disk), the deletions still
+ * stand, so acks keep freeing space when nothing else can be written. */
 static int ack_apply(store_batch *b, writer_job *job)
 {
     receipt_job *j = (receipt_job *)job;
     delivered_list l = {.acker = j->reader.account};
     j->targets.n = j->targets.used = 0;
-    int rc = store_inbox_take(b, &j->reader, j->up_to_seq, collect_delivered, &l, NULL);
+    int rc = device_current(b, &j->reader, j->key_prefix);
+    if (rc == STORE_OK)
+        rc = store_inbox_take(b, &j->reader, j->up_to_seq, collect_delivered, &l, NULL);
     if (rc == STORE_OK && l.failed)
         rc = STORE_NOMEM;
-    if (rc == STORE_OK && l.n)
-        qsort(l.items, l.n, sizeof *l.items, by_account);
+    if (rc != STORE_OK || l.n == 0) {
+        free(l.items);
+        return rc;
+    }
+    qsort(l.items, l.n, sizeof *l.items, by_account);
+    store_batch *receipts = NULL;
+    int rrc = store_batch_nest(b, &receipts);
     ProtobufCBinaryData ids[64];
     /* one receipt per author and run of at most 64 ids (a window's worth, usually one) */
-    for (size_t i = 0; rc == STORE_OK && i < l.n;) {
+    for (size_t i = 0; rrc == STORE_OK && i < l.n;) {
         size_t n = 0;
         const uint8_t *author = l.items[i].account;
         while (i < l.n && n < 64 && same_account(l.items[i].account, author))
             ids[n++] = (ProtobufCBinaryData){STORE_MESSAGE_ID_LEN, l.items[i++].id};
         j->body.n_message_ids = n;
         j->body.message_ids = ids;
-        rc = append_to_account(b, author, NULL, &j->envelope, &j->targets);
-        if (rc == JOB_UNKNOWN_ACCOUNT) /* the author's devices are gone: no one to tell */
-            rc = STORE_OK;
+        rrc = append_to_account(receipts, author, NULL, &j->envelope, &j->targets);
+        if (rrc == JOB_UNKNOWN_ACCOUNT) /* the author's devices are gone: no one to tell */
+            rrc = STORE_OK;
     }
     j->body.n_message_ids = 0;
     j->body.message_ids = NULL;
     free(l.items);
-    if (rc == STORE_OK)
-        rc = targets_append(b, &j->targets, j->envelope.server_time_ms);
-    return rc;
+    if (rrc == STORE_OK)
+        rrc = targets_append(receipts, &j->targets, j->envelope.server_time_ms);
+    if (rrc == STORE_OK)
+        rrc = store_batch_commit(receipts);
+    else if (receipts)
+        store_batch_abort(receipts);
+    if (rrc != STORE_OK) {
+        fprintf(stderr, "parleyd: delivered receipts could not be stored: %s\n", store_strerror(rrc));
+        j->targets.n = j->targets.used = 0; /* nothing to wake */
+    }
+    return STORE_OK;
 }
 
 static void ack_done(writer_job *job, int status)
@@ -517,7 +567,7 @@ static void ack_done(writer_job *job, int status)
     receipt_job *j = (receipt_job *)job;
     if (status == STORE_OK)
         targets_wake(j->srv, &j->targets);
-    else /* the envelopes stay and come again on the device's next connection */
+    else if (status != JOB_REPLACED) /* the envelopes stay and come again on the next connection */
         fprintf(stderr, "parleyd: an ack could not be stored: %s\n", store_strerror(status));
     receipt_job_free(j);
 }
@@ -528,17 +578,18 @@ void on_deliver_ack(ws_conn *c, peer *p, const Parley__DeliverAck *m)
     uint64_t up_to = m->up_to_seq < p->delivered_seq ? m->up_to_seq : p->delivered_seq;
     if (!m->has_up_to_seq || up_to <= p->acked_seq)
         return;
-    p->acked_seq = up_to;
     receipt_job *j = calloc(1, sizeof *j);
-    if (j) {
-        j->srv = server_of(c);
-        j->reader = p->device;
-        j->up_to_seq = up_to;
-        receipt_envelope_init(j, PARLEY__RECEIPT_STATUS__DELIVERED, now_ms());
-        j->job.apply = ack_apply;
-        j->job.done = ack_done;
-        writer_submit(j->srv->wr, &thread_of(c)->home, &j->job);
-    }
+    if (!j)
+        return; /* as if the ack was lost: the envelopes come again on the next connection */
+    p->acked_seq = up_to;
+    j->srv = server_of(c);
+    j->reader = p->device;
+    memcpy(j->key_prefix, p->key_prefix, sizeof j->key_prefix);
+    j->up_to_seq = up_to;
+    receipt_envelope_init(j, PARLEY__RECEIPT_STATUS__DELIVERED, now_ms());
+    j->job.apply = ack_apply;
+    j->job.done = ack_done;
+    writer_submit(j->srv->wr, &thread_of(c)->home, &j->job);
     messaging_pump(p);
 }
 
@@ -572,25 +623,19 @@ static uint8_t *put_varint(uint8_t *p, uint64_t v)
 typedef struct {
     peer *p;
     io_thread *t;
+    size_t frame_target; /* flush a Deliver frame before it grows past this */
+    size_t budget;       /* bytes this pump may queue for the connection */
+    size_t produced;
     size_t len;          /* Deliver content bytes after FRAME_HEAD_ROOM */
     size_t count;
     uint64_t first_seq, last_seq;
     bool failed;
+    bool full;           /* stopped at the byte budget, not at the end of the inbox */
 } deliver_batch;
 
 static bool reserve(io_thread *t, size_t need)
 {
-    if (need <= t->deliver_cap)
-        return true;
-    size_t cap = t->deliver_cap ? t->deliver_cap : DELIVER_FRAME_TARGET + FRAME_HEAD_ROOM + 16;
-    while (cap < need)
-        cap *= 2;
-    uint8_t *buf = realloc(t->deliver_buf, cap);
-    if (!buf)
-        return false;
-    t->deliver_buf = buf;
-    t->deliver_cap = cap;
-    return true;
+    return grow(&t->deliver_buf, &t->deliver_cap, need, DELIVER_FRAME_TARGET + FRAME_HEAD_ROOM + 16);
 }
 
 static void flush_deliver(deliver_batch *d, bool drained)
@@ -619,7 +664,12 @@ static bool add_envelope(void *ctx, uint64_t seq, uint64_t stored_ms, const uint
     (void)stored_ms;
     size_t item = 1 + varint_len(seq) + len;
     size_t need = 1 + varint_len(item) + item;
-    if (d->len && d->len + need > DELIVER_FRAME_TARGET)
+    if (d->count && d->produced + need > d->budget) { /* the first always goes: progress */
+        d->full = true;
+        return false;
+    }
+    d->produced += need;
+    if (d->len && d->len + need > d->frame_target)
         flush_deliver(d, false);
     if (!reserve(d->t, FRAME_HEAD_ROOM + d->len + need + 2)) { /* +2: the drained field */
         d->failed = true;
@@ -644,12 +694,18 @@ void messaging_pump(peer *p)
     if (!c || c->closing || !p->receive || p->state != PEER_AUTHENTICATED)
         return;
     io_thread *t = thread_of(c);
-    uint32_t window = t->srv->cfg.deliver_window;
+    const server_config *cfg = &t->srv->cfg;
     uint64_t in_flight = p->delivered_seq - p->acked_seq; /* seq distance: never less than the count */
-    if (in_flight >= window || c->tcp.write_queue_size > WRITE_QUEUE_HIGH)
+    if (in_flight >= cfg->deliver_window)
         return; /* the next ack resumes */
-    size_t want = window - in_flight;
-    deliver_batch d = {.p = p, .t = t};
+    if (c->tcp.write_queue_size >= WRITE_QUEUE_HIGH) {
+        p->pump_blocked = true; /* the write queue emptying resumes */
+        return;
+    }
+    size_t want = cfg->deliver_window - in_flight;
+    deliver_batch d = {.p = p, .t = t, .budget = WRITE_QUEUE_HIGH - c->tcp.write_queue_size,
+                       .frame_target = cfg->max_frame_bytes < DELIVER_FRAME_TARGET ? cfg->max_frame_bytes
+                                                                                 : DELIVER_FRAME_TARGET};
     if (!reserve(t, FRAME_HEAD_ROOM + 2))
         return;
     int rc = store_inbox_read(t->srv->st, &p->device, p->delivered_seq, want, add_envelope, &d);
@@ -661,10 +717,12 @@ void messaging_pump(peer *p)
             p->acked_seq = d.first_seq - 1;
         p->delivered_seq = d.last_seq;
     }
-    bool drained = rc == STORE_OK && !d.failed && d.count < want && !p->drained_sent;
+    bool drained = rc == STORE_OK && !d.failed && !d.full && d.count < want && !p->drained_sent;
     if (d.len || drained)
         flush_deliver(&d, drained);
     p->drained_sent |= drained;
+    if (d.full) /* more is waiting: go on once the kernel took what is queued */
+        p->pump_blocked = true;
 }
 
 /* A receiving connection starts delivering only once every write submitted before its
@@ -690,7 +748,11 @@ static void barrier_done(writer_job *job, int status)
     (void)status; /* a failed batch changes nothing for a read-only barrier */
     if (!peer_job_returned(p) || p->conn->closing)
         return;
-    routes_add(server_of(p->conn), p); /* from now on every commit for the device wakes p */
+    /* from now on every commit for the device wakes p, unless a newer connection won */
+    if (!routes_add(server_of(p->conn), p)) {
+        ws_conn_close(p->conn, 4000, "replaced by a newer connection");
+        return;
+    }
     messaging_pump(p);
 }
 

@@ -3,6 +3,7 @@
  * connection rate limit, and a clear Error for every frame that cannot be served;
  * messaging.c does the rest. A connection costs a small struct; the nonce exists
  * only between Connect and Authenticate. */
+#include <netinet/in.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -242,6 +243,7 @@ static uint32_t check_code(server *srv, const char *phone, const char *code)
 
 typedef struct {
     writer_job job;
+    server *srv;
     peer *p;
     uint64_t request_id;
     char phone[STORE_PHONE_MAX + 1];
@@ -261,6 +263,11 @@ static void register_done(writer_job *job, int status)
 {
     register_job *j = (register_job *)job;
     peer *p = j->p;
+    if (status == STORE_OK) { /* connections of the replaced device end */
+        store_device d = {.device = j->primary.device};
+        memcpy(d.account, j->account, STORE_ACCOUNT_ID_LEN);
+        routes_kick(j->srv, &d);
+    }
     if (!peer_job_returned(p)) {
         /* the connection is gone; the registration stands */
     } else if (status != STORE_OK) {
@@ -308,6 +315,7 @@ static void on_register(ws_conn *c, peer *p, uint64_t rid, const Parley__Registe
     }
     j->job.apply = register_apply;
     j->job.done = register_done;
+    j->srv = srv;
     j->p = p;
     j->request_id = rid;
     snprintf(j->phone, sizeof j->phone, "%s", m->phone);
@@ -318,6 +326,17 @@ static void on_register(ws_conn *c, peer *p, uint64_t rid, const Parley__Registe
 }
 
 /* ---- authentication ------------------------------------------------------------ */
+
+int peer_device_current(store_batch *b, const store_device *d, const uint8_t key_prefix[8])
+{
+    store_device_record rec;
+    int rc = store_batch_device_get(b, d, &rec);
+    if (rc == STORE_NOT_FOUND)
+        return STORE_NOT_FOUND;
+    if (rc != STORE_OK)
+        return rc;
+    return memcmp(rec.identity_key, key_prefix, 8) == 0 ? STORE_OK : STORE_NOT_FOUND;
+}
 
 static void on_connect(ws_conn *c, peer *p, uint64_t rid, const Parley__Connect *m)
 {
@@ -374,6 +393,8 @@ static void on_authenticate(ws_conn *c, peer *p, uint64_t rid, const Parley__Aut
         return;
     }
     p->state = PEER_AUTHENTICATED;
+    p->route_id = routes_next_id(srv);
+    memcpy(p->key_prefix, rec.identity_key, sizeof p->key_prefix);
     Parley__Authenticated a = PARLEY__AUTHENTICATED__INIT;
     a.has_server_time_ms = 1;
     a.server_time_ms = now_ms();
@@ -443,8 +464,14 @@ static void on_open(ws_conn *c)
     struct sockaddr_storage addr;
     int alen = sizeof addr;
     uint32_t retry = 0;
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&addr, &alen) == 0 &&
-        !conn_limiter_allow(&srv->conn_limit, &addr, now_ms(), &retry)) {
+    uint8_t key[16] = {0}; /* the address alone: every port of a client counts */
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&addr, &alen) == 0) {
+        if (addr.ss_family == AF_INET)
+            memcpy(key, &((const struct sockaddr_in *)&addr)->sin_addr, 4);
+        else if (addr.ss_family == AF_INET6)
+            memcpy(key, &((const struct sockaddr_in6 *)&addr)->sin6_addr, 16);
+    }
+    if (!rate_table_take(&srv->conn_limit, key, sizeof key, now_ms(), &retry)) {
         peer_error_full(c, 0, PARLEY__ERROR_CODE__CONNECTION_RATE_LIMITED,
                         "too many new connections from this address; try again later", retry ? retry : 1, NULL);
         ws_conn_close(c, WS_CLOSE_POLICY, "connection rate limited");
@@ -524,8 +551,11 @@ static bool on_message(ws_conn *c, int opcode, uint8_t *data, size_t len)
         else
             on_receipt(c, p, rid, f->receipt);
         break;
-    case PARLEY__FRAME__BODY__NOT_SET:
-        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, "the frame has no body");
+    case PARLEY__FRAME__BODY__NOT_SET: /* a body from a newer protocol arrives as an unknown field */
+        if (f->base.n_unknown_fields)
+            peer_error(c, rid, PARLEY__ERROR_CODE__UNKNOWN_FRAME, "a frame type this server does not know");
+        else
+            peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, "the frame has no body");
         break;
     default:
         peer_error(c, rid, PARLEY__ERROR_CODE__UNKNOWN_FRAME, "clients do not send this frame");
@@ -548,4 +578,13 @@ static void on_closed(ws_conn *c)
         free(p);
 }
 
-const ws_conn_callbacks peer_callbacks = {on_open, on_message, on_closed};
+static void on_writable(ws_conn *c)
+{
+    peer *p = c->user;
+    if (p && p->pump_blocked) { /* deliveries paused for a slow reader go on */
+        p->pump_blocked = false;
+        messaging_pump(p);
+    }
+}
+
+const ws_conn_callbacks peer_callbacks = {on_open, on_message, on_closed, on_writable};

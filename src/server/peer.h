@@ -17,6 +17,7 @@ struct peer {
     bool receive;                 /* the device's receiving connection (routed deliveries) */
     bool routed;                  /* in the routing table */
     bool drained_sent;            /* Deliver{drained} went out on this connection */
+    bool pump_blocked;            /* deliveries wait for the write queue to empty */
     uint32_t pending_work;        /* SMS sends and store writes in flight for it */
     ws_conn *conn;                /* NULL once the connection is gone */
     store_device device;          /* claimed in Connect, proven by Authenticate */
@@ -24,11 +25,9 @@ struct peer {
     /* delivery window: seqs handed out and acknowledged on this connection */
     uint64_t delivered_seq;
     uint64_t acked_seq;
-    uint64_t route_id;            /* newest receiving connection of a device wins */
+    uint64_t route_id;            /* newest authenticated connection of a device wins */
+    uint8_t key_prefix[8];        /* of the identity key it proved: a re-registration changes it */
     peer *route_next;             /* routing table chain */
-    /* token bucket for sends and receipts, in thousandths of a token */
-    uint32_t tokens_milli;
-    uint64_t tokens_ms;
 };
 
 static inline io_thread *thread_of(ws_conn *c)
@@ -53,6 +52,9 @@ void peer_store_error(ws_conn *c, uint64_t request_id, int status);
 
 /* Called when a writer job for p finished: false if p is gone (and was freed now). */
 bool peer_job_returned(peer *p);
+
+/* Is the device's registered identity key still the one p proved? (writer thread) */
+int peer_device_current(store_batch *b, const store_device *d, const uint8_t key_prefix[8]);
 
 /* Messaging (messaging.c). */
 void messaging_authenticated(peer *p);       /* a receiving connection starts: route, drain */

@@ -84,34 +84,68 @@ static void post(io_thread *t, const route_mail *mail)
     pthread_mutex_unlock(&m->lock);
 }
 
-int routes_add(server *srv, peer *p)
+uint64_t routes_next_id(server *srv)
+{
+    return __atomic_add_fetch(&srv->routes.last_id, 1, __ATOMIC_RELAXED);
+}
+
+/* Posts a kick for every thread holding a receiving connection of d older than
+ * route_id; tells whether one at least as new exists. Called with the lock held. */
+static size_t threads_to_kick(routes *r, const store_device *d, uint64_t route_id, io_thread **threads,
+                              size_t max, bool *newer_exists)
+{
+    size_t n = 0;
+    *newer_exists = false;
+    for (peer *q = r->buckets[bucket_of(r, d)]; q; q = q->route_next) {
+        if (!same_device(&q->device, d))
+            continue;
+        if (q->route_id > route_id) {
+            *newer_exists = true;
+            continue;
+        }
+        io_thread *t = thread_of(q->conn);
+        bool listed = false;
+        for (size_t i = 0; i < n; i++)
+            listed |= threads[i] == t;
+        if (!listed && n < max)
+            threads[n++] = t;
+    }
+    return n;
+}
+
+bool routes_add(server *srv, peer *p)
 {
     routes *r = &srv->routes;
     io_thread *kick_threads[256];
-    size_t nkick = 0;
+    bool newer;
     pthread_mutex_lock(&r->lock);
-    p->route_id = ++r->last_id;
-    size_t k = bucket_of(r, &p->device);
-    for (peer *q = r->buckets[k]; q; q = q->route_next) {
-        if (!same_device(&q->device, &p->device))
-            continue;
-        io_thread *t = thread_of(q->conn);
-        bool listed = false;
-        for (size_t i = 0; i < nkick; i++)
-            listed |= kick_threads[i] == t;
-        if (!listed && nkick < sizeof kick_threads / sizeof *kick_threads)
-            kick_threads[nkick++] = t;
+    size_t nkick = threads_to_kick(r, &p->device, p->route_id, kick_threads, 256, &newer);
+    if (!newer) {
+        size_t k = bucket_of(r, &p->device);
+        p->route_next = r->buckets[k];
+        r->buckets[k] = p;
+        p->routed = true;
+        if (++r->count > r->nbuckets)
+            grow(r);
     }
-    p->route_next = r->buckets[k];
-    r->buckets[k] = p;
-    p->routed = true;
-    if (++r->count > r->nbuckets)
-        grow(r);
     pthread_mutex_unlock(&r->lock);
     route_mail kick = {ROUTE_KICK, p->device, p->route_id};
     for (size_t i = 0; i < nkick; i++)
         post(kick_threads[i], &kick);
-    return 0;
+    return !newer;
+}
+
+void routes_kick(server *srv, const store_device *d)
+{
+    routes *r = &srv->routes;
+    io_thread *kick_threads[256];
+    bool newer;
+    pthread_mutex_lock(&r->lock);
+    size_t nkick = threads_to_kick(r, d, UINT64_MAX, kick_threads, 256, &newer);
+    pthread_mutex_unlock(&r->lock);
+    route_mail kick = {ROUTE_KICK, *d, UINT64_MAX};
+    for (size_t i = 0; i < nkick; i++)
+        post(kick_threads[i], &kick);
 }
 
 static void unlink_locked(routes *r, peer *p)
@@ -158,14 +192,14 @@ void routes_wake(server *srv, const store_device *d)
 static void handle(io_thread *t, const route_mail *mail)
 {
     routes *r = &t->srv->routes;
-    peer *wake = NULL, *kicked[8];
+    peer *wake = NULL, *kicked[64];
     size_t nkicked = 0;
     pthread_mutex_lock(&r->lock);
     for (peer **link = &r->buckets[bucket_of(r, &mail->device)]; *link;) {
         peer *q = *link;
         if (!same_device(&q->device, &mail->device) || thread_of(q->conn) != t) {
             link = &q->route_next;
-        } else if (mail->kind == ROUTE_KICK && q->route_id < mail->route_id && nkicked < 8) {
+        } else if (mail->kind == ROUTE_KICK && q->route_id < mail->route_id && nkicked < sizeof kicked / sizeof *kicked) {
             unlink_locked(r, q); /* no more deliveries for it */
             kicked[nkicked++] = q;
         } else {
@@ -176,7 +210,9 @@ static void handle(io_thread *t, const route_mail *mail)
     }
     pthread_mutex_unlock(&r->lock);
     for (size_t i = 0; i < nkicked; i++)
-        ws_conn_close(kicked[i]->conn, KICK_CODE, "replaced by a newer connection");
+        ws_conn_close(kicked[i]->conn, KICK_CODE, mail->route_id == UINT64_MAX
+                                                      ? "this device was replaced by a new registration"
+                                                      : "replaced by a newer connection");
     if (wake)
         messaging_pump(wake);
 }

@@ -46,10 +46,16 @@ typedef struct {
 int routes_init(routes *r);
 void routes_destroy(routes *r);
 
+/* A new route id, taken when a connection authenticates: the newest wins. */
+uint64_t routes_next_id(server *srv);
+
 /* On p's thread, once p authenticated as a receiving connection: p becomes the one
- * its device's deliveries go to; older receiving connections of the device are told
- * to close. */
-int routes_add(server *srv, peer *p);
+ * its device's deliveries go to, and older receiving connections of the device are
+ * told to close. Returns false (p not added) if a newer one is already there. */
+bool routes_add(server *srv, peer *p);
+
+/* From any thread: every receiving connection of d closes (the device was replaced). */
+void routes_kick(server *srv, const store_device *d);
 
 /* On p's thread, before p goes away. */
 void routes_remove(server *srv, peer *p);

@@ -66,7 +66,8 @@ struct server {
     store *st;
     writer *wr;                   /* every write goes through it (group commit) */
     routes routes;                /* device -> its receiving connection */
-    conn_limiter conn_limit;
+    rate_table send_limit;        /* per device: sends and receipts */
+    rate_table conn_limit;        /* per client address: new connections */
     pthread_mutex_t codes_lock;
     code_entry *codes;
     io_thread *io;

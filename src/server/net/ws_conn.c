@@ -73,6 +73,8 @@ static void on_written(uv_write_t *req, int status)
                 ws_conn_abort(c);
             }
         }
+    } else if (c->tcp.write_queue_size == 0 && !c->closing && c->thread->cb->on_writable) {
+        c->thread->cb->on_writable(c);
     }
     free(w);
 }

@@ -26,6 +26,9 @@ typedef struct {
     bool (*on_message)(ws_conn *c, int opcode, uint8_t *data, size_t len);
     /* The connection is gone; free what user points to. Called once per connection. */
     void (*on_closed)(ws_conn *c);
+    /* Optional: everything queued was handed to the kernel (write_queue_size is 0);
+     * a sender that paused for a slow reader may go on. */
+    void (*on_writable)(ws_conn *c);
 } ws_conn_callbacks;
 
 struct ws_thread {

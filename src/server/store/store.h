@@ -39,6 +39,22 @@ typedef struct store_batch store_batch;
 int store_open(store **out, const char *dir, uint64_t map_size);
 void store_close(store *s);
 
+/* Opens an existing store for reading only, e.g. from a tool while parleyd runs (LMDB
+ * readers in other processes never block the writer). Writes fail. */
+int store_open_readonly(store **out, const char *dir);
+
+typedef struct {
+    uint64_t inbox_envelopes;   /* undelivered envelopes, all devices */
+    uint64_t dedup_records;
+    uint64_t accounts;
+    uint64_t devices;
+    uint64_t pages_used;        /* of the data file: the high-water mark of the map */
+    uint64_t pages_free;        /* freed pages waiting for reuse */
+    uint32_t page_size;
+} store_stats;
+
+int store_get_stats(store *s, store_stats *out);
+
 /* A human-readable description of a STORE_* code. */
 const char *store_strerror(int rc);
 
@@ -110,6 +126,9 @@ int store_phone_by_account(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN]
 
 /* One device's record, or STORE_NOT_FOUND. */
 int store_device_get(store *s, const store_device *d, store_device_record *out);
+
+/* The same inside a batch. */
+int store_batch_device_get(store_batch *b, const store_device *d, store_device_record *out);
 
 /* The device ids of an account, ascending; *n gets the count (at most max). */
 int store_account_devices(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN], uint32_t *ids,

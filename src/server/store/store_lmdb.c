@@ -85,10 +85,20 @@ const char *store_strerror(int rc)
     }
 }
 
-int store_open(store **out, const char *dir, uint64_t map_size)
+static const char *const table_names[] = {"inbox", "inbox_next", "inbox_time", "dedup",
+                                          "dedup_time", "phones", "accounts", "devices"};
+
+static MDB_dbi *table_dbi(store *s, size_t i)
+{
+    MDB_dbi *dbis[] = {&s->inbox, &s->inbox_next, &s->inbox_time, &s->dedup,
+                       &s->dedup_time, &s->phones, &s->accounts, &s->devices};
+    return dbis[i];
+}
+
+static int open_env(store **out, const char *dir, uint64_t map_size, bool readonly)
 {
     *out = NULL;
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+    if (!readonly && mkdir(dir, 0700) != 0 && errno != EEXIST)
         return STORE_IO;
     store *s = calloc(1, sizeof *s);
     if (!s)
@@ -97,29 +107,15 @@ int store_open(store **out, const char *dir, uint64_t map_size)
     int rc = mdb_env_create(&s->env);
     if (rc == 0)
         rc = mdb_env_set_maxdbs(s->env, 16);
-    if (rc == 0)
+    if (rc == 0 && !readonly)
         rc = mdb_env_set_mapsize(s->env, map_size ? map_size : (uint64_t)4 << 30);
     /* NOTLS: read transactions are not tied to threads (libuv threads share them). */
     if (rc == 0)
-        rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0600);
+        rc = mdb_env_open(s->env, dir, MDB_NOTLS | (readonly ? MDB_RDONLY : 0), 0600);
     if (rc == 0)
-        rc = mdb_txn_begin(s->env, NULL, 0, &txn);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "inbox", MDB_CREATE, &s->inbox);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "inbox_next", MDB_CREATE, &s->inbox_next);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "inbox_time", MDB_CREATE, &s->inbox_time);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "dedup", MDB_CREATE, &s->dedup);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "dedup_time", MDB_CREATE, &s->dedup_time);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "phones", MDB_CREATE, &s->phones);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "accounts", MDB_CREATE, &s->accounts);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "devices", MDB_CREATE, &s->devices);
+        rc = mdb_txn_begin(s->env, NULL, readonly ? MDB_RDONLY : 0, &txn);
+    for (size_t i = 0; rc == 0 && i < sizeof table_names / sizeof *table_names; i++)
+        rc = mdb_dbi_open(txn, table_names[i], readonly ? 0 : MDB_CREATE, table_dbi(s, i));
     if (rc == 0) {
         rc = mdb_txn_commit(txn);
         txn = NULL;
@@ -134,6 +130,51 @@ int store_open(store **out, const char *dir, uint64_t map_size)
     }
     *out = s;
     return STORE_OK;
+}
+
+int store_open(store **out, const char *dir, uint64_t map_size)
+{
+    return open_env(out, dir, map_size, false);
+}
+
+int store_open_readonly(store **out, const char *dir)
+{
+    return open_env(out, dir, 0, true);
+}
+
+int store_get_stats(store *s, store_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0)
+        return map_error(rc);
+    MDB_stat st;
+    struct { MDB_dbi dbi; uint64_t *count; } counts[] = {
+        {s->inbox, &out->inbox_envelopes}, {s->dedup, &out->dedup_records},
+        {s->accounts, &out->accounts}, {s->devices, &out->devices}};
+    for (size_t i = 0; rc == 0 && i < sizeof counts / sizeof *counts; i++)
+        if ((rc = mdb_stat(txn, counts[i].dbi, &st)) == 0)
+            *counts[i].count = st.ms_entries;
+    /* the free list (dbi 0 of LMDB's own) holds page-number lists of freed pages */
+    MDB_cursor *c;
+    if (rc == 0 && (rc = mdb_cursor_open(txn, 0, &c)) == 0) {
+        MDB_val k, v;
+        int grc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        while (grc == 0) {
+            if (v.mv_size >= sizeof(size_t))
+                out->pages_free += *(const size_t *)v.mv_data; /* each list starts with its length */
+            grc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        }
+        mdb_cursor_close(c);
+    }
+    MDB_envinfo info;
+    if (rc == 0 && (rc = mdb_env_info(s->env, &info)) == 0 && (rc = mdb_env_stat(s->env, &st)) == 0) {
+        out->pages_used = (uint64_t)info.me_last_pgno + 1;
+        out->page_size = st.ms_psize;
+    }
+    mdb_txn_abort(txn);
+    return map_error(rc);
 }
 
 void store_close(store *s)
@@ -531,27 +572,37 @@ int store_phone_by_account(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN]
     return rc == EINVAL ? STORE_INVALID : map_error(rc);
 }
 
+static int device_get(MDB_txn *txn, MDB_dbi devices, const store_device *d, store_device_record *out)
+{
+    uint8_t dk[DEVICE_KEY_LEN];
+    device_key(dk, d);
+    MDB_val key = {sizeof dk, dk}, val;
+    int rc = mdb_get(txn, devices, &key, &val);
+    if (rc != 0)
+        return map_error(rc);
+    if (val.mv_size != STORE_KEY_LEN + 4)
+        return STORE_INVALID;
+    const uint8_t *v = val.mv_data;
+    out->device = d->device;
+    memcpy(out->identity_key, v, STORE_KEY_LEN);
+    out->registration_id = (uint32_t)v[32] << 24 | (uint32_t)v[33] << 16 | (uint32_t)v[34] << 8 | v[35];
+    return STORE_OK;
+}
+
 int store_device_get(store *s, const store_device *d, store_device_record *out)
 {
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
     if (rc != 0)
         return map_error(rc);
-    uint8_t dk[DEVICE_KEY_LEN];
-    device_key(dk, d);
-    MDB_val key = {sizeof dk, dk}, val;
-    rc = mdb_get(txn, s->devices, &key, &val);
-    if (rc == 0 && val.mv_size == STORE_KEY_LEN + 4) {
-        const uint8_t *v = val.mv_data;
-        out->device = d->device;
-        memcpy(out->identity_key, v, STORE_KEY_LEN);
-        out->registration_id = (uint32_t)v[32] << 24 | (uint32_t)v[33] << 16 |
-                               (uint32_t)v[34] << 8 | v[35];
-    } else if (rc == 0) {
-        rc = EINVAL;
-    }
+    rc = device_get(txn, s->devices, d, out);
     mdb_txn_abort(txn);
-    return rc == EINVAL ? STORE_INVALID : map_error(rc);
+    return rc;
+}
+
+int store_batch_device_get(store_batch *b, const store_device *d, store_device_record *out)
+{
+    return device_get(b->txn, b->s->devices, d, out);
 }
 
 static int account_devices(MDB_txn *txn, MDB_dbi devices, const uint8_t account[STORE_ACCOUNT_ID_LEN],

@@ -11,6 +11,7 @@ import { Parleyd, tempDir, removeDir } from '../lib/parleyd.js';
 import { Client, ErrorCode, register, authenticate } from '../lib/client.js';
 
 const TIMEOUT = { timeout: 120000 };
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 let phoneCounter = 0;
 const phone = () => `+1556${String(process.pid % 1000).padStart(3, '0')}${String(phoneCounter++).padStart(4, '0')}`;
 
@@ -42,6 +43,21 @@ function send(from, to, text, id = crypto.randomBytes(16)) {
     message_id: id, recipient_account: to.account,
     messages: [{ device_id: 1, type: 0, body: Buffer.from(text) }],
   });
+}
+
+// Sends texts in order, at most 32 waiting for their acks (the server refuses more
+// than 64 per connection with RATE_LIMITED); returns the answers in order.
+async function sendAll(from, to, texts) {
+  const answers = new Array(texts.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < texts.length) {
+      const i = next++;
+      answers[i] = await send(from, to, texts[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: 32 }, worker));
+  return answers;
 }
 
 // Collects envelopes from Deliver frames until count arrive (acking as they come if
@@ -119,7 +135,7 @@ test('offline: 1000 messages kept in order, drained through a bounded window', T
   const alice = await user(d, smsLog);
   const bob = await user(d, smsLog);
   await bob.c.close(); // bob is offline
-  const acks = await Promise.all(Array.from({ length: 1000 }, (_, i) => send(alice, bob, `m${i}`)));
+  const acks = await sendAll(alice, bob, Array.from({ length: 1000 }, (_, i) => `m${i}`));
   for (const a of acks) assert.ok(a.send_ack, JSON.stringify(a));
 
   const c = await connect(d, bob);
@@ -185,6 +201,8 @@ test('send errors: device list, unknown account, malformed, too many recipients;
     ['short id', { message_id: Buffer.alloc(3), recipient_account: bob.account, messages: [{ device_id: 1, body }] }],
     ['no messages', { message_id: crypto.randomBytes(16), recipient_account: bob.account }],
     ['no body', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1 }] }],
+    ['empty account id', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, body }, { account_id: Buffer.alloc(0), device_id: 2, body }] }],
+    ['short account id', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, body }, { account_id: Buffer.alloc(5), device_id: 2, body }] }],
     ['to itself', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, body }, { account_id: alice.account, device_id: 1, body }] }],
     ['a stranger', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ account_id: crypto.randomBytes(16), device_id: 1, body }] }],
     ['twice the same device', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, body }, { device_id: 1, body }] }],
@@ -269,7 +287,7 @@ test('acked sends survive kill -9; unacked deliveries come again', TIMEOUT, asyn
   const alice = await user(d, smsLog);
   const bob = await user(d, smsLog);
   await bob.c.close();
-  const acked = await Promise.all(Array.from({ length: 200 }, (_, i) => send(alice, bob, `k${i}`)));
+  const acked = await sendAll(alice, bob, Array.from({ length: 200 }, (_, i) => `k${i}`));
   assert.ok(acked.every((a) => a.send_ack));
   await d.kill9();
   const d2 = await Parleyd.start({ dataDir: path.join(dir, 'var'), sms: `file:${smsLog}`, port: d.port });
@@ -289,4 +307,57 @@ test('retention: undelivered envelopes go after --retention', TIMEOUT, async (t)
   const c = await connect(d, bob);
   assert.deepEqual((await c.next()).deliver, { drained: true }, 'the envelope was swept');
   assert.match(d.stderr, /retention sweep removed 1 undelivered/);
+});
+
+test('a backlog of large messages drains to a reader that pauses (no 16 MiB cut-off)', TIMEOUT, async (t) => {
+  const { d, smsLog } = await withServer(t);
+  const alice = await user(d, smsLog);
+  const bob = await user(d, smsLog);
+  await bob.c.close();
+  const big = (i) => Buffer.alloc(250 * 1024, i);
+  for (let i = 0; i < 100; i += 10) { // 25 MB waiting for bob
+    const acks = await Promise.all(Array.from({ length: 10 }, (_, k) => alice.c.request('send', {
+      message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, body: big(i + k) }] })));
+    assert.ok(acks.every((a) => a.send_ack), JSON.stringify(acks.find((a) => !a.send_ack)));
+  }
+  const c = await connect(d, bob);
+  let closed = null;
+  c.closed.then((x) => { closed = x; });
+  const got = [];
+  while (got.length < 100) {
+    c.ws._socket.pause(); // a slow link: nothing read for a while
+    await sleep(300);
+    c.ws._socket.resume();
+    const { envelopes } = await receive(c, 1, { ms: 20000 });
+    got.push(...envelopes);
+    while (c.queue.length) { // whatever else arrived meanwhile
+      const f = c.queue.shift();
+      got.push(...(f.deliver?.envelopes ?? []));
+      if (f.deliver?.envelopes?.length) c.push('deliver_ack', { up_to_seq: f.deliver.envelopes.at(-1).seq });
+    }
+    assert.equal(closed, null, 'the connection stays up');
+  }
+  assert.deepEqual(got.map((e) => e.body[0]), Array.from({ length: 100 }, (_, i) => i & 0xff));
+});
+
+test('a re-registered number: the old device is cut off, its key no longer sends or acks', TIMEOUT, async (t) => {
+  const { d, smsLog } = await withServer(t);
+  const alice = await user(d, smsLog);
+  const old = await user(d, smsLog); // the old install, still connected (receiving)
+  await old.c.next();
+  const oldSender = await connect(d, old, { receive: false });
+  // the number moves to a new install
+  const fresh = await register(d.url, old.phone, smsLog);
+  assert.deepEqual(fresh.account, old.account, 'the account stays');
+  const kicked = await old.c.closed;
+  assert.equal(kicked.code, 4000);
+  assert.match(kicked.reason, /replaced by a new registration/);
+  const refused = await send({ c: oldSender }, alice, 'from the old key');
+  assert.equal(refused.error.code, ErrorCode.AUTH_FAILED);
+  assert.equal((await oldSender.closed).code, 4000);
+  // the new install gets what is sent from now on
+  assert.ok((await send(alice, old, 'for the new install')).send_ack);
+  const c = await Client.open(d.url);
+  assert.ok((await authenticate(c, fresh.account, 1, fresh.id.priv)).authenticated);
+  assert.equal((await receive(c, 1)).envelopes[0].body.toString(), 'for the new install');
 });
