@@ -253,6 +253,14 @@ int parley_pending_receipts(parley *p, size_t *n);
 typedef bool (*parley_message_fn)(void *ctx, const parley_message *m);
 int parley_history(parley *p, const char *phone, parley_message_fn fn, void *ctx);
 
+/* Incoming messages not shown yet, oldest first: fn shows each one (returning false
+ * when it could not, e.g. its output failed), and those it showed are then marked
+ * shown. A program that displays messages calls this after MESSAGE events (and once
+ * at start): a message committed just before a crash is shown on the next run, and
+ * one shown just before a crash may be shown again (at least once, never lost).
+ * PARLEY_ERR_STATE if fn stopped early. */
+int parley_take_unshown(parley *p, parley_message_fn fn, void *ctx);
+
 /* True for an E.164 number: '+', a non-zero digit, 7 to 15 digits in all. */
 bool parley_phone_valid(const char *phone);
 

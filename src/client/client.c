@@ -30,7 +30,8 @@
 #define MAX_DELIVER_QUEUE 512    /* Deliver frames waiting for sender names: above any
                                     sane server window (parleyd: 256 envelopes) */
 #define MAX_DELIVER_BYTES (64u << 20) /* and their packed size together */
-#define MAX_UNNAMED 64           /* accounts the server could not name, per connection */
+#define MAX_UNNAMED 4096         /* accounts the server could not name, per connection: more than
+                                    * one Deliver frame can hold, so none is asked twice */
 #define RECEIPT_BATCH 1000       /* message ids per Receipt frame */
 #define MAX_BODY (256 * 1024)    /* an incoming body larger than this is not read */
 #define MAX_MISMATCHES 5         /* DEVICE_MISMATCH in a row before pausing */
@@ -489,6 +490,10 @@ static bool send_entry(parley *p, const db_outbox_entry *e, const db_contact *c)
     Parley__DeviceMessage *dmp[2 * DB_MAX_DEVICES];
     size_t n = 0;
     bool to_self = same_id(c->account, p->ident.account); /* a note to ourselves */
+    if (e->body_len + CONN_BODY_OVERHEAD > p->conn.max_frame) { /* the server's own limit */
+        fail_message(p, e->id, e->phone, "the message is larger than this server accepts");
+        return false;
+    }
     for (size_t i = 0; i < c->n_devices; i++) {
         if (to_self && c->devices[i] == p->ident.device)
             continue; /* a device does not send to itself */
@@ -503,6 +508,16 @@ static bool send_entry(parley *p, const db_outbox_entry *e, const db_contact *c)
         dms[n].account_id = (ProtobufCBinaryData){PARLEY_ID_LEN, p->ident.account};
         dms[n].has_device_id = 1;
         dms[n].device_id = p->own_devices[i];
+    }
+    if (n == 0) { /* a note to ourselves with no other device to copy it to: kept here only */
+        bool changed;
+        uint64_t now = wall_ms();
+        if (db_outgoing_sent(p->db, e->id, c->account, now, &changed) != DB_OK) {
+            emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+            return false;
+        }
+        emit_state(p, e->id, e->phone, PARLEY_STATE_SENT, now, NULL);
+        return true;
     }
     for (size_t i = 0; i < n; i++) {
         dms[i].has_type = 1;
@@ -635,6 +650,7 @@ static void on_send_reply(parley *p, request *r, const Parley__Frame *f)
         break;
     case PARLEY__ERROR_CODE__TOO_MANY_RECIPIENTS:
     case PARLEY__ERROR_CODE__FRAME_TOO_LARGE:
+    case PARLEY__ERROR_CODE__MALFORMED_FRAME: /* this message; the next ones may be fine */
         snprintf(reason, sizeof reason, "the server refused the message: %s", server_reason(err));
         fail_message(p, r->id, r->phone, reason);
         break;
@@ -732,7 +748,9 @@ static void pump_receipts(parley *p)
     Parley__Frame f = PARLEY__FRAME__INIT;
     f.body_case = PARLEY__FRAME__BODY_RECEIPT;
     f.receipt = &rc;
-    rc.n_message_ids = r->n_ids;
+    /* the server takes as many ids as its receipt envelope fits in a frame (18 bytes each) */
+    size_t max_ids = p->conn.max_frame > 512 + 18 ? (p->conn.max_frame - 512) / 18 : 1;
+    rc.n_message_ids = r->n_ids < max_ids ? r->n_ids : max_ids;
     while (rc.n_message_ids > 1 && !conn_fits(&p->conn, &f)) /* a server with small frames */
         rc.n_message_ids /= 2;
     r->n_ids = rc.n_message_ids;
@@ -827,7 +845,14 @@ static void on_lookup_account_reply(parley *p, request *r, const Parley__Frame *
         if (store_device_list(p, lr->devices, lr->phone))
             return;
     }
-    add_unnamed(p, r->id); /* shown without a number rather than held up for ever */
+    if (f->body_case == PARLEY__FRAME__BODY_ERROR && f->error->code != PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT &&
+        f->error->code != PARLEY__ERROR_CODE__MALFORMED_FRAME) {
+        /* a passing trouble: nothing of the frame is acked; it comes again on the next
+         * connection, and the sender is asked for again */
+        conn_fail(&p->conn, PARLEY_ERR_NETWORK, false, "the server could not name a sender now; trying again");
+        return;
+    }
+    add_unnamed(p, r->id); /* the server does not know it: shown without a number */
 }
 
 static bool account_ok(const ProtobufCBinaryData *b, bool has)
@@ -1557,6 +1582,35 @@ static bool history_row(void *ctx, const db_message *m)
     pm.problem = m->problem;
     pm.state = (parley_state)m->state;
     return h->fn(h->ctx, &pm);
+}
+
+typedef struct {
+    parley_message_fn fn;
+    void *ctx;
+    int64_t shown_up_to;
+    bool stopped;
+} unshown_ctx;
+
+static bool unshown_row(void *ctx, const db_message *m)
+{
+    unshown_ctx *u = ctx;
+    history_ctx h = {u->fn, u->ctx};
+    if (!history_row(&h, m)) {
+        u->stopped = true;
+        return false;
+    }
+    u->shown_up_to = m->local_seq;
+    return true;
+}
+
+int parley_take_unshown(parley *p, parley_message_fn fn, void *ctx)
+{
+    unshown_ctx u = {fn, ctx, 0, false};
+    if (db_unshown(p->db, unshown_row, &u) != DB_OK)
+        return db_err(p);
+    if (u.shown_up_to && db_mark_shown(p->db, u.shown_up_to) != DB_OK)
+        return db_err(p);
+    return u.stopped ? set_err(p, PARLEY_ERR_STATE, "showing the messages stopped") : PARLEY_OK;
 }
 
 int parley_history(parley *p, const char *phone, parley_message_fn fn, void *ctx)

@@ -230,6 +230,7 @@ static void on_hello(conn *c, const Parley__Frame *f)
                                                                        : CONN_DEFAULT_MAX_FRAME;
     if (c->max_frame > WSC_MAX_MESSAGE)
         c->max_frame = WSC_MAX_MESSAGE;
+    wsc_set_max_message(&c->ws, (size_t)c->max_frame + 4096); /* what the server promised, and a margin */
     uint64_t now = conn_now();
     c->next_ping = now + c->heartbeat_ms / 2;
     if (!c->cfg.authenticate) {

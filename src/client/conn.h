@@ -114,6 +114,9 @@ uint64_t conn_send(conn *c, Parley__Frame *f);
 /* Sends a frame that needs no answer (DeliverAck): request_id 0. Returns 0 or -1. */
 int conn_push(conn *c, Parley__Frame *f);
 
+/* The server keeps this much of max_frame_bytes for the envelope around a body. */
+#define CONN_BODY_OVERHEAD 1024
+
 /* True if f packs within the server's max_frame_bytes. */
 bool conn_fits(const conn *c, const Parley__Frame *f);
 

@@ -89,6 +89,8 @@ enum {
     Q_RECEIPT_SENT,
     Q_MESSAGE_STATE,
     Q_HISTORY,
+    Q_UNSHOWN,
+    Q_MARK_SHOWN,
     Q_COUNT
 };
 
@@ -107,8 +109,8 @@ static const char *const query_sql[Q_COUNT] = {
     [Q_CONTACT_BY_PHONE] = "SELECT account_id, phone, device_ids FROM contacts WHERE phone = ?",
     [Q_CONTACT_BY_ACCOUNT] = "SELECT account_id, phone, device_ids FROM contacts WHERE account_id = ?",
     [Q_MESSAGE_ADD] = "INSERT OR IGNORE INTO messages (id, direction, peer_phone, peer_account, from_device,"
-                      " text, problem, sent_ms, server_time_ms, state, created_ms)"
-                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      " text, problem, sent_ms, server_time_ms, state, created_ms, shown)"
+                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?2)", /* incoming: not shown yet */
     [Q_OUTBOX_ADD] = "INSERT INTO outbox (message_id, phone, body, created_ms) VALUES (?, ?, ?, ?)",
     [Q_OUTBOX_LOAD] = "SELECT message_id, phone, body FROM outbox ORDER BY seq LIMIT ?",
     [Q_OUTBOX_COUNT] = "SELECT count(*) FROM outbox",
@@ -141,7 +143,10 @@ static const char *const query_sql[Q_COUNT] = {
                        " WHERE direction = 0 AND peer_account = ? AND id = ? AND state = 4",
     [Q_MESSAGE_STATE] = "SELECT state FROM messages WHERE direction = 1 AND id = ?",
     [Q_HISTORY] = "SELECT id, direction, peer_phone, peer_account, from_device, text, problem, sent_ms,"
-                  " server_time_ms, state FROM messages WHERE peer_phone = ? ORDER BY seq",
+                  " server_time_ms, state, seq FROM messages WHERE peer_phone = ? ORDER BY seq",
+    [Q_UNSHOWN] = "SELECT id, direction, peer_phone, peer_account, from_device, text, problem, sent_ms,"
+                  " server_time_ms, state, seq FROM messages WHERE direction = 0 AND shown = 0 ORDER BY seq",
+    [Q_MARK_SHOWN] = "UPDATE messages SET shown = 1 WHERE direction = 0 AND shown = 0 AND seq <= ?",
 };
 
 struct db {
@@ -300,7 +305,12 @@ static int migrate(db *d)
     if (version < 1 && ((rc = exec(d, schema_v1)) != DB_OK ||
                         (rc = exec(d, "UPDATE schema_version SET version = 1")) != DB_OK))
         goto out;
-    /* later versions: if (version < 2) ... */
+    /* v2: incoming messages remember whether they were shown (display survives a crash
+     * between the commit and the print); earlier rows count as shown */
+    if (version < 2 && ((rc = exec(d, "ALTER TABLE messages ADD COLUMN shown INTEGER NOT NULL DEFAULT 1")) != DB_OK ||
+                        (rc = exec(d, "UPDATE schema_version SET version = 2")) != DB_OK))
+        goto out;
+    /* later versions: if (version < 3) ... */
     return exec(d, "COMMIT");
 out:
     exec(d, "ROLLBACK");
@@ -914,12 +924,9 @@ int db_message_state(db *d, const uint8_t id[DB_ID_LEN], int *state)
     return rc == SQLITE_DONE ? DB_NOT_FOUND : fail(d, "reading a message");
 }
 
-int db_history(db *d, const char *phone, db_message_fn fn, void *ctx)
+/* Walks the rows of a message query (the columns of Q_HISTORY). */
+static int each_message(db *d, sqlite3_stmt *st, db_message_fn fn, void *ctx, const char *what)
 {
-    sqlite3_stmt *st = q(d, Q_HISTORY);
-    if (!st)
-        return DB_ERROR;
-    sqlite3_bind_text(st, 1, phone, -1, SQLITE_TRANSIENT);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         db_message m;
@@ -935,11 +942,36 @@ int db_history(db *d, const char *phone, db_message_fn fn, void *ctx)
         m.sent_ms = (uint64_t)sqlite3_column_int64(st, 7);
         m.server_time_ms = (uint64_t)sqlite3_column_int64(st, 8);
         m.state = sqlite3_column_int(st, 9);
+        m.local_seq = sqlite3_column_int64(st, 10);
         if (!fn(ctx, &m)) {
             rc = SQLITE_DONE;
             break;
         }
     }
     done(st);
-    return rc == SQLITE_DONE ? DB_OK : fail(d, "reading the conversation");
+    return rc == SQLITE_DONE ? DB_OK : fail(d, what);
+}
+
+int db_history(db *d, const char *phone, db_message_fn fn, void *ctx)
+{
+    sqlite3_stmt *st = q(d, Q_HISTORY);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_text(st, 1, phone, -1, SQLITE_TRANSIENT);
+    return each_message(d, st, fn, ctx, "reading the conversation");
+}
+
+int db_unshown(db *d, db_message_fn fn, void *ctx)
+{
+    sqlite3_stmt *st = q(d, Q_UNSHOWN);
+    return st ? each_message(d, st, fn, ctx, "reading the messages not shown yet") : DB_ERROR;
+}
+
+int db_mark_shown(db *d, int64_t up_to_seq)
+{
+    sqlite3_stmt *st = q(d, Q_MARK_SHOWN);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_int64(st, 1, up_to_seq);
+    return run(d, st, "marking messages shown");
 }

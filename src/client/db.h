@@ -18,7 +18,7 @@
 #define DB_URL_MAX PARLEY_URL_MAX
 #define DB_MAX_DEVICES 16
 #define DB_KEY_LEN 32
-#define DB_SCHEMA_VERSION 1
+#define DB_SCHEMA_VERSION 2
 
 enum { DB_OK = 0, DB_NOT_FOUND = 1, DB_ERROR = -1 };
 
@@ -94,6 +94,7 @@ typedef struct {
     uint64_t sent_ms;
     uint64_t server_time_ms;
     int state;                           /* a parley_state */
+    int64_t local_seq;           /* read back: the row's place in local order */
 } db_message;
 
 /* A new outgoing message (state PENDING) and its outbox entry (the packed body to send),
@@ -156,5 +157,9 @@ int db_message_state(db *d, const uint8_t id[DB_ID_LEN], int *state);
 /* The conversation with phone in local order; fn returns false to stop. */
 typedef bool (*db_message_fn)(void *ctx, const db_message *m);
 int db_history(db *d, const char *phone, db_message_fn fn, void *ctx);
+
+/* Incoming messages not shown yet, in local order; and marking them shown. */
+int db_unshown(db *d, db_message_fn fn, void *ctx);
+int db_mark_shown(db *d, int64_t up_to_seq);
 
 #endif

@@ -107,6 +107,11 @@ void wsc_init(ws_client *c, const wsc_handlers *h, void *ctx)
     c->ctx = ctx;
 }
 
+void wsc_set_max_message(ws_client *c, size_t max)
+{
+    c->max_message = max < WSC_MAX_MESSAGE ? max : WSC_MAX_MESSAGE;
+}
+
 void wsc_reset(ws_client *c)
 {
     if (c->fd >= 0)
@@ -342,6 +347,7 @@ int wsc_open(ws_client *c, const char *url)
         return 0;
     }
     ws_reader_init(&c->reader, false);
+    c->max_message = WSC_FIRST_MAX; /* until the server's Hello says more */
     c->rbuf = malloc(RBUF_SIZE);
     if (!c->rbuf) {
         wsc_fail(c, WSC_ABNORMAL, "out of memory", false);
@@ -554,7 +560,7 @@ static bool on_ws_control(void *ctx, int opcode, const uint8_t *data, size_t len
 static void feed(ws_client *c, uint8_t *data, size_t len)
 {
     static const ws_handlers handlers = {on_ws_message, on_ws_control};
-    const ws_limits lim = {WSC_MAX_MESSAGE, WSC_MAX_MESSAGE};
+    const ws_limits lim = {c->max_message, c->max_message};
     int code = ws_reader_feed(&c->reader, data, len, &lim, &handlers, c);
     if (code && !c->fail_pending) {
         uint8_t payload[WS_MAX_CONTROL_PAYLOAD];

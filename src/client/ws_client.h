@@ -15,6 +15,7 @@
 #define WSC_HOST_MAX 255
 #define WSC_PATH_MAX 255
 #define WSC_MAX_MESSAGE (8u << 20)   /* largest message accepted from the server */
+#define WSC_FIRST_MAX (64u << 10)    /* ... until it announced its own limit (Hello) */
 #define WSC_MAX_QUEUED (16u << 20)   /* bytes waiting to be written before we give up */
 #define WSC_URL_MAX 255
 #define WSC_REASON_MAX 512           /* a failure's description */
@@ -59,6 +60,7 @@ typedef struct ws_client {
     char *head;                 /* the response head so far (handshake only) */
     size_t head_len;
     ws_reader reader;
+    size_t max_message;         /* the largest message accepted now (wsc_set_max_message) */
     uint8_t *rbuf;
     uint8_t *out;               /* bytes to write: out[out_off .. out_len) */
     size_t out_off, out_len, out_cap;
@@ -75,6 +77,11 @@ int wsc_parse_url(const char *url, char host[WSC_HOST_MAX + 1], char port[8],
                   char path[WSC_PATH_MAX + 1], char *err, size_t errlen);
 
 void wsc_init(ws_client *c, const wsc_handlers *h, void *ctx);
+
+/* Lowers or raises the largest message accepted (at most WSC_MAX_MESSAGE); each new
+ * connection starts at WSC_FIRST_MAX, so a server cannot make us buffer more than it
+ * announced. */
+void wsc_set_max_message(ws_client *c, size_t max);
 
 /* Starts connecting (resolving the host first, which blocks briefly). Failures are
  * reported through closed(), possibly before this returns. Returns -1 if the client

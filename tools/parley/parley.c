@@ -119,7 +119,7 @@ static bool parse_seconds(const char *flag, const char *v, int *out)
 {
     char *end;
     long n = v ? strtol(v, &end, 10) : -1;
-    if (!v || end == v || *end || n < 0 || n > 86400 * 365) {
+    if (!v || end == v || *end || n < 0 || n > 86400 * 7) {
         fail_msg("%s wants a number of seconds", flag);
         return false;
     }
@@ -261,6 +261,7 @@ typedef struct {
     bool acked, failed;
     char fail_reason[400];
     bool drained;
+    bool unshown;                  /* new messages are in the database, not printed yet */
     uint64_t last_activity;
     int fatal;                     /* a parley_status that ends the command */
     char problem[512];             /* the latest connection trouble, for a timeout message */
@@ -285,6 +286,28 @@ static void print_message(const parley_message *m)
     cJSON_AddNumberToObject(o, "ts", (double)m->server_time_ms);
     cJSON_AddStringToObject(o, "text", m->text);
     print_json(o);
+}
+
+static bool show_row(void *ctx, const parley_message *m)
+{
+    (void)ctx;
+    print_message(m);
+    return !ferror(stdout);
+}
+
+/* Prints the messages stored but not printed yet (also those a crashed run left),
+ * then marks them shown: each is printed at least once, and once unless we crash
+ * between the two. Output that fails (a closed pipe, a full disk) ends the command and
+ * leaves the messages for the next run. */
+static void show_unshown(session *s)
+{
+    s->unshown = false;
+    if (parley_take_unshown(s->p, show_row, NULL) != PARLEY_OK && !s->fatal) {
+        s->fatal = PARLEY_ERR_STATE;
+        snprintf(s->problem, sizeof s->problem, "%s",
+                 ferror(stdout) ? "cannot write the messages out; they are shown on the next run"
+                                : parley_errmsg(s->p));
+    }
 }
 
 static void print_receipt(const parley_receipt *r)
@@ -336,8 +359,7 @@ static void on_event(void *ctx, const parley_event *ev)
     switch (ev->type) {
     case PARLEY_EVENT_MESSAGE:
         s->last_activity = now_ms();
-        if (s->mode == MODE_RECV || s->mode == MODE_LISTEN)
-            print_message(&ev->message);
+        s->unshown = s->mode == MODE_RECV || s->mode == MODE_LISTEN; /* printed from the database */
         break;
     case PARLEY_EVENT_RECEIPT:
         if (s->mode == MODE_LISTEN)
@@ -417,6 +439,7 @@ static void install_signals(void)
             fcntl(signal_pipe[i], F_SETFL, fcntl(signal_pipe[i], F_GETFL) | O_NONBLOCK);
             fcntl(signal_pipe[i], F_SETFD, FD_CLOEXEC);
         }
+    signal(SIGPIPE, SIG_IGN); /* a closed stdout is an error we report, not a silent death */
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal; /* no SA_RESTART: poll returns EINTR and we look at the flag */
@@ -452,6 +475,8 @@ static bool loop_until(session *s, bool (*done)(session *), uint64_t deadline)
             s->fatal = rc;
             snprintf(s->problem, sizeof s->problem, "%s", parley_errmsg(s->p));
         }
+        if (s->unshown)
+            show_unshown(s);
     }
     return done(s);
 }
@@ -644,9 +669,10 @@ static int cmd_recv(const options *o)
         return 1;
     parley *p = s.p;
     install_signals();
+    show_unshown(&s); /* what an earlier run stored but could not print */
     int status = 0;
     char why[600];
-    if (!run_until(&s, PARLEY_RECEIVE, drained_done, now_ms() + (uint64_t)o->timeout_s * 1000)) {
+    if (!run_until(&s, PARLEY_RECEIVE, drained_done, now_ms() + (uint64_t)o->timeout_s * 1000) || s.fatal) {
         timeout_problem(&s, why, sizeof why);
         if (!got_signal) {
             if (s.fatal)
@@ -683,6 +709,7 @@ static int cmd_listen(const options *o)
         return 1;
     parley *p = s.p;
     install_signals();
+    show_unshown(&s);
     run_until(&s, PARLEY_RECEIVE, never_done, 0);
     int status = 0;
     if (s.fatal && !got_signal) {
@@ -744,6 +771,20 @@ typedef struct {
     const char *me;
 } history_out;
 
+/* Text from other people goes to a terminal: control characters (escape sequences,
+ * carriage returns that would fake lines) are shown as \xNN, the rest as it is. */
+static void put_printable(const char *t)
+{
+    for (const unsigned char *c = (const unsigned char *)t; *c; c++) {
+        if (*c < 0x20 || *c == 0x7f)
+            printf("\\x%02x", *c);
+        else if (*c == 0xc2 && c[1] >= 0x80 && c[1] <= 0x9f) /* C1 controls, e.g. U+009B (CSI) */
+            printf("\\u%04x", *++c);
+        else
+            putchar(*c);
+    }
+}
+
 static bool print_history_row(void *ctx, const parley_message *m)
 {
     history_out *h = ctx;
@@ -769,8 +810,15 @@ static bool print_history_row(void *ctx, const parley_message *m)
     char when[32] = "?";
     if (localtime_r(&secs, &tm))
         strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
-    printf("%s  %-3s  %-9s  %s%s%s\n", when, m->outgoing ? "out" : "in", parley_state_name(m->state),
-           m->text ? m->text : "(unreadable: ", m->text ? "" : (m->problem ? m->problem : "?"), m->text ? "" : ")");
+    printf("%s  %-3s  %-9s  ", when, m->outgoing ? "out" : "in", parley_state_name(m->state));
+    if (m->text) {
+        put_printable(m->text);
+    } else {
+        fputs("(unreadable: ", stdout);
+        put_printable(m->problem ? m->problem : "?");
+        putchar(')');
+    }
+    putchar('\n');
     fflush(stdout);
     return true;
 }
@@ -806,6 +854,11 @@ static int cmd_history(const options *o)
 
 int main(int argc, char **argv)
 {
+    /* a closed stdin/stdout/stderr would be taken by the first file we open (the
+     * database), and our output would land in it */
+    for (int fd = 0; fd <= 2; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd)
+            return 1;
     options o;
     if (parse_options(&o, argc, argv) != 0)
         return 2;

@@ -307,3 +307,24 @@ test('messages from many unknown senders are named by reverse lookup, in inbox o
   assert.deepEqual(got.map((m) => ({ from: m.from, text: m.text })), want);
   assert.deepEqual(await recv(bob), []);
 });
+
+test('a message stored but not printed (output failed) is printed by the next recv, once', TIMEOUT, async (t) => {
+  const s = await withServer(t);
+  const alice = await cliUser(s, 'alice');
+  const bob = await cliUser(s, 'bob');
+  const id = await send(alice, bob, 'keep me');
+  // bob's first recv stores and acks the message but cannot print it: its stdout is a
+  // pipe whose reader went away
+  const { spawn } = await import('node:child_process');
+  const child = spawn(process.env.PARLEY, ['--home', bob.home, 'recv'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.destroy();
+  let stderr = '';
+  child.stderr.on('data', (b) => { stderr += b; });
+  const code = await new Promise((resolve) => child.on('exit', (c) => resolve(c)));
+  assert.notEqual(code, 0, `a recv that cannot print fails: ${stderr}`);
+  assert.match(stderr, /cannot write the messages out/);
+  // the server has nothing more for bob, yet the next recv prints the message, and only once
+  const got = await recv(bob);
+  assert.deepEqual(got.map((m) => [m.id, m.text]), [[id, 'keep me']]);
+  assert.deepEqual(await recv(bob), []);
+});
