@@ -707,23 +707,18 @@ int db_outgoing_sent(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[D
     *changed = false;
     if (db_begin(d) != DB_OK)
         return DB_ERROR;
-    sqlite3_stmt *st = q(d, Q_OUT_SENT);
-    if (!st)
-        goto fail;
-    sqlite3_bind_int64(st, 1, (sqlite3_int64)server_time_ms);
-    sqlite3_bind_blob(st, 2, account, DB_ID_LEN, SQLITE_TRANSIENT);
-    sqlite3_bind_blob(st, 3, id, DB_ID_LEN, SQLITE_TRANSIENT);
-    if (run(d, st, "recording an acknowledgement") != DB_OK)
-        goto fail;
-    *changed = sqlite3_changes(d->sql) > 0;
-    if (!*changed) {
-        if (!(st = q(d, Q_OUT_SENT_LATE)))
+    /* pending -> sent; or, if a receipt moved it on already, only the time */
+    const int queries[] = {Q_OUT_SENT, Q_OUT_SENT_LATE};
+    for (size_t i = 0; i < 2 && !*changed; i++) {
+        sqlite3_stmt *st = q(d, queries[i]);
+        if (!st)
             goto fail;
         sqlite3_bind_int64(st, 1, (sqlite3_int64)server_time_ms);
         sqlite3_bind_blob(st, 2, account, DB_ID_LEN, SQLITE_TRANSIENT);
         sqlite3_bind_blob(st, 3, id, DB_ID_LEN, SQLITE_TRANSIENT);
         if (run(d, st, "recording an acknowledgement") != DB_OK)
             goto fail;
+        *changed = i == 0 && sqlite3_changes(d->sql) > 0;
     }
     if (outbox_delete(d, id) != DB_OK)
         goto fail;

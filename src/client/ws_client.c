@@ -417,24 +417,6 @@ static bool header_value(const char *head, const char *name, char *out, size_t c
     return false;
 }
 
-static bool has_token(const char *list, const char *token)
-{
-    size_t tlen = strlen(token);
-    for (const char *p = list; *p;) {
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        const char *s = p;
-        while (*p && *p != ',')
-            p++;
-        const char *e = p;
-        while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
-            e--;
-        if ((size_t)(e - s) == tlen && strncasecmp(s, token, tlen) == 0)
-            return true;
-    }
-    return false;
-}
-
 static void feed(ws_client *c, uint8_t *data, size_t len);
 
 /* Checks a complete response head; on success the connection is open. */
@@ -462,7 +444,8 @@ static void check_response(ws_client *c, size_t head_end)
     header_value(c->head, "Connection", connection, sizeof connection);
     header_value(c->head, "Sec-WebSocket-Accept", accept, sizeof accept);
     ws_handshake_accept_key(c->key, strlen(c->key), want);
-    if (!has_token(upgrade, "websocket") || !has_token(connection, "upgrade") || strcmp(accept, want) != 0) {
+    if (!ws_handshake_has_token(upgrade, "websocket") || !ws_handshake_has_token(connection, "upgrade") ||
+        strcmp(accept, want) != 0) {
         snprintf(reason, sizeof reason, "%s answered the WebSocket upgrade wrongly (%s)", c->url,
                  strcmp(accept, want) != 0 ? "Sec-WebSocket-Accept does not match our key"
                                            : "Upgrade/Connection headers missing");

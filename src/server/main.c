@@ -52,8 +52,27 @@ static uint64_t parse_duration(const char *s)
     return (uint64_t)v * unit;
 }
 
+/* The field a flag taking a plain count sets, or NULL; *zero_ok if 0 is allowed. */
+static uint32_t *count_flag(server_config *cfg, const char *name, bool *zero_ok)
+{
+    struct { const char *name; uint32_t *field; bool zero_ok; } flags[] = {
+        {"--max-recipients", &cfg->max_recipients, false},
+        {"--send-rate", &cfg->send_rate, false},
+        {"--conn-rate", &cfg->conn_rate, true}, /* 0: no limit */
+        {"--window", &cfg->deliver_window, false},
+    };
+    for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
+        if (strcmp(name, flags[i].name) == 0) {
+            *zero_ok = flags[i].zero_ok;
+            return flags[i].field;
+        }
+    return NULL;
+}
+
 static int parse_args(server_config *cfg, int argc, char **argv)
 {
+    uint32_t *count;
+    bool zero_ok;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     snprintf(cfg->host, sizeof cfg->host, "127.0.0.1");
     cfg->port = 7443;
@@ -120,18 +139,14 @@ static int parse_args(server_config *cfg, int argc, char **argv)
                 return -1;
             }
             cfg->max_frame_bytes = (uint32_t)n;
-        } else if (strcmp(a, "--max-recipients") == 0 || strcmp(a, "--send-rate") == 0 ||
-                   strcmp(a, "--conn-rate") == 0 || strcmp(a, "--window") == 0) {
+        } else if ((count = count_flag(cfg, a, &zero_ok))) {
             char *end;
             unsigned long n = strtoul(v, &end, 10);
-            bool zero_ok = strcmp(a, "--conn-rate") == 0;
             if (*end || end == v || n > 1000000 || (n == 0 && !zero_ok)) {
                 fprintf(stderr, "parleyd: %s wants a number from %d to 1000000\n", a, zero_ok ? 0 : 1);
                 return -1;
             }
-            uint32_t *field = a[2] == 'm' ? &cfg->max_recipients : a[2] == 's' ? &cfg->send_rate
-                            : a[2] == 'c' ? &cfg->conn_rate : &cfg->deliver_window;
-            *field = (uint32_t)n;
+            *count = (uint32_t)n;
         } else {
             fprintf(stderr, "parleyd: unknown option %s\n", a);
             usage(stderr);

@@ -41,18 +41,22 @@ static bool grow(void *buf, size_t *cap, size_t need, size_t first)
     return true;
 }
 
-/* The writer's check that the device still has the key its connection proved. */
+/* The writer's check that the device still has the key its connection proved: a new
+ * registration of the number replaces it. */
 static int device_current(store_batch *b, const store_device *d, const uint8_t key_prefix[8])
 {
-    int rc = peer_device_current(b, d, key_prefix);
+    store_device_record rec;
+    int rc = store_batch_device_get(b, d, &rec);
+    if (rc == STORE_OK && memcmp(rec.identity_key, key_prefix, 8) != 0)
+        rc = STORE_NOT_FOUND;
     return rc == STORE_NOT_FOUND ? JOB_REPLACED : rc;
 }
 
-/* A replaced device's connection is told why, then closed (4000: do not come back). */
+/* A replaced device's connection is told why, then closed (do not come back). */
 static void replaced(ws_conn *c, uint64_t rid)
 {
     peer_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED, "this device was replaced by a new registration");
-    ws_conn_close(c, 4000, "this device was replaced by a new registration");
+    ws_conn_close(c, PARLEY_CLOSE_REPLACED, "this device was replaced by a new registration");
 }
 
 static bool same_account(const uint8_t *a, const uint8_t *b)
@@ -155,11 +159,7 @@ static int append_to_account(store_batch *b, const uint8_t account[STORE_ACCOUNT
 
 typedef struct {
     writer_job job;
-    server *srv;
-    peer *p;
-    uint64_t request_id;
-    store_device sender;
-    uint8_t key_prefix[8];
+    job_origin from;                      /* the sending device */
     uint8_t message_id[STORE_MESSAGE_ID_LEN];
     uint8_t recipient[STORE_ACCOUNT_ID_LEN];
     uint64_t server_ms;                   /* on a duplicate: the first acceptance's */
@@ -183,7 +183,7 @@ static int check_devices(store_batch *b, send_job *j, const uint8_t account[STOR
         return JOB_UNKNOWN_ACCOUNT;
     bool match = true;
     for (size_t i = 0; i < n; i++) {
-        if (same_account(account, j->sender.account) && ids[i] == j->sender.device)
+        if (same_account(account, j->from.device.account) && ids[i] == j->from.device.device)
             continue;
         expected++;
         bool found = false;
@@ -206,10 +206,10 @@ static int send_apply(store_batch *b, writer_job *job)
 {
     send_job *j = (send_job *)job;
     uint64_t first;
-    int rc = device_current(b, &j->sender, j->key_prefix);
+    int rc = device_current(b, &j->from.device, j->from.key_prefix);
     if (rc != STORE_OK)
         return rc;
-    rc = store_dedup_get(b, &j->sender, j->message_id, &first);
+    rc = store_dedup_get(b, &j->from.device, j->message_id, &first);
     if (rc == STORE_OK) { /* a resend: the same ack, nothing new */
         j->server_ms = first;
         j->duplicate = true;
@@ -219,21 +219,21 @@ static int send_apply(store_batch *b, writer_job *job)
         return rc;
     if ((rc = check_devices(b, j, j->recipient)) != STORE_OK)
         return rc;
-    if (!same_account(j->recipient, j->sender.account) &&
-        (rc = check_devices(b, j, j->sender.account)) != STORE_OK)
+    if (!same_account(j->recipient, j->from.device.account) &&
+        (rc = check_devices(b, j, j->from.device.account)) != STORE_OK)
         return rc;
     if ((rc = targets_append(b, &j->targets, j->server_ms)) != STORE_OK)
         return rc;
-    return store_dedup_put(b, &j->sender, j->message_id, j->server_ms);
+    return store_dedup_put(b, &j->from.device, j->message_id, j->server_ms);
 }
 
 static void send_done(writer_job *job, int status)
 {
     send_job *j = (send_job *)job;
     if (status == STORE_OK && !j->duplicate)
-        targets_wake(j->srv, &j->targets);
-    if (peer_job_returned(j->p)) {
-        ws_conn *c = j->p->conn;
+        targets_wake(j->from.srv, &j->targets);
+    if (peer_job_returned(j->from.p)) {
+        ws_conn *c = j->from.p->conn;
         if (status == STORE_OK) {
             Parley__SendAck ack = PARLEY__SEND_ACK__INIT;
             ack.has_message_id = 1;
@@ -243,21 +243,21 @@ static void send_done(writer_job *job, int status)
             Parley__Frame f = PARLEY__FRAME__INIT;
             f.body_case = PARLEY__FRAME__BODY_SEND_ACK;
             f.send_ack = &ack;
-            peer_reply(c, j->request_id, &f);
+            peer_reply(c, j->from.request_id, &f);
         } else if (status == JOB_DEVICE_MISMATCH) {
             Parley__DeviceList dl = PARLEY__DEVICE_LIST__INIT;
             dl.has_account_id = 1;
             dl.account_id = (ProtobufCBinaryData){STORE_ACCOUNT_ID_LEN, j->mismatch_account};
             dl.n_device_ids = j->mismatch_n;
             dl.device_ids = j->mismatch_ids;
-            peer_error_full(c, j->request_id, PARLEY__ERROR_CODE__DEVICE_MISMATCH,
+            peer_error_full(c, j->from.request_id, PARLEY__ERROR_CODE__DEVICE_MISMATCH,
                        "the device list changed; encrypt for these devices and send again", 0, &dl);
         } else if (status == JOB_UNKNOWN_ACCOUNT) {
-            peer_error(c, j->request_id, PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT, "no such account");
+            peer_error(c, j->from.request_id, PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT, "no such account");
         } else if (status == JOB_REPLACED) {
-            replaced(c, j->request_id);
+            replaced(c, j->from.request_id);
         } else {
-            peer_store_error(c, j->request_id, status);
+            peer_store_error(c, j->from.request_id, status);
         }
     }
     targets_free(&j->targets);
@@ -284,11 +284,7 @@ void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m)
         peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
         return;
     }
-    j->srv = srv;
-    j->p = p;
-    j->request_id = rid;
-    j->sender = p->device;
-    memcpy(j->key_prefix, p->key_prefix, sizeof j->key_prefix);
+    job_origin_init(&j->from, c, p, rid);
     memcpy(j->message_id, m->message_id.data, STORE_MESSAGE_ID_LEN);
     memcpy(j->recipient, m->recipient_account.data, STORE_ACCOUNT_ID_LEN);
     j->server_ms = now_ms();
@@ -335,19 +331,14 @@ void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m)
     }
     j->job.apply = send_apply;
     j->job.done = send_done;
-    p->pending_work++;
-    writer_submit(srv->wr, &thread_of(c)->home, &j->job);
+    peer_submit(p, &j->job);
 }
 
 /* ---- Receipts ------------------------------------------------------------------ */
 
 typedef struct {
     writer_job job;
-    server *srv;
-    peer *p;                 /* NULL: no one to answer (delivered receipts) */
-    uint64_t request_id;
-    store_device reader;
-    uint8_t key_prefix[8];
+    job_origin from;         /* the reader (or the acking device: p NULL, no one to answer) */
     uint8_t to_account[STORE_ACCOUNT_ID_LEN];
     uint64_t up_to_seq;      /* delivered receipts: the DeliverAck */
     Parley__Envelope envelope;
@@ -370,12 +361,12 @@ static void receipt_envelope_init(receipt_job *j, uint32_t status, uint64_t now)
     j->body.has_status = 1;
     j->body.status = status;
     j->body.has_from_account = 1;
-    j->body.from_account = (ProtobufCBinaryData){STORE_ACCOUNT_ID_LEN, j->reader.account};
+    j->body.from_account = (ProtobufCBinaryData){STORE_ACCOUNT_ID_LEN, j->from.device.account};
     j->body.has_from_device = 1;
-    j->body.from_device = j->reader.device;
+    j->body.from_device = j->from.device.device;
     j->envelope.has_sender_account = j->envelope.has_sender_device = 1;
     j->envelope.sender_account = j->body.from_account;
-    j->envelope.sender_device = j->reader.device;
+    j->envelope.sender_device = j->from.device.device;
     j->envelope.has_server_time_ms = 1;
     j->envelope.server_time_ms = now;
     j->envelope.receipt = &j->body;
@@ -385,11 +376,11 @@ static int read_receipt_apply(store_batch *b, writer_job *job)
 {
     receipt_job *j = (receipt_job *)job;
     j->targets.n = j->targets.used = 0;
-    int rc = device_current(b, &j->reader, j->key_prefix);
+    int rc = device_current(b, &j->from.device, j->from.key_prefix);
     if (rc == STORE_OK)
-        rc = append_to_account(b, j->to_account, &j->reader, &j->envelope, &j->targets);
-    if (rc == STORE_OK && !same_account(j->to_account, j->reader.account)) /* the reader's other devices */
-        rc = append_to_account(b, j->reader.account, &j->reader, &j->envelope, &j->targets);
+        rc = append_to_account(b, j->to_account, &j->from.device, &j->envelope, &j->targets);
+    if (rc == STORE_OK && !same_account(j->to_account, j->from.device.account)) /* the reader's other devices */
+        rc = append_to_account(b, j->from.device.account, &j->from.device, &j->envelope, &j->targets);
     if (rc == STORE_OK)
         rc = targets_append(b, &j->targets, j->envelope.server_time_ms);
     return rc;
@@ -399,20 +390,20 @@ static void read_receipt_done(writer_job *job, int status)
 {
     receipt_job *j = (receipt_job *)job;
     if (status == STORE_OK)
-        targets_wake(j->srv, &j->targets);
-    if (peer_job_returned(j->p)) {
+        targets_wake(j->from.srv, &j->targets);
+    if (peer_job_returned(j->from.p)) {
         if (status == STORE_OK) {
             Parley__ReceiptAck ack = PARLEY__RECEIPT_ACK__INIT;
             Parley__Frame f = PARLEY__FRAME__INIT;
             f.body_case = PARLEY__FRAME__BODY_RECEIPT_ACK;
             f.receipt_ack = &ack;
-            peer_reply(j->p->conn, j->request_id, &f);
+            peer_reply(j->from.p->conn, j->from.request_id, &f);
         } else if (status == JOB_UNKNOWN_ACCOUNT) {
-            peer_error(j->p->conn, j->request_id, PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT, "no such account");
+            peer_error(j->from.p->conn, j->from.request_id, PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT, "no such account");
         } else if (status == JOB_REPLACED) {
-            replaced(j->p->conn, j->request_id);
+            replaced(j->from.p->conn, j->from.request_id);
         } else {
-            peer_store_error(j->p->conn, j->request_id, status);
+            peer_store_error(j->from.p->conn, j->from.request_id, status);
         }
     }
     receipt_job_free(j);
@@ -451,11 +442,7 @@ void on_receipt(ws_conn *c, peer *p, uint64_t rid, const Parley__Receipt *m)
         memcpy(id_bytes + i * STORE_MESSAGE_ID_LEN, m->message_ids[i].data, STORE_MESSAGE_ID_LEN);
         ids[i] = (ProtobufCBinaryData){STORE_MESSAGE_ID_LEN, id_bytes + i * STORE_MESSAGE_ID_LEN};
     }
-    j->srv = srv;
-    j->p = p;
-    j->request_id = rid;
-    j->reader = p->device;
-    memcpy(j->key_prefix, p->key_prefix, sizeof j->key_prefix);
+    job_origin_init(&j->from, c, p, rid);
     memcpy(j->to_account, m->to_account.data, STORE_ACCOUNT_ID_LEN);
     receipt_envelope_init(j, PARLEY__RECEIPT_STATUS__READ, now_ms());
     j->ids = ids;
@@ -465,8 +452,7 @@ void on_receipt(ws_conn *c, peer *p, uint64_t rid, const Parley__Receipt *m)
     j->body.up_to_server_ms = m->up_to_server_ms;
     j->job.apply = read_receipt_apply;
     j->job.done = read_receipt_done;
-    p->pending_work++;
-    writer_submit(srv->wr, &thread_of(c)->home, &j->job);
+    peer_submit(p, &j->job);
 }
 
 /* ---- DeliverAck and delivered receipts -------------------------------------------- */
@@ -519,11 +505,11 @@ static int by_account(const void *a, const void *b)
 static int ack_apply(store_batch *b, writer_job *job)
 {
     receipt_job *j = (receipt_job *)job;
-    delivered_list l = {.acker = j->reader.account};
+    delivered_list l = {.acker = j->from.device.account};
     j->targets.n = j->targets.used = 0;
-    int rc = device_current(b, &j->reader, j->key_prefix);
+    int rc = device_current(b, &j->from.device, j->from.key_prefix);
     if (rc == STORE_OK)
-        rc = store_inbox_take(b, &j->reader, j->up_to_seq, collect_delivered, &l, NULL);
+        rc = store_inbox_take(b, &j->from.device, j->up_to_seq, collect_delivered, &l, NULL);
     if (rc == STORE_OK && l.failed)
         rc = STORE_NOMEM;
     if (rc != STORE_OK || l.n == 0) {
@@ -566,7 +552,7 @@ static void ack_done(writer_job *job, int status)
 {
     receipt_job *j = (receipt_job *)job;
     if (status == STORE_OK)
-        targets_wake(j->srv, &j->targets);
+        targets_wake(j->from.srv, &j->targets);
     else if (status != JOB_REPLACED) /* the envelopes stay and come again on the next connection */
         fprintf(stderr, "parleyd: an ack could not be stored: %s\n", store_strerror(status));
     receipt_job_free(j);
@@ -582,14 +568,13 @@ void on_deliver_ack(ws_conn *c, peer *p, const Parley__DeliverAck *m)
     if (!j)
         return; /* as if the ack was lost: the envelopes come again on the next connection */
     p->acked_seq = up_to;
-    j->srv = server_of(c);
-    j->reader = p->device;
-    memcpy(j->key_prefix, p->key_prefix, sizeof j->key_prefix);
+    job_origin_init(&j->from, c, p, 0);
+    j->from.p = NULL; /* nothing to answer, and p may go before the job returns */
     j->up_to_seq = up_to;
     receipt_envelope_init(j, PARLEY__RECEIPT_STATUS__DELIVERED, now_ms());
     j->job.apply = ack_apply;
     j->job.done = ack_done;
-    writer_submit(j->srv->wr, &thread_of(c)->home, &j->job);
+    writer_submit(j->from.srv->wr, &thread_of(c)->home, &j->job);
     messaging_pump(p);
 }
 
@@ -750,7 +735,7 @@ static void barrier_done(writer_job *job, int status)
         return;
     /* from now on every commit for the device wakes p, unless a newer connection won */
     if (!routes_add(server_of(p->conn), p)) {
-        ws_conn_close(p->conn, 4000, "replaced by a newer connection");
+        ws_conn_close(p->conn, PARLEY_CLOSE_REPLACED, "replaced by a newer connection");
         return;
     }
     messaging_pump(p);
@@ -768,8 +753,7 @@ void messaging_authenticated(peer *p)
     j->p = p;
     j->job.apply = barrier_apply;
     j->job.done = barrier_done;
-    p->pending_work++;
-    writer_submit(server_of(p->conn)->wr, &thread_of(p->conn)->home, &j->job);
+    peer_submit(p, &j->job);
 }
 
 void messaging_closed(peer *p)

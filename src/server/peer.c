@@ -78,6 +78,21 @@ void peer_store_error(ws_conn *c, uint64_t request_id, int status)
         peer_error(c, request_id, PARLEY__ERROR_CODE__INTERNAL, store_strerror(status));
 }
 
+void peer_submit(peer *p, writer_job *job)
+{
+    p->pending_work++;
+    writer_submit(server_of(p->conn)->wr, &thread_of(p->conn)->home, job);
+}
+
+void job_origin_init(job_origin *o, ws_conn *c, peer *p, uint64_t request_id)
+{
+    o->srv = server_of(c);
+    o->p = p;
+    o->request_id = request_id;
+    o->device = p->device;
+    memcpy(o->key_prefix, p->key_prefix, sizeof o->key_prefix);
+}
+
 bool peer_job_returned(peer *p)
 {
     p->pending_work--;
@@ -321,22 +336,10 @@ static void on_register(ws_conn *c, peer *p, uint64_t rid, const Parley__Registe
     snprintf(j->phone, sizeof j->phone, "%s", m->phone);
     j->primary = primary;
     randombytes_buf(j->new_id, sizeof j->new_id);
-    p->pending_work++;
-    writer_submit(srv->wr, &((io_thread *)c->thread->loop->data)->home, &j->job);
+    peer_submit(p, &j->job);
 }
 
 /* ---- authentication ------------------------------------------------------------ */
-
-int peer_device_current(store_batch *b, const store_device *d, const uint8_t key_prefix[8])
-{
-    store_device_record rec;
-    int rc = store_batch_device_get(b, d, &rec);
-    if (rc == STORE_NOT_FOUND)
-        return STORE_NOT_FOUND;
-    if (rc != STORE_OK)
-        return rc;
-    return memcmp(rec.identity_key, key_prefix, 8) == 0 ? STORE_OK : STORE_NOT_FOUND;
-}
 
 static void on_connect(ws_conn *c, peer *p, uint64_t rid, const Parley__Connect *m)
 {

@@ -50,11 +50,22 @@ void peer_error_full(ws_conn *c, uint64_t request_id, uint32_t code, const char 
 /* A store or job status as the client's error. */
 void peer_store_error(ws_conn *c, uint64_t request_id, int status);
 
-/* Called when a writer job for p finished: false if p is gone (and was freed now). */
+/* Hands a job to the storage writer on p's behalf: p stays allocated until the job's
+ * done callback calls peer_job_returned, which is false if p is gone (and freed now). */
+void peer_submit(peer *p, writer_job *job);
 bool peer_job_returned(peer *p);
 
-/* Is the device's registered identity key still the one p proved? (writer thread) */
-int peer_device_current(store_batch *b, const store_device *d, const uint8_t key_prefix[8]);
+/* Who a writer job is for: the device whose connection asked, the key it proved
+ * (checked again on the writer thread), and where the answer goes. */
+typedef struct {
+    server *srv;
+    peer *p;                      /* NULL when no one waits for an answer */
+    uint64_t request_id;
+    store_device device;
+    uint8_t key_prefix[8];
+} job_origin;
+
+void job_origin_init(job_origin *o, ws_conn *c, peer *p, uint64_t request_id);
 
 /* Messaging (messaging.c). */
 void messaging_authenticated(peer *p);       /* a receiving connection starts: route, drain */

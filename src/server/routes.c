@@ -7,7 +7,6 @@
 #include "peer.h"
 
 #define INITIAL_BUCKETS 1024
-#define KICK_CODE 4000
 
 static size_t bucket_of(const routes *r, const store_device *d)
 {
@@ -210,9 +209,9 @@ static void handle(io_thread *t, const route_mail *mail)
     }
     pthread_mutex_unlock(&r->lock);
     for (size_t i = 0; i < nkicked; i++)
-        ws_conn_close(kicked[i]->conn, KICK_CODE, mail->route_id == UINT64_MAX
-                                                      ? "this device was replaced by a new registration"
-                                                      : "replaced by a newer connection");
+        ws_conn_close(kicked[i]->conn, PARLEY_CLOSE_REPLACED,
+                      mail->route_id == UINT64_MAX ? "this device was replaced by a new registration"
+                                                   : "replaced by a newer connection");
     if (wake)
         messaging_pump(wake);
 }

@@ -16,6 +16,10 @@
 
 #define PARLEY_PROTOCOL_VERSION 1
 
+/* WebSocket close code: another connection now speaks for this device (a newer one, or
+ * a new registration of its number); the client should not reconnect. */
+#define PARLEY_CLOSE_REPLACED 4000
+
 typedef struct {
     char host[64];
     int port;

@@ -6,20 +6,11 @@
 //   node tools/bench/idle-connections.mjs BUILD_DIR N [N ...]
 // Needs `make interop-deps` (ws and protobufjs from tests/e2e, libsignal-client from
 // tests/interop for fast signatures). Loopback only; one process holds <= 20k sockets.
-import { createRequire } from 'node:module';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-const root = fileURLToPath(new URL('../../', import.meta.url));
-const e2e = createRequire(path.join(root, 'tests/e2e/package.json'));
-const WebSocket = e2e('ws');
-const protobuf = e2e('protobufjs');
-const S = await import(path.join(root, 'tests/interop/node_modules/@signalapp/libsignal-client/dist/index.js'));
-const Frame = protobuf.parse(readFileSync(path.join(root, 'proto/parley.proto'), 'utf8'), { keepCase: true })
-  .root.lookupType('parley.Frame');
+import { WebSocket, S, Frame } from './deps.mjs';
 
 const [buildDir, ...counts] = process.argv.slice(2);
 if (!buildDir || !counts.length) {

@@ -83,8 +83,7 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
     return 0;
 }
 
-/* True when the comma-separated list holds token (case-insensitive, spaces ignored). */
-static bool list_has_token(const char *list, const char *token)
+bool ws_handshake_has_token(const char *list, const char *token)
 {
     size_t tlen = strlen(token);
     const char *p = list;
@@ -176,8 +175,8 @@ int ws_handshake_answer(const char *head, size_t len, char out[WS_HANDSHAKE_MAX_
     uint8_t raw_key[32];
     size_t raw_len = 0;
     const char *key = trimmed(q.key);
-    if (p.http_major != 1 || p.http_minor < 1 || !list_has_token(q.upgrade, "websocket") ||
-        !list_has_token(q.connection, "upgrade") ||
+    if (p.http_major != 1 || p.http_minor < 1 || !ws_handshake_has_token(q.upgrade, "websocket") ||
+        !ws_handshake_has_token(q.connection, "upgrade") ||
         sodium_base642bin(raw_key, sizeof raw_key, key, strlen(key), NULL, &raw_len, NULL,
                           sodium_base64_VARIANT_ORIGINAL) != 0 ||
         raw_len != 16 || strlen(key) != 24) {

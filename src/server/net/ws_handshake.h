@@ -4,6 +4,7 @@
 #ifndef PARLEY_NET_WS_HANDSHAKE_H
 #define PARLEY_NET_WS_HANDSHAKE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #define WS_HANDSHAKE_MAX_HEAD 8192
@@ -21,6 +22,10 @@ int ws_handshake_answer(const char *head, size_t len, char out[WS_HANDSHAKE_MAX_
 
 /* The response for a head that grew past WS_HANDSHAKE_MAX_HEAD (431). */
 size_t ws_handshake_too_large(char out[WS_HANDSHAKE_MAX_RESPONSE]);
+
+/* True when a comma-separated header value holds token (case-insensitive, spaces
+ * ignored), as in "Connection: keep-alive, Upgrade". Clients check responses with it. */
+bool ws_handshake_has_token(const char *list, const char *token);
 
 /* Sec-WebSocket-Accept for a client key: base64(SHA-1(key || GUID)); out gets 29 bytes. */
 void ws_handshake_accept_key(const char *key, size_t key_len, char out[29]);
