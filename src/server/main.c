@@ -1,7 +1,8 @@
 /* main.c - parleyd: flags, the store, the I/O threads, graceful shutdown.
  *   parleyd [--listen HOST:PORT] [--data DIR] [--threads N] [--sms file:PATH|http:URL]
  *           [--retention DURATION] [--heartbeat SECONDS] [--max-frame BYTES]
- *           [--max-recipients N] [--send-rate N] [--conn-rate N] [--window N] */
+ *           [--max-recipients N] [--send-rate N] [--conn-rate N] [--window N]
+ *           [--fetch-rate N] */
 #include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -26,7 +27,8 @@ static void usage(FILE *out)
             "  --max-recipients N     device messages in one send (default 16)\n"
             "  --send-rate N          sends and receipts per second per device, bursts of 2N (default 100)\n"
             "  --conn-rate N          new connections per second per client address, 0 for no limit (default 100)\n"
-            "  --window N             unacknowledged deliveries per connection (default 256)\n");
+            "  --window N             unacknowledged deliveries per connection (default 256)\n"
+            "  --fetch-rate N         prekey bundle fetches per second per device, bursts of 2N (default 10)\n");
 }
 
 /* "30d", "12h", "90m", "3600s" or plain seconds -> milliseconds; 0 on error. */
@@ -60,6 +62,7 @@ static uint32_t *count_flag(server_config *cfg, const char *name, bool *zero_ok)
         {"--send-rate", &cfg->send_rate, false},
         {"--conn-rate", &cfg->conn_rate, true}, /* 0: no limit */
         {"--window", &cfg->deliver_window, false},
+        {"--fetch-rate", &cfg->fetch_rate, false},
     };
     for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
         if (strcmp(name, flags[i].name) == 0) {
@@ -86,6 +89,7 @@ static int parse_args(server_config *cfg, int argc, char **argv)
     cfg->send_rate = 100;
     cfg->conn_rate = 100;
     cfg->deliver_window = 256;
+    cfg->fetch_rate = 10;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -185,6 +189,7 @@ int main(int argc, char **argv)
      * 4096 address buckets */
     if (rate_table_init(&srv.send_limit, 1 << 20, srv.cfg.send_rate, srv.cfg.send_rate * 2) != 0 ||
         rate_table_init(&srv.conn_limit, 4096, srv.cfg.conn_rate, srv.cfg.conn_rate) != 0 ||
+        rate_table_init(&srv.fetch_limit, 1 << 20, srv.cfg.fetch_rate, srv.cfg.fetch_rate * 2) != 0 ||
         routes_init(&srv.routes) != 0) {
         store_close(srv.st);
         return 1;
@@ -210,6 +215,7 @@ int main(int argc, char **argv)
     routes_destroy(&srv.routes);
     rate_table_destroy(&srv.send_limit);
     rate_table_destroy(&srv.conn_limit);
+    rate_table_destroy(&srv.fetch_limit);
     for (code_entry *e = srv.codes, *next; e; e = next) {
         next = e->next;
         sodium_memzero(e, sizeof *e);

@@ -6,13 +6,15 @@
  *         unacknowledged envelopes; online and offline devices take the same path
  *         (a commit wakes the device's receiving connection, which reads its inbox).
  *   DeliverAck: deletes, and puts delivered receipts in the senders' inboxes.
- *   Receipt: read receipts, routed durably to the author's devices.
+ *   Receipt: read receipts, routed durably to the author's devices; retry receipts
+ *         ("could not decrypt") to the one device that sent the messages.
  *   Retention: a sweep on thread 0's timer deletes what is older than --retention. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "peer.h"
+#include "targets.h"
 
 #define MAX_DEVICES 64                 /* devices listed per account (store bound) */
 #define MAX_RECEIPT_IDS 1000           /* message ids in one receipt */
@@ -21,139 +23,6 @@
 #define WRITE_QUEUE_HIGH (1 << 20)     /* bytes queued for a connection before deliveries pause */
 #define DEDUP_MIN_MS (7ULL * 86400000) /* duplicates are recognised for at least 7 days */
 #define SWEEP_MAX 10000                /* records removed per sweep job */
-#define MAX_IN_FLIGHT 64               /* sends and receipts of one connection awaiting the writer */
-
-enum { JOB_UNKNOWN_ACCOUNT = 100, JOB_DEVICE_MISMATCH = 101, JOB_REPLACED = 102 }; /* beyond STORE_* */
-
-/* Grows *buf (a doubling from first bytes on) until it holds need bytes. */
-static bool grow(void *buf, size_t *cap, size_t need, size_t first)
-{
-    if (need <= *cap)
-        return true;
-    size_t n = *cap ? *cap : first;
-    while (n < need)
-        n *= 2;
-    void *p = realloc(*(void **)buf, n);
-    if (!p)
-        return false;
-    *(void **)buf = p;
-    *cap = n;
-    return true;
-}
-
-/* The writer's check that the device still has the key its connection proved: a new
- * registration of the number replaces it. */
-static int device_current(store_batch *b, const store_device *d, const uint8_t key_prefix[8])
-{
-    store_device_record rec;
-    int rc = store_batch_device_get(b, d, &rec);
-    if (rc == STORE_OK && memcmp(rec.identity_key, key_prefix, 8) != 0)
-        rc = STORE_NOT_FOUND;
-    return rc == STORE_NOT_FOUND ? JOB_REPLACED : rc;
-}
-
-/* A replaced device's connection is told why, then closed (do not come back). */
-static void replaced(ws_conn *c, uint64_t rid)
-{
-    peer_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED, "this device was replaced by a new registration");
-    ws_conn_close(c, PARLEY_CLOSE_REPLACED, "this device was replaced by a new registration");
-}
-
-static bool same_account(const uint8_t *a, const uint8_t *b)
-{
-    return memcmp(a, b, STORE_ACCOUNT_ID_LEN) == 0;
-}
-
-/* One token of the device's send bucket (shared by all its connections), or RATE_LIMITED. */
-static bool take_token(ws_conn *c, peer *p, uint64_t rid)
-{
-    uint32_t retry = 0;
-    if (p->pending_work >= MAX_IN_FLIGHT) { /* the writer is behind: memory stays bounded */
-        peer_error_full(c, rid, PARLEY__ERROR_CODE__RATE_LIMITED, "too many requests waiting for storage", 50, NULL);
-        return false;
-    }
-    if (rate_table_take(&server_of(c)->send_limit, &p->device, sizeof p->device, now_ms(), &retry))
-        return true;
-    peer_error_full(c, rid, PARLEY__ERROR_CODE__RATE_LIMITED, "too many sends from this device; slow down",
-                    retry ? retry : 1, NULL);
-    return false;
-}
-
-/* Envelopes packed on an I/O thread, appended on the writer thread, each to one device. */
-typedef struct {
-    store_device device;
-    size_t offset, len;
-} target;
-
-typedef struct {
-    size_t n, cap;
-    target *items;
-    uint8_t *buf;
-    size_t used, buf_cap;
-} target_list;
-
-static void targets_free(target_list *l)
-{
-    free(l->items);
-    free(l->buf);
-    memset(l, 0, sizeof *l);
-}
-
-static int targets_add(target_list *l, const store_device *d, const Parley__Envelope *e)
-{
-    size_t len = parley__envelope__get_packed_size(e);
-    size_t items_bytes = l->cap * sizeof *l->items;
-    if (!grow(&l->items, &items_bytes, (l->n + 1) * sizeof *l->items, 4 * sizeof *l->items) ||
-        !grow(&l->buf, &l->buf_cap, l->used + len, 256))
-        return STORE_NOMEM;
-    l->cap = items_bytes / sizeof *l->items;
-    parley__envelope__pack(e, l->buf + l->used);
-    l->items[l->n++] = (target){*d, l->used, len};
-    l->used += len;
-    return STORE_OK;
-}
-
-static int targets_append(store_batch *b, const target_list *l, uint64_t now)
-{
-    for (size_t i = 0; i < l->n; i++) {
-        uint64_t seq;
-        int rc = store_inbox_append(b, &l->items[i].device, now, l->buf + l->items[i].offset,
-                                    l->items[i].len, &seq);
-        if (rc != STORE_OK)
-            return rc;
-    }
-    return STORE_OK;
-}
-
-static void targets_wake(server *srv, const target_list *l)
-{
-    for (size_t i = 0; i < l->n; i++)
-        if (i == 0 || memcmp(&l->items[i].device, &l->items[i - 1].device, sizeof(store_device)) != 0)
-            routes_wake(srv, &l->items[i].device);
-}
-
-/* Appends one envelope to every device of account except skip (if it is one of them).
- * JOB_UNKNOWN_ACCOUNT if the account has no device. */
-static int append_to_account(store_batch *b, const uint8_t account[STORE_ACCOUNT_ID_LEN],
-                             const store_device *skip, const Parley__Envelope *e, target_list *l)
-{
-    uint32_t ids[MAX_DEVICES];
-    size_t n;
-    int rc = store_batch_account_devices(b, account, ids, MAX_DEVICES, &n);
-    if (rc != STORE_OK)
-        return rc;
-    if (n == 0)
-        return JOB_UNKNOWN_ACCOUNT;
-    for (size_t i = 0; i < n; i++) {
-        store_device d = {.device = ids[i]};
-        memcpy(d.account, account, STORE_ACCOUNT_ID_LEN);
-        if (skip && skip->device == d.device && same_account(skip->account, account))
-            continue;
-        if ((rc = targets_add(l, &d, e)) != STORE_OK)
-            return rc;
-    }
-    return STORE_OK;
-}
 
 /* ---- Send ---------------------------------------------------------------------- */
 
@@ -164,41 +33,52 @@ typedef struct {
     uint8_t recipient[STORE_ACCOUNT_ID_LEN];
     uint64_t server_ms;                   /* on a duplicate: the first acceptance's */
     bool duplicate;
+    bool resend;                          /* to the listed devices only */
     target_list targets;
-    /* DEVICE_MISMATCH: the list that did not match */
+    /* DEVICE_MISMATCH: the account's current devices, and those re-registered since */
     uint8_t mismatch_account[STORE_ACCOUNT_ID_LEN];
     uint32_t mismatch_ids[MAX_DEVICES];
     size_t mismatch_n;
+    uint32_t stale_ids[MAX_DEVICES];
+    size_t stale_n;
 } send_job;
 
-/* Does the send address exactly the devices of account (less the sender's own)? */
+/* Does the send address exactly the devices of account (less the sender itself), each
+ * with the registration id it has now? A resend may address some of them only. */
 static int check_devices(store_batch *b, send_job *j, const uint8_t account[STORE_ACCOUNT_ID_LEN])
 {
-    uint32_t ids[MAX_DEVICES];
-    size_t n, expected = 0, given = 0;
-    int rc = store_batch_account_devices(b, account, ids, MAX_DEVICES, &n);
+    store_device_record recs[MAX_DEVICES];
+    size_t n, given = 0, expected = 0, stale = 0;
+    int rc = store_batch_account_device_records(b, account, recs, MAX_DEVICES, &n);
     if (rc != STORE_OK)
         return rc;
     if (n == 0)
         return JOB_UNKNOWN_ACCOUNT;
     bool match = true;
     for (size_t i = 0; i < n; i++) {
-        if (same_account(account, j->from.device.account) && ids[i] == j->from.device.device)
+        if (same_account(account, j->from.device.account) && recs[i].device == j->from.device.device)
             continue;
         expected++;
-        bool found = false;
-        for (size_t t = 0; t < j->targets.n && !found; t++)
-            found = j->targets.items[t].device.device == ids[i] &&
-                    same_account(j->targets.items[t].device.account, account);
-        match &= found;
+        const target *t = NULL;
+        for (size_t k = 0; k < j->targets.n && !t; k++)
+            if (j->targets.items[k].device.device == recs[i].device &&
+                same_account(j->targets.items[k].device.account, account))
+                t = &j->targets.items[k];
+        if (t && t->check_registration && t->registration_id != recs[i].registration_id)
+            j->stale_ids[stale++] = recs[i].device;
+        match &= t != NULL || j->resend;
+        given += t != NULL;
     }
-    for (size_t t = 0; t < j->targets.n; t++)
-        given += same_account(j->targets.items[t].device.account, account);
-    if (match && given == expected)
+    size_t addressed = 0; /* device messages for this account, existing devices or not */
+    for (size_t k = 0; k < j->targets.n; k++)
+        addressed += same_account(j->targets.items[k].device.account, account);
+    if (match && stale == 0 && addressed == given && (j->resend || given == expected))
         return STORE_OK;
     memcpy(j->mismatch_account, account, STORE_ACCOUNT_ID_LEN);
-    memcpy(j->mismatch_ids, ids, n * sizeof *ids);
+    for (size_t i = 0; i < n; i++)
+        j->mismatch_ids[i] = recs[i].device;
     j->mismatch_n = n;
+    j->stale_n = stale;
     return JOB_DEVICE_MISMATCH;
 }
 
@@ -206,7 +86,7 @@ static int send_apply(store_batch *b, writer_job *job)
 {
     send_job *j = (send_job *)job;
     uint64_t first;
-    int rc = device_current(b, &j->from.device, j->from.key_prefix);
+    int rc = job_origin_current(b, &j->from);
     if (rc != STORE_OK)
         return rc;
     rc = store_dedup_get(b, &j->from.device, j->message_id, &first);
@@ -245,23 +125,37 @@ static void send_done(writer_job *job, int status)
             f.send_ack = &ack;
             peer_reply(c, j->from.request_id, &f);
         } else if (status == JOB_DEVICE_MISMATCH) {
-            Parley__DeviceList dl = PARLEY__DEVICE_LIST__INIT;
-            dl.has_account_id = 1;
-            dl.account_id = (ProtobufCBinaryData){STORE_ACCOUNT_ID_LEN, j->mismatch_account};
-            dl.n_device_ids = j->mismatch_n;
-            dl.device_ids = j->mismatch_ids;
-            peer_error_full(c, j->from.request_id, PARLEY__ERROR_CODE__DEVICE_MISMATCH,
-                       "the device list changed; encrypt for these devices and send again", 0, &dl);
-        } else if (status == JOB_UNKNOWN_ACCOUNT) {
-            peer_error(c, j->from.request_id, PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT, "no such account");
-        } else if (status == JOB_REPLACED) {
-            replaced(c, j->from.request_id);
+            ProtobufCBinaryData account = {STORE_ACCOUNT_ID_LEN, j->mismatch_account};
+            Parley__DeviceList devices = PARLEY__DEVICE_LIST__INIT, stale = PARLEY__DEVICE_LIST__INIT;
+            devices.has_account_id = stale.has_account_id = 1;
+            devices.account_id = stale.account_id = account;
+            devices.n_device_ids = j->mismatch_n;
+            devices.device_ids = j->mismatch_ids;
+            stale.n_device_ids = j->stale_n;
+            stale.device_ids = j->stale_ids;
+            Parley__Error e = PARLEY__ERROR__INIT;
+            e.has_code = 1;
+            e.code = PARLEY__ERROR_CODE__DEVICE_MISMATCH;
+            e.reason = j->stale_n ? "devices were registered again (new keys); encrypt for them anew and send again"
+                                  : "the device list changed; encrypt for these devices and send again";
+            e.devices = &devices;
+            e.stale = j->stale_n ? &stale : NULL;
+            Parley__Frame f = PARLEY__FRAME__INIT;
+            f.body_case = PARLEY__FRAME__BODY_ERROR;
+            f.error = &e;
+            peer_reply(c, j->from.request_id, &f);
         } else {
-            peer_store_error(c, j->from.request_id, status);
+            peer_job_error(c, j->from.request_id, status);
         }
     }
     targets_free(&j->targets);
     free(j);
+}
+
+/* Only end-to-end encrypted bodies are stored (Signal message types). */
+static bool encrypted_type(uint32_t type)
+{
+    return type == 2 || type == 3 || type == 7;
 }
 
 void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m)
@@ -277,7 +171,7 @@ void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m)
         peer_error(c, rid, PARLEY__ERROR_CODE__TOO_MANY_RECIPIENTS, "too many device messages in one Send");
         return;
     }
-    if (!take_token(c, p, rid))
+    if (!peer_take_token(c, p, rid, &srv->send_limit, "sends"))
         return;
     send_job *j = calloc(1, sizeof *j);
     if (!j) {
@@ -287,6 +181,7 @@ void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m)
     job_origin_init(&j->from, c, p, rid);
     memcpy(j->message_id, m->message_id.data, STORE_MESSAGE_ID_LEN);
     memcpy(j->recipient, m->recipient_account.data, STORE_ACCOUNT_ID_LEN);
+    j->resend = m->has_resend && m->resend;
     j->server_ms = now_ms();
     Parley__Envelope e = PARLEY__ENVELOPE__INIT;
     e.has_sender_account = e.has_sender_device = e.has_message_id = e.has_server_time_ms = 1;
@@ -295,7 +190,8 @@ void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m)
     e.message_id = m->message_id;
     e.server_time_ms = j->server_ms;
     const char *bad = NULL;
-    for (size_t i = 0; i < m->n_messages && !bad; i++) {
+    bool plaintext = false;
+    for (size_t i = 0; i < m->n_messages && !bad && !plaintext; i++) {
         const Parley__DeviceMessage *dm = m->messages[i];
         store_device d = {.device = dm->device_id};
         if ((dm->has_account_id && dm->account_id.len != STORE_ACCOUNT_ID_LEN) || !dm->has_device_id ||
@@ -311,20 +207,31 @@ void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m)
             bad = "a device does not send to itself";
         else if (dm->body.len > srv->cfg.max_frame_bytes - BODY_OVERHEAD)
             bad = "a message body is too large";
+        else if (!dm->has_type || !encrypted_type(dm->type))
+            plaintext = true;
         for (size_t t = 0; t < j->targets.n && !bad; t++)
             if (memcmp(&j->targets.items[t].device, &d, sizeof d) == 0)
                 bad = "two device messages for the same device";
-        if (bad)
+        if (bad || plaintext)
             break;
         e.has_type = 1;
         e.type = dm->type;
         e.has_body = 1;
         e.body = dm->body;
-        if (targets_add(&j->targets, &d, &e) != STORE_OK)
+        if (targets_add(&j->targets, &d, &e) != STORE_OK) {
             bad = "out of memory";
+            break;
+        }
+        target *t = &j->targets.items[j->targets.n - 1];
+        t->check_registration = dm->has_registration_id;
+        t->registration_id = dm->registration_id;
     }
-    if (bad) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, bad);
+    if (bad || plaintext) {
+        if (plaintext)
+            peer_error(c, rid, PARLEY__ERROR_CODE__PLAINTEXT_REFUSED,
+                       "device messages must be end-to-end encrypted (type 2, 3 or 7)");
+        else
+            peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, bad);
         targets_free(&j->targets);
         free(j);
         return;
@@ -340,6 +247,7 @@ typedef struct {
     writer_job job;
     job_origin from;         /* the reader (or the acking device: p NULL, no one to answer) */
     uint8_t to_account[STORE_ACCOUNT_ID_LEN];
+    uint32_t to_device;      /* RETRY receipts: the one device that sent the messages */
     uint64_t up_to_seq;      /* delivered receipts: the DeliverAck */
     Parley__Envelope envelope;
     Parley__ReceiptBody body;
@@ -376,11 +284,21 @@ static int read_receipt_apply(store_batch *b, writer_job *job)
 {
     receipt_job *j = (receipt_job *)job;
     j->targets.n = j->targets.used = 0;
-    int rc = device_current(b, &j->from.device, j->from.key_prefix);
-    if (rc == STORE_OK)
-        rc = append_to_account(b, j->to_account, &j->from.device, &j->envelope, &j->targets);
-    if (rc == STORE_OK && !same_account(j->to_account, j->from.device.account)) /* the reader's other devices */
-        rc = append_to_account(b, j->from.device.account, &j->from.device, &j->envelope, &j->targets);
+    int rc = job_origin_current(b, &j->from);
+    if (rc == STORE_OK && j->to_device) { /* RETRY: to the sending device alone */
+        store_device_record rec;
+        store_device d = {.device = j->to_device};
+        memcpy(d.account, j->to_account, STORE_ACCOUNT_ID_LEN);
+        rc = store_batch_device_get(b, &d, &rec);
+        if (rc == STORE_NOT_FOUND)
+            rc = JOB_UNKNOWN_ACCOUNT;
+        if (rc == STORE_OK)
+            rc = targets_add(&j->targets, &d, &j->envelope);
+    } else if (rc == STORE_OK) {
+        rc = targets_add_account(b, j->to_account, &j->from.device, &j->envelope, &j->targets);
+        if (rc == STORE_OK && !same_account(j->to_account, j->from.device.account)) /* the reader's other devices */
+            rc = targets_add_account(b, j->from.device.account, &j->from.device, &j->envelope, &j->targets);
+    }
     if (rc == STORE_OK)
         rc = targets_append(b, &j->targets, j->envelope.server_time_ms);
     return rc;
@@ -398,12 +316,8 @@ static void read_receipt_done(writer_job *job, int status)
             f.body_case = PARLEY__FRAME__BODY_RECEIPT_ACK;
             f.receipt_ack = &ack;
             peer_reply(j->from.p->conn, j->from.request_id, &f);
-        } else if (status == JOB_UNKNOWN_ACCOUNT) {
-            peer_error(j->from.p->conn, j->from.request_id, PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT, "no such account");
-        } else if (status == JOB_REPLACED) {
-            replaced(j->from.p->conn, j->from.request_id);
         } else {
-            peer_store_error(j->from.p->conn, j->from.request_id, status);
+            peer_job_error(j->from.p->conn, j->from.request_id, status);
         }
     }
     receipt_job_free(j);
@@ -417,15 +331,21 @@ void on_receipt(ws_conn *c, peer *p, uint64_t rid, const Parley__Receipt *m)
     bool ids_ok = m->n_message_ids <= MAX_RECEIPT_IDS && m->n_message_ids <= max_ids;
     for (size_t i = 0; i < m->n_message_ids && ids_ok; i++)
         ids_ok = m->message_ids[i].len == STORE_MESSAGE_ID_LEN;
-    if (!m->has_status || m->status != PARLEY__RECEIPT_STATUS__READ || !m->has_to_account ||
-        m->to_account.len != STORE_ACCOUNT_ID_LEN || !ids_ok ||
+    bool retry = m->has_status && m->status == PARLEY__RECEIPT_STATUS__RETRY;
+    bool read = m->has_status && m->status == PARLEY__RECEIPT_STATUS__READ;
+    if (!(read || retry) || !m->has_to_account || m->to_account.len != STORE_ACCOUNT_ID_LEN || !ids_ok ||
         (m->n_message_ids == 0 && !m->has_up_to_server_ms)) {
         peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME,
-                   "Receipt needs status READ, to_account (16 bytes) and up to 1000 message ids "
+                   "Receipt needs status READ or RETRY, to_account (16 bytes) and up to 1000 message ids "
                    "(16 bytes each) or up_to_server_ms; delivered receipts come from the server");
         return;
     }
-    if (!take_token(c, p, rid))
+    if (retry != (m->has_to_device && m->to_device != 0) || (retry && (m->n_message_ids == 0 || m->has_up_to_server_ms))) {
+        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME,
+                   "a RETRY receipt names to_device and message ids; a READ receipt names no device");
+        return;
+    }
+    if (!peer_take_token(c, p, rid, &srv->send_limit, "sends and receipts"))
         return;
     receipt_job *j = calloc(1, sizeof *j);
     /* the request is freed after this call: the ids are copied into one block */
@@ -444,7 +364,8 @@ void on_receipt(ws_conn *c, peer *p, uint64_t rid, const Parley__Receipt *m)
     }
     job_origin_init(&j->from, c, p, rid);
     memcpy(j->to_account, m->to_account.data, STORE_ACCOUNT_ID_LEN);
-    receipt_envelope_init(j, PARLEY__RECEIPT_STATUS__READ, now_ms());
+    j->to_device = retry ? m->to_device : 0;
+    receipt_envelope_init(j, m->status, now_ms());
     j->ids = ids;
     j->body.n_message_ids = n;
     j->body.message_ids = ids;
@@ -480,7 +401,7 @@ static bool collect_delivered(void *ctx, uint64_t seq, uint64_t stored_ms, const
         e->has_sender_account && e->sender_account.len == STORE_ACCOUNT_ID_LEN &&
         !same_account(e->sender_account.data, l->acker)) {
         size_t bytes = l->cap * sizeof *l->items;
-        if (grow(&l->items, &bytes, (l->n + 1) * sizeof *l->items, 64 * sizeof *l->items)) {
+        if (buf_grow(&l->items, &bytes, (l->n + 1) * sizeof *l->items, 64 * sizeof *l->items)) {
             l->cap = bytes / sizeof *l->items;
             memcpy(l->items[l->n].account, e->sender_account.data, STORE_ACCOUNT_ID_LEN);
             memcpy(l->items[l->n].id, e->message_id.data, STORE_MESSAGE_ID_LEN);
@@ -507,7 +428,7 @@ static int ack_apply(store_batch *b, writer_job *job)
     receipt_job *j = (receipt_job *)job;
     delivered_list l = {.acker = j->from.device.account};
     j->targets.n = j->targets.used = 0;
-    int rc = device_current(b, &j->from.device, j->from.key_prefix);
+    int rc = job_origin_current(b, &j->from);
     if (rc == STORE_OK)
         rc = store_inbox_take(b, &j->from.device, j->up_to_seq, collect_delivered, &l, NULL);
     if (rc == STORE_OK && l.failed)
@@ -528,7 +449,7 @@ static int ack_apply(store_batch *b, writer_job *job)
             ids[n++] = (ProtobufCBinaryData){STORE_MESSAGE_ID_LEN, l.items[i++].id};
         j->body.n_message_ids = n;
         j->body.message_ids = ids;
-        rrc = append_to_account(receipts, author, NULL, &j->envelope, &j->targets);
+        rrc = targets_add_account(receipts, author, NULL, &j->envelope, &j->targets);
         if (rrc == JOB_UNKNOWN_ACCOUNT) /* the author's devices are gone: no one to tell */
             rrc = STORE_OK;
     }
@@ -620,7 +541,7 @@ typedef struct {
 
 static bool reserve(io_thread *t, size_t need)
 {
-    return grow(&t->deliver_buf, &t->deliver_cap, need, DELIVER_FRAME_TARGET + FRAME_HEAD_ROOM + 16);
+    return buf_grow(&t->deliver_buf, &t->deliver_cap, need, DELIVER_FRAME_TARGET + FRAME_HEAD_ROOM + 16);
 }
 
 static void flush_deliver(deliver_batch *d, bool drained)

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "peer.h"
+#include "keys.h"
 #include "primitives.h"
 
 #define CODE_TTL_MS (10 * 60 * 1000)
@@ -91,6 +92,46 @@ void job_origin_init(job_origin *o, ws_conn *c, peer *p, uint64_t request_id)
     o->request_id = request_id;
     o->device = p->device;
     memcpy(o->key_prefix, p->key_prefix, sizeof o->key_prefix);
+}
+
+int job_origin_current(store_batch *b, const job_origin *o)
+{
+    store_device_record rec;
+    int rc = store_batch_device_get(b, &o->device, &rec);
+    if (rc == STORE_OK && memcmp(rec.identity_key, o->key_prefix, sizeof o->key_prefix) != 0)
+        rc = STORE_NOT_FOUND;
+    return rc == STORE_NOT_FOUND ? JOB_REPLACED : rc;
+}
+
+void peer_job_error(ws_conn *c, uint64_t request_id, int status)
+{
+    if (status == JOB_UNKNOWN_ACCOUNT) {
+        peer_error(c, request_id, PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT, "no such account");
+    } else if (status == JOB_REPLACED) {
+        const char *why = "this device was replaced by a new registration";
+        peer_error(c, request_id, PARLEY__ERROR_CODE__AUTH_FAILED, why);
+        ws_conn_close(c, PARLEY_CLOSE_REPLACED, why);
+    } else {
+        peer_store_error(c, request_id, status);
+    }
+}
+
+#define MAX_IN_FLIGHT 64 /* requests of one connection awaiting the writer */
+
+bool peer_take_token(ws_conn *c, peer *p, uint64_t request_id, rate_table *limit, const char *what)
+{
+    uint32_t retry = 0;
+    if (p->pending_work >= MAX_IN_FLIGHT) {
+        peer_error_full(c, request_id, PARLEY__ERROR_CODE__RATE_LIMITED, "too many requests waiting for storage",
+                        50, NULL);
+        return false;
+    }
+    if (rate_table_take(limit, &p->device, sizeof p->device, now_ms(), &retry))
+        return true;
+    char reason[128];
+    snprintf(reason, sizeof reason, "too many %s from this device; slow down", what);
+    peer_error_full(c, request_id, PARLEY__ERROR_CODE__RATE_LIMITED, reason, retry ? retry : 1, NULL);
+    return false;
 }
 
 bool peer_job_returned(peer *p)
@@ -265,12 +306,18 @@ typedef struct {
     store_device_record primary;
     uint8_t new_id[STORE_ACCOUNT_ID_LEN];
     uint8_t account[STORE_ACCOUNT_ID_LEN];
+    struct keys_upload keys;
 } register_job;
 
+/* The device and its first keys, in one batch: it is never in the directory without them. */
 static int register_apply(store_batch *b, writer_job *job)
 {
     register_job *j = (register_job *)job;
-    return store_register(b, j->phone, j->new_id, &j->primary, j->account);
+    int rc = store_register(b, j->phone, j->new_id, &j->primary, j->account);
+    store_device d = {.device = j->primary.device};
+    memcpy(d.account, j->account, STORE_ACCOUNT_ID_LEN);
+    size_t left;
+    return rc == STORE_OK ? keys_upload_apply(b, &d, &j->keys, now_ms(), &left) : rc;
 }
 
 /* Back on the connection's thread, after the commit: only now is the device durable. */
@@ -286,7 +333,7 @@ static void register_done(writer_job *job, int status)
     if (!peer_job_returned(p)) {
         /* the connection is gone; the registration stands */
     } else if (status != STORE_OK) {
-        peer_store_error(p->conn, j->request_id, status);
+        keys_job_error(p->conn, j->request_id, status);
     } else {
         Parley__Registered r = PARLEY__REGISTERED__INIT;
         r.has_account_id = 1;
@@ -315,17 +362,29 @@ static void on_register(ws_conn *c, peer *p, uint64_t rid, const Parley__Registe
                    "identity_key must be a 33-byte Curve25519 key (0x05 || u)");
         return;
     }
+    register_job *j = malloc(sizeof *j);
+    if (!j) {
+        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        return;
+    }
+    memset(j, 0, sizeof *j);
+    const char *why = "Register needs keys with a signed prekey";
+    uint32_t key_error = m->keys ? keys_upload_parse(&j->keys, m->keys, primary.identity_key, &why)
+                                 : PARLEY__ERROR_CODE__INVALID_PREKEY;
+    if (!key_error && !j->keys.has_signed)
+        key_error = PARLEY__ERROR_CODE__INVALID_PREKEY;
+    if (key_error) { /* before the code is checked: a bad upload costs no attempt */
+        free(j);
+        peer_error(c, rid, key_error, why);
+        return;
+    }
     uint32_t code_error = check_code(srv, m->phone, m->code);
     if (code_error) {
         peer_error(c, rid, code_error, code_error == PARLEY__ERROR_CODE__WRONG_CODE ? "wrong code"
                                        : code_error == PARLEY__ERROR_CODE__CODE_EXPIRED
                                            ? "the code expired; request a new one"
                                            : "too many wrong codes; request a new one");
-        return;
-    }
-    register_job *j = calloc(1, sizeof *j);
-    if (!j) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        free(j);
         return;
     }
     j->job.apply = register_apply;
@@ -543,6 +602,8 @@ static bool on_message(ws_conn *c, int opcode, uint8_t *data, size_t len)
     case PARLEY__FRAME__BODY_SEND:
     case PARLEY__FRAME__BODY_DELIVER_ACK:
     case PARLEY__FRAME__BODY_RECEIPT:
+    case PARLEY__FRAME__BODY_UPLOAD_KEYS:
+    case PARLEY__FRAME__BODY_FETCH_BUNDLES:
         if (!authed)
             peer_error(c, rid, PARLEY__ERROR_CODE__NOT_AUTHENTICATED, "authenticate first");
         else if (f->body_case == PARLEY__FRAME__BODY_LOOKUP)
@@ -551,6 +612,10 @@ static bool on_message(ws_conn *c, int opcode, uint8_t *data, size_t len)
             on_send(c, p, rid, f->send);
         else if (f->body_case == PARLEY__FRAME__BODY_DELIVER_ACK)
             on_deliver_ack(c, p, f->deliver_ack);
+        else if (f->body_case == PARLEY__FRAME__BODY_UPLOAD_KEYS)
+            on_upload_keys(c, p, rid, f->upload_keys);
+        else if (f->body_case == PARLEY__FRAME__BODY_FETCH_BUNDLES)
+            on_fetch_bundles(c, p, rid, f->fetch_bundles);
         else
             on_receipt(c, p, rid, f->receipt);
         break;

@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "parley.pb-c.h"
 #include "server.h"
@@ -67,6 +68,27 @@ typedef struct {
 
 void job_origin_init(job_origin *o, ws_conn *c, peer *p, uint64_t request_id);
 
+/* Job results beyond the STORE_* codes. */
+enum { JOB_UNKNOWN_ACCOUNT = 100, JOB_DEVICE_MISMATCH = 101, JOB_REPLACED = 102 };
+
+/* On the writer thread: STORE_OK if the origin device still has the key its
+ * connection proved, JOB_REPLACED once a new registration of the number replaced it. */
+int job_origin_current(store_batch *b, const job_origin *o);
+
+/* A failed job's answer: UNKNOWN_ACCOUNT, a replaced device's end (an error, then
+ * close 4000: do not come back), or the store error. */
+void peer_job_error(ws_conn *c, uint64_t request_id, int status);
+
+/* One token of the device's bucket in limit (shared by all its connections), else a
+ * RATE_LIMITED answer saying what; also refuses while the connection has too many
+ * requests waiting for the writer (memory stays bounded). */
+bool peer_take_token(ws_conn *c, peer *p, uint64_t request_id, rate_table *limit, const char *what);
+
+static inline bool same_account(const uint8_t *a, const uint8_t *b)
+{
+    return memcmp(a, b, STORE_ACCOUNT_ID_LEN) == 0;
+}
+
 /* Messaging (messaging.c). */
 void messaging_authenticated(peer *p);       /* a receiving connection starts: route, drain */
 void messaging_closed(peer *p);              /* before p's connection goes away */
@@ -74,6 +96,10 @@ void messaging_pump(peer *p);                /* deliver what the window allows *
 void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m);
 void on_deliver_ack(ws_conn *c, peer *p, const Parley__DeliverAck *m);
 void on_receipt(ws_conn *c, peer *p, uint64_t rid, const Parley__Receipt *m);
+
+/* The keys directory (keys.c). */
+void on_upload_keys(ws_conn *c, peer *p, uint64_t rid, const Parley__UploadKeys *m);
+void on_fetch_bundles(ws_conn *c, peer *p, uint64_t rid, const Parley__FetchBundles *m);
 
 /* The retention sweep (messaging.c), run from I/O thread 0's timer. */
 void messaging_sweep_start(io_thread *t);

@@ -34,6 +34,7 @@ typedef struct {
     uint32_t send_rate;          /* sends and receipts per second per device (burst: twice) */
     uint32_t conn_rate;          /* new connections per second per address; 0: no limit */
     uint32_t deliver_window;     /* unacknowledged envelopes per receiving connection */
+    uint32_t fetch_rate;         /* prekey bundle fetches per second per device (burst: twice) */
 } server_config;
 
 typedef struct server server;
@@ -72,6 +73,7 @@ struct server {
     routes routes;                /* device -> its receiving connection */
     rate_table send_limit;        /* per device: sends and receipts */
     rate_table conn_limit;        /* per client address: new connections */
+    rate_table fetch_limit;       /* per device: prekey bundle fetches */
     pthread_mutex_t codes_lock;
     code_entry *codes;
     io_thread *io;

@@ -1,6 +1,7 @@
 /* parleyctl - operator commands on a parleyd data directory.
  *   parleyctl stats --data DIR    one JSON object: undelivered envelopes, de-duplication
- *                                 records, accounts, devices, and the data file's pages
+ *                                 records, accounts, devices, one-time prekeys, and the
+ *                                 data file's pages
  * Reads only; safe while parleyd runs (LMDB readers never block its writer). */
 #include <stdio.h>
 #include <string.h>
@@ -31,9 +32,9 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("{\"inbox_envelopes\":%llu,\"dedup_records\":%llu,\"accounts\":%llu,\"devices\":%llu,"
-           "\"pages_used\":%llu,\"pages_free\":%llu,\"page_size\":%u}\n",
+           "\"prekeys\":%llu,\"pages_used\":%llu,\"pages_free\":%llu,\"page_size\":%u}\n",
            (unsigned long long)st.inbox_envelopes, (unsigned long long)st.dedup_records,
            (unsigned long long)st.accounts, (unsigned long long)st.devices,
-           (unsigned long long)st.pages_used, (unsigned long long)st.pages_free, st.page_size);
+           (unsigned long long)st.prekeys, (unsigned long long)st.pages_used, (unsigned long long)st.pages_free, st.page_size);
     return 0;
 }

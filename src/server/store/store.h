@@ -21,6 +21,7 @@ enum {
     STORE_IO = -2,        /* I/O or LMDB error */
     STORE_NOMEM = -3,
     STORE_INVALID = -4,   /* bad argument or corrupt record */
+    STORE_EXISTS = 2,     /* an id already in use with other content */
 };
 
 #define STORE_ACCOUNT_ID_LEN 16
@@ -48,6 +49,7 @@ typedef struct {
     uint64_t dedup_records;
     uint64_t accounts;
     uint64_t devices;
+    uint64_t prekeys;           /* one-time prekeys held, all devices */
     uint64_t pages_used;        /* of the data file: the high-water mark of the map */
     uint64_t pages_free;        /* freed pages waiting for reuse */
     uint32_t page_size;
@@ -138,6 +140,42 @@ int store_account_devices(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN],
  * device list against the list its commit will hold). */
 int store_batch_account_devices(store_batch *b, const uint8_t account[STORE_ACCOUNT_ID_LEN],
                                 uint32_t *ids, size_t max, size_t *n);
+
+/* The same with each device's record (key and registration id), ascending by device. */
+int store_batch_account_device_records(store_batch *b, const uint8_t account[STORE_ACCOUNT_ID_LEN],
+                                       store_device_record *out, size_t max, size_t *n);
+
+/* ---- the keys directory: prekeys --------------------------------------------- */
+
+#define STORE_SIG_LEN 64
+
+typedef struct {
+    uint32_t id;
+    uint8_t key[STORE_KEY_LEN];          /* Curve25519 u-coordinate */
+} store_prekey;
+
+typedef struct {
+    uint32_t id;
+    uint8_t key[STORE_KEY_LEN];
+    uint8_t signature[STORE_SIG_LEN];    /* XEdDSA by the device's identity key */
+    uint64_t uploaded_ms;
+} store_signed_prekey;
+
+/* A device's signed prekey (one; a put replaces it), or STORE_NOT_FOUND. */
+int store_signed_prekey_put(store_batch *b, const store_device *d, const store_signed_prekey *k);
+int store_signed_prekey_get(store_batch *b, const store_device *d, store_signed_prekey *out);
+
+/* Adds one-time prekeys to a device's stock. A key already held under its id is
+ * skipped (a resent upload); an id held with another key is STORE_EXISTS (abort the
+ * batch: some may have been added). */
+int store_prekeys_add(store_batch *b, const store_device *d, const store_prekey *keys, size_t n);
+
+/* One-time prekeys held for a device. */
+int store_prekeys_count(store_batch *b, const store_device *d, size_t *n);
+
+/* Removes and returns the device's lowest-id one-time prekey; *left gets how many are
+ * still held. STORE_NOT_FOUND when there is none. */
+int store_prekey_take(store_batch *b, const store_device *d, store_prekey *out, size_t *left);
 
 /* Reads up to max envelopes of a device with seq > after, in order (store_envelope_fn
  * above), in a read transaction of its own. */

@@ -9,6 +9,9 @@
  *   phones      phone (E.164 text)           -> account(16)
  *   accounts    account(16)                  -> phone (E.164 text)
  *   devices     device(20)                   -> identity key(32) registration id(4)
+ *   signed_prekeys device(20)                -> id(4) key(32) signature(64) uploaded_ms(8)
+ *   prekeys     device(20)                   -> id(4) key(32), sorted duplicates (DUPFIXED):
+ *               the lowest id is handed out first, and a count costs no scan
  * A device is account(16) device number(4). Every change to inbox or dedup changes
  * its time index in the same transaction, so a sweep costs what it removes. */
 #include "store.h"
@@ -24,6 +27,7 @@
 struct store {
     MDB_env *env;
     MDB_dbi inbox, inbox_next, inbox_time, dedup, dedup_time, phones, accounts, devices;
+    MDB_dbi signed_prekeys, prekeys;
 };
 
 struct store_batch {
@@ -81,18 +85,27 @@ const char *store_strerror(int rc)
     case STORE_FULL: return "storage full";
     case STORE_NOMEM: return "out of memory";
     case STORE_INVALID: return "invalid record";
+    case STORE_EXISTS: return "the id is in use with other content";
     default: return "storage I/O error";
     }
 }
 
-static const char *const table_names[] = {"inbox", "inbox_next", "inbox_time", "dedup",
-                                          "dedup_time", "phones", "accounts", "devices"};
+static const char *const table_names[] = {"inbox",   "inbox_next", "inbox_time",
+                                          "dedup",   "dedup_time", "phones",
+                                          "accounts", "devices",   "signed_prekeys",
+                                          "prekeys"};
 
 static MDB_dbi *table_dbi(store *s, size_t i)
 {
-    MDB_dbi *dbis[] = {&s->inbox, &s->inbox_next, &s->inbox_time, &s->dedup,
-                       &s->dedup_time, &s->phones, &s->accounts, &s->devices};
+    MDB_dbi *dbis[] = {&s->inbox,    &s->inbox_next, &s->inbox_time,     &s->dedup,
+                       &s->dedup_time, &s->phones,   &s->accounts,       &s->devices,
+                       &s->signed_prekeys, &s->prekeys};
     return dbis[i];
+}
+
+static unsigned table_flags(size_t i)
+{
+    return i == 9 ? MDB_DUPSORT | MDB_DUPFIXED : 0; /* prekeys */
 }
 
 static int open_env(store **out, const char *dir, uint64_t map_size, bool readonly)
@@ -115,7 +128,8 @@ static int open_env(store **out, const char *dir, uint64_t map_size, bool readon
     if (rc == 0)
         rc = mdb_txn_begin(s->env, NULL, readonly ? MDB_RDONLY : 0, &txn);
     for (size_t i = 0; rc == 0 && i < sizeof table_names / sizeof *table_names; i++)
-        rc = mdb_dbi_open(txn, table_names[i], readonly ? 0 : MDB_CREATE, table_dbi(s, i));
+        rc = mdb_dbi_open(txn, table_names[i], table_flags(i) | (readonly ? 0 : MDB_CREATE),
+                          table_dbi(s, i));
     if (rc == 0) {
         rc = mdb_txn_commit(txn);
         txn = NULL;
@@ -152,7 +166,8 @@ int store_get_stats(store *s, store_stats *out)
     MDB_stat st;
     struct { MDB_dbi dbi; uint64_t *count; } counts[] = {
         {s->inbox, &out->inbox_envelopes}, {s->dedup, &out->dedup_records},
-        {s->accounts, &out->accounts}, {s->devices, &out->devices}};
+        {s->accounts, &out->accounts}, {s->devices, &out->devices},
+        {s->prekeys, &out->prekeys}};
     for (size_t i = 0; rc == 0 && i < sizeof counts / sizeof *counts; i++)
         if ((rc = mdb_stat(txn, counts[i].dbi, &st)) == 0)
             *counts[i].count = st.ms_entries;
@@ -493,6 +508,18 @@ static bool collect_key(void *ctx, const uint8_t key[DEVICE_KEY_LEN], const MDB_
     return l->n < 64;
 }
 
+/* A device's prekeys go with it. */
+static int drop_keys(store_batch *b, const store_device *d)
+{
+    uint8_t dk[DEVICE_KEY_LEN];
+    device_key(dk, d);
+    MDB_val key = {sizeof dk, dk};
+    int rc = mdb_del(b->txn, b->s->signed_prekeys, &key, NULL);
+    if (rc == 0 || rc == MDB_NOTFOUND)
+        rc = mdb_del(b->txn, b->s->prekeys, &key, NULL);
+    return rc == MDB_NOTFOUND ? STORE_OK : map_error(rc);
+}
+
 int store_register(store_batch *b, const char *phone, const uint8_t new_id[STORE_ACCOUNT_ID_LEN],
                    const store_device_record *primary, uint8_t account[STORE_ACCOUNT_ID_LEN])
 {
@@ -511,7 +538,8 @@ int store_register(store_batch *b, const char *phone, const uint8_t new_id[STORE
             size_t dropped;
             MDB_val dk = {DEVICE_KEY_LEN, old.keys[i]};
             device_from_key(&d, old.keys[i]);
-            if ((rc = store_inbox_drop(b, &d, &dropped)) != STORE_OK)
+            if ((rc = store_inbox_drop(b, &d, &dropped)) != STORE_OK ||
+                (rc = drop_keys(b, &d)) != STORE_OK)
                 return rc;
             if ((rc = mdb_del(b->txn, b->s->devices, &dk, NULL)) != 0)
                 return map_error(rc);
@@ -605,6 +633,38 @@ int store_batch_device_get(store_batch *b, const store_device *d, store_device_r
     return device_get(b->txn, b->s->devices, d, out);
 }
 
+typedef struct {
+    store_device_record *out;
+    size_t max, n;
+    bool corrupt;
+} record_list;
+
+static bool collect_record(void *ctx, const uint8_t key[DEVICE_KEY_LEN], const MDB_val *val)
+{
+    record_list *l = ctx;
+    store_device d;
+    device_from_key(&d, key);
+    if (val->mv_size != STORE_KEY_LEN + 4) {
+        l->corrupt = true;
+        return false;
+    }
+    const uint8_t *v = val->mv_data;
+    store_device_record *r = &l->out[l->n++];
+    r->device = d.device;
+    memcpy(r->identity_key, v, STORE_KEY_LEN);
+    r->registration_id = (uint32_t)v[32] << 24 | (uint32_t)v[33] << 16 | (uint32_t)v[34] << 8 | v[35];
+    return l->n < l->max;
+}
+
+int store_batch_account_device_records(store_batch *b, const uint8_t account[STORE_ACCOUNT_ID_LEN],
+                                       store_device_record *out, size_t max, size_t *n)
+{
+    record_list l = {.out = out, .max = max};
+    int rc = max ? each_device(b->txn, b->s->devices, account, collect_record, &l) : STORE_OK;
+    *n = l.n;
+    return rc == STORE_OK && l.corrupt ? STORE_INVALID : rc;
+}
+
 static int account_devices(MDB_txn *txn, MDB_dbi devices, const uint8_t account[STORE_ACCOUNT_ID_LEN],
                            uint32_t *ids, size_t max, size_t *n)
 {
@@ -635,4 +695,126 @@ int store_batch_account_devices(store_batch *b, const uint8_t account[STORE_ACCO
                                 uint32_t *ids, size_t max, size_t *n)
 {
     return account_devices(b->txn, b->s->devices, account, ids, max, n);
+}
+
+/* ---- prekeys ------------------------------------------------------------------ */
+
+#define PREKEY_LEN (4 + STORE_KEY_LEN)
+#define SIGNED_PREKEY_LEN (4 + STORE_KEY_LEN + STORE_SIG_LEN + 8)
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static uint32_t get_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+int store_signed_prekey_put(store_batch *b, const store_device *d, const store_signed_prekey *k)
+{
+    uint8_t dk[DEVICE_KEY_LEN], v[SIGNED_PREKEY_LEN];
+    device_key(dk, d);
+    put_be32(v, k->id);
+    memcpy(v + 4, k->key, STORE_KEY_LEN);
+    memcpy(v + 4 + STORE_KEY_LEN, k->signature, STORE_SIG_LEN);
+    put_be64(v + 4 + STORE_KEY_LEN + STORE_SIG_LEN, k->uploaded_ms);
+    return put(b->txn, b->s->signed_prekeys, dk, sizeof dk, v, sizeof v);
+}
+
+int store_signed_prekey_get(store_batch *b, const store_device *d, store_signed_prekey *out)
+{
+    uint8_t dk[DEVICE_KEY_LEN];
+    device_key(dk, d);
+    MDB_val key = {sizeof dk, dk}, val;
+    int rc = mdb_get(b->txn, b->s->signed_prekeys, &key, &val);
+    if (rc != 0)
+        return map_error(rc);
+    if (val.mv_size != SIGNED_PREKEY_LEN)
+        return STORE_INVALID;
+    const uint8_t *v = val.mv_data;
+    out->id = get_be32(v);
+    memcpy(out->key, v + 4, STORE_KEY_LEN);
+    memcpy(out->signature, v + 4 + STORE_KEY_LEN, STORE_SIG_LEN);
+    out->uploaded_ms = get_be64(v + 4 + STORE_KEY_LEN + STORE_SIG_LEN);
+    return STORE_OK;
+}
+
+int store_prekeys_count(store_batch *b, const store_device *d, size_t *n)
+{
+    uint8_t dk[DEVICE_KEY_LEN];
+    device_key(dk, d);
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(b->txn, b->s->prekeys, &c);
+    if (rc != 0)
+        return map_error(rc);
+    MDB_val key = {sizeof dk, dk}, val;
+    size_t count = 0;
+    rc = mdb_cursor_get(c, &key, &val, MDB_SET);
+    if (rc == 0)
+        rc = mdb_cursor_count(c, &count);
+    mdb_cursor_close(c);
+    *n = (size_t)count;
+    return rc == MDB_NOTFOUND ? STORE_OK : map_error(rc);
+}
+
+int store_prekeys_add(store_batch *b, const store_device *d, const store_prekey *keys, size_t n)
+{
+    uint8_t dk[DEVICE_KEY_LEN];
+    device_key(dk, d);
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(b->txn, b->s->prekeys, &c);
+    if (rc != 0)
+        return map_error(rc);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        uint8_t v[PREKEY_LEN] = {0};
+        put_be32(v, keys[i].id);
+        MDB_val key = {sizeof dk, dk}, val = {sizeof v, v};
+        /* the first record with this id, if any: ids sort first in the data */
+        rc = mdb_cursor_get(c, &key, &val, MDB_GET_BOTH_RANGE);
+        if (rc == 0 && get_be32(val.mv_data) == keys[i].id) {
+            if (memcmp((uint8_t *)val.mv_data + 4, keys[i].key, STORE_KEY_LEN) != 0)
+                rc = EEXIST; /* the same id with another key */
+            continue;        /* the same key again: a resent upload */
+        }
+        if (rc != 0 && rc != MDB_NOTFOUND)
+            break;
+        memcpy(v + 4, keys[i].key, STORE_KEY_LEN);
+        key = (MDB_val){sizeof dk, dk};
+        val = (MDB_val){sizeof v, v};
+        rc = mdb_cursor_put(c, &key, &val, MDB_NODUPDATA);
+    }
+    mdb_cursor_close(c);
+    return rc == EEXIST ? STORE_EXISTS : map_error(rc);
+}
+
+int store_prekey_take(store_batch *b, const store_device *d, store_prekey *out, size_t *left)
+{
+    uint8_t dk[DEVICE_KEY_LEN];
+    device_key(dk, d);
+    *left = 0;
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(b->txn, b->s->prekeys, &c);
+    if (rc != 0)
+        return map_error(rc);
+    MDB_val key = {sizeof dk, dk}, val;
+    size_t count = 0;
+    rc = mdb_cursor_get(c, &key, &val, MDB_SET_KEY); /* positions on the lowest id */
+    if (rc == 0 && val.mv_size != PREKEY_LEN)
+        rc = EINVAL;
+    if (rc == 0) {
+        out->id = get_be32(val.mv_data);
+        memcpy(out->key, (uint8_t *)val.mv_data + 4, STORE_KEY_LEN);
+        rc = mdb_cursor_count(c, &count);
+    }
+    if (rc == 0)
+        rc = mdb_cursor_del(c, 0);
+    mdb_cursor_close(c);
+    if (rc == 0)
+        *left = (size_t)count - 1;
+    return rc == EINVAL ? STORE_INVALID : map_error(rc);
 }

@@ -30,6 +30,21 @@ export function sign(priv, message) {
   return Buffer.from(curve.sign(priv, message, crypto.randomBytes(64)));
 }
 
+// A device's keys for the directory: a signed prekey (XEdDSA by the identity key over
+// 0x05 || u) and one-time prekeys with ids first, first+1, ...
+export function signedPreKey(ident, keyId = 1) {
+  const kp = identity();
+  return { priv: kp.priv, wire: { id: keyId, public_key: kp.pub, signature: sign(ident.priv, kp.pub) } };
+}
+
+export function preKeys(first, n) {
+  return Array.from({ length: n }, (_, i) => ({ id: first + i, public_key: identity().pub }));
+}
+
+export function uploadKeys(ident, { signedId = 1, prekeys = 10, firstPrekey = 1 } = {}) {
+  return { signed_prekey: signedPreKey(ident, signedId).wire, prekeys: preKeys(firstPrekey, prekeys) };
+}
+
 export class Client {
   static open(url) {
     return new Promise((resolve, reject) => {
@@ -101,13 +116,14 @@ export class Client {
   }
 }
 
-// Registers phone with a fresh identity, reading the code from the file provider.
-export async function register(url, phone, smsLog, id = identity()) {
+// Registers phone with a fresh identity and its first keys, reading the code from the
+// file provider.
+export async function register(url, phone, smsLog, id = identity(), { registrationId = 77, prekeys = 10 } = {}) {
   const c = await Client.open(url);
   const r = await c.request('request_code', { phone });
   if (!r.code_requested) throw new Error(`RequestCode: ${JSON.stringify(r)}`);
   const code = lastCode(smsLog, phone);
-  const reg = await c.request('register', { phone, code, identity_key: id.pub, registration_id: 77 });
+  const reg = await c.request('register', { phone, code, identity_key: id.pub, registration_id: registrationId, keys: uploadKeys(id, { prekeys }) });
   await c.close();
   if (!reg.registered) throw new Error(`Register: ${JSON.stringify(reg)}`);
   return { id, account: reg.registered.account_id, device: reg.registered.device_id };

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import WebSocket from 'ws';
 import { Parleyd } from '../lib/parleyd.js';
-import { Client, ErrorCode, Frame, identity, register, authenticate, lastCode, sign, authMessage } from '../lib/client.js';
+import { Client, ErrorCode, Frame, identity, register, uploadKeys, authenticate, lastCode, sign, authMessage } from '../lib/client.js';
 import { HEX_ID, run, start, withServer, cliUser, send, recv, history, frameLosingProxy } from '../lib/cli.js';
 
 const TIMEOUT = { timeout: 300000 };
@@ -210,10 +210,10 @@ test('4. bad input gets its error while other clients keep working', TIMEOUT, as
   const right = lastCode(s.smsLog, victim);
   const wrong = right === '000000' ? '000001' : '000000';
   const id = identity();
-  expectError(await c2.request('register', { phone: victim, code: wrong, identity_key: id.pub }), ErrorCode.WRONG_CODE, 'wrong code');
-  for (let i = 0; i < 3; i++) await c2.request('register', { phone: victim, code: wrong, identity_key: id.pub });
-  expectError(await c2.request('register', { phone: victim, code: wrong, identity_key: id.pub }), ErrorCode.TOO_MANY_ATTEMPTS, 'fifth wrong code');
-  expectError(await c2.request('register', { phone: victim, code: right, identity_key: id.pub }), ErrorCode.TOO_MANY_ATTEMPTS, 'the code is burnt');
+  expectError(await c2.request('register', { phone: victim, code: wrong, identity_key: id.pub, keys: uploadKeys(id) }), ErrorCode.WRONG_CODE, 'wrong code');
+  for (let i = 0; i < 3; i++) await c2.request('register', { phone: victim, code: wrong, identity_key: id.pub, keys: uploadKeys(id) });
+  expectError(await c2.request('register', { phone: victim, code: wrong, identity_key: id.pub, keys: uploadKeys(id) }), ErrorCode.TOO_MANY_ATTEMPTS, 'fifth wrong code');
+  expectError(await c2.request('register', { phone: victim, code: right, identity_key: id.pub, keys: uploadKeys(id) }), ErrorCode.TOO_MANY_ATTEMPTS, 'the code is burnt');
 
   // a send to a number nobody has: the command explains, the protocol says UNKNOWN_ACCOUNT
   const nobody = await run(bob.home, ['send', '+19995550100', 'hello?']);

@@ -41,7 +41,7 @@ async function connect(d, u, opts) {
 function send(from, to, text, id = crypto.randomBytes(16)) {
   return from.c.request('send', {
     message_id: id, recipient_account: to.account,
-    messages: [{ device_id: 1, type: 0, body: Buffer.from(text) }],
+    messages: [{ device_id: 1, type: 2, body: Buffer.from(text) }],
   });
 }
 
@@ -170,7 +170,7 @@ test('duplicates: a resent id gets the same ack and is delivered once', TIMEOUT,
   const a2 = await send(alice, bob, 'once', id);
   // and from a new connection, as after a lost ack
   const c = await connect(d, alice, { receive: false });
-  const a3 = await c.request('send', { message_id: id, recipient_account: bob.account, messages: [{ device_id: 1, body: Buffer.from('once') }] });
+  const a3 = await c.request('send', { message_id: id, recipient_account: bob.account, messages: [{ device_id: 1, type: 2, body: Buffer.from('once') }] });
   assert.equal(a1.send_ack.server_time_ms, a2.send_ack.server_time_ms);
   assert.equal(a1.send_ack.server_time_ms, a3.send_ack.server_time_ms);
   const b = await connect(d, bob);
@@ -186,29 +186,29 @@ test('send errors: device list, unknown account, malformed, too many recipients;
   await bob.c.close();
   const body = Buffer.from('x');
   const mismatch = await alice.c.request('send', { message_id: crypto.randomBytes(16), recipient_account: bob.account,
-    messages: [{ device_id: 1, body }, { device_id: 2, body }] });
+    messages: [{ device_id: 1, type: 2, body }, { device_id: 2, type: 2, body }] });
   assert.equal(mismatch.error.code, ErrorCode.DEVICE_MISMATCH);
   assert.deepEqual(mismatch.error.devices.account_id, bob.account);
   assert.deepEqual(mismatch.error.devices.device_ids, [1]);
   const own = await alice.c.request('send', { message_id: crypto.randomBytes(16), recipient_account: bob.account,
-    messages: [{ device_id: 1, body }, { account_id: alice.account, device_id: 3, body }] });
+    messages: [{ device_id: 1, type: 2, body }, { account_id: alice.account, device_id: 3, type: 2, body }] });
   assert.equal(own.error.code, ErrorCode.DEVICE_MISMATCH, 'the sender has no device 3');
   assert.deepEqual(own.error.devices.account_id, alice.account);
   const unknown = await alice.c.request('send', { message_id: crypto.randomBytes(16), recipient_account: crypto.randomBytes(16),
-    messages: [{ device_id: 1, body }] });
+    messages: [{ device_id: 1, type: 2, body }] });
   assert.equal(unknown.error.code, ErrorCode.UNKNOWN_ACCOUNT);
   for (const [what, m] of [
-    ['short id', { message_id: Buffer.alloc(3), recipient_account: bob.account, messages: [{ device_id: 1, body }] }],
+    ['short id', { message_id: Buffer.alloc(3), recipient_account: bob.account, messages: [{ device_id: 1, type: 2, body }] }],
     ['no messages', { message_id: crypto.randomBytes(16), recipient_account: bob.account }],
     ['no body', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1 }] }],
-    ['empty account id', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, body }, { account_id: Buffer.alloc(0), device_id: 2, body }] }],
-    ['short account id', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, body }, { account_id: Buffer.alloc(5), device_id: 2, body }] }],
-    ['to itself', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, body }, { account_id: alice.account, device_id: 1, body }] }],
-    ['a stranger', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ account_id: crypto.randomBytes(16), device_id: 1, body }] }],
-    ['twice the same device', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, body }, { device_id: 1, body }] }],
+    ['empty account id', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, type: 2, body }, { account_id: Buffer.alloc(0), device_id: 2, type: 2, body }] }],
+    ['short account id', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, type: 2, body }, { account_id: Buffer.alloc(5), device_id: 2, type: 2, body }] }],
+    ['to itself', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, type: 2, body }, { account_id: alice.account, device_id: 1, type: 2, body }] }],
+    ['a stranger', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ account_id: crypto.randomBytes(16), device_id: 1, type: 2, body }] }],
+    ['twice the same device', { message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, type: 2, body }, { device_id: 1, type: 2, body }] }],
   ]) assert.equal((await alice.c.request('send', m)).error.code, ErrorCode.MALFORMED_FRAME, what);
   const many = await alice.c.request('send', { message_id: crypto.randomBytes(16), recipient_account: bob.account,
-    messages: [1, 2, 3, 4].map((i) => ({ device_id: i, body })) });
+    messages: [1, 2, 3, 4].map((i) => ({ device_id: i, type: 2, body })) });
   assert.equal(many.error.code, ErrorCode.TOO_MANY_RECIPIENTS);
   // none of it reached bob
   const b = await connect(d, bob);
@@ -317,7 +317,7 @@ test('a backlog of large messages drains to a reader that pauses (no 16 MiB cut-
   const big = (i) => Buffer.alloc(250 * 1024, i);
   for (let i = 0; i < 100; i += 10) { // 25 MB waiting for bob
     const acks = await Promise.all(Array.from({ length: 10 }, (_, k) => alice.c.request('send', {
-      message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, body: big(i + k) }] })));
+      message_id: crypto.randomBytes(16), recipient_account: bob.account, messages: [{ device_id: 1, type: 2, body: big(i + k) }] })));
     assert.ok(acks.every((a) => a.send_ack), JSON.stringify(acks.find((a) => !a.send_ack)));
   }
   const c = await connect(d, bob);

@@ -10,7 +10,7 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { Parleyd, tempDir, removeDir } from '../lib/parleyd.js';
-import { Client, ErrorCode, Frame, identity, register, authenticate, lastCode, sign, authMessage } from '../lib/client.js';
+import { Client, ErrorCode, Frame, identity, register, uploadKeys, authenticate, lastCode, sign, authMessage } from '../lib/client.js';
 
 const TIMEOUT = { timeout: 60000 };
 let phoneCounter = 0;
@@ -85,21 +85,21 @@ test('registration: code by file, wrong code, one use, attempts and hourly limit
   const code = lastCode(smsLog, me);
   assert.match(code, /^[0-9]{6}$/);
   const wrong = code === '000000' ? '000001' : '000000';
-  expectError(await c.request('register', { phone: me, code: wrong, identity_key: id.pub }), ErrorCode.WRONG_CODE, 'wrong code');
-  expectError(await c.request('register', { phone: me, code, identity_key: id.pub.subarray(1) }), ErrorCode.INVALID_KEY, '32-byte key');
-  const reg = await c.request('register', { phone: me, code, identity_key: id.pub, registration_id: 5 });
+  expectError(await c.request('register', { phone: me, code: wrong, identity_key: id.pub, keys: uploadKeys(id) }), ErrorCode.WRONG_CODE, 'wrong code');
+  expectError(await c.request('register', { phone: me, code, identity_key: id.pub.subarray(1), keys: uploadKeys(id) }), ErrorCode.INVALID_KEY, '32-byte key');
+  const reg = await c.request('register', { phone: me, code, identity_key: id.pub, keys: uploadKeys(id), registration_id: 5 });
   assert.equal(reg.registered.account_id.length, 16);
   assert.equal(reg.registered.device_id, 1);
-  expectError(await c.request('register', { phone: me, code, identity_key: id.pub }), ErrorCode.WRONG_CODE, 'code used twice');
+  expectError(await c.request('register', { phone: me, code, identity_key: id.pub, keys: uploadKeys(id) }), ErrorCode.WRONG_CODE, 'code used twice');
 
   // five wrong tries burn a code
   const other = phone();
   await c.request('request_code', { phone: other });
   const good = lastCode(smsLog, other);
   const bad = good === '111111' ? '222222' : '111111';
-  for (let i = 0; i < 4; i++) expectError(await c.request('register', { phone: other, code: bad, identity_key: id.pub }), ErrorCode.WRONG_CODE, `wrong try ${i}`);
-  expectError(await c.request('register', { phone: other, code: bad, identity_key: id.pub }), ErrorCode.TOO_MANY_ATTEMPTS, 'fifth wrong try');
-  expectError(await c.request('register', { phone: other, code: good, identity_key: id.pub }), ErrorCode.TOO_MANY_ATTEMPTS, 'burnt code');
+  for (let i = 0; i < 4; i++) expectError(await c.request('register', { phone: other, code: bad, identity_key: id.pub, keys: uploadKeys(id) }), ErrorCode.WRONG_CODE, `wrong try ${i}`);
+  expectError(await c.request('register', { phone: other, code: bad, identity_key: id.pub, keys: uploadKeys(id) }), ErrorCode.TOO_MANY_ATTEMPTS, 'fifth wrong try');
+  expectError(await c.request('register', { phone: other, code: good, identity_key: id.pub, keys: uploadKeys(id) }), ErrorCode.TOO_MANY_ATTEMPTS, 'burnt code');
 
   // at most 5 codes per number per hour
   const busy = phone();
@@ -173,7 +173,7 @@ test('the http SMS provider POSTs the code as JSON; a failing gateway is an erro
   assert.equal(posts[0].type, 'application/json');
   assert.equal(posts[0].body.phone, me);
   const id = identity();
-  const reg = await c.request('register', { phone: me, code: posts[0].body.code, identity_key: id.pub });
+  const reg = await c.request('register', { phone: me, code: posts[0].body.code, identity_key: id.pub, keys: uploadKeys(id) });
   assert.ok(reg.registered, 'the posted code registers');
   status = 500;
   expectError(await c.request('request_code', { phone: phone() }), ErrorCode.INTERNAL, 'gateway said 500');
