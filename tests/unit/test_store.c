@@ -353,12 +353,89 @@ static void test_accounts(void)
     remove_dir();
 }
 
+/* One-time prekeys: the lowest id goes first, each once; re-uploads are harmless, a
+ * reused id with another key is refused; a new registration drops the old keys. */
+static void test_prekeys(void)
+{
+    fresh_dir("prekeys");
+    store *s;
+    store_batch *b;
+    uint8_t id1[16], acc[16];
+    memset(id1, 0x55, 16);
+    store_device_record primary = {.device = 1, .registration_id = 7};
+    store_device d1 = {.device = 1}, d2 = {.device = 2};
+    memcpy(d1.account, id1, 16);
+    memcpy(d2.account, id1, 16);
+    store_prekey keys[5], got;
+    for (int i = 0; i < 5; i++) {
+        keys[i].id = (uint32_t)(300 - i * 70); /* 300, 230, 160, 90, 20: out of order */
+        memset(keys[i].key, 0x60 + i, 32);
+    }
+    store_signed_prekey sp = {.id = 9, .uploaded_ms = 1234}, sp_got;
+    memset(sp.key, 0x70, 32);
+    memset(sp.signature, 0x71, 64);
+    size_t n, left;
+
+    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_register(b, "+15550000009", id1, &primary, acc), STORE_OK);
+    CHECK_RC(store_signed_prekey_get(b, &d1, &sp_got), STORE_NOT_FOUND);
+    CHECK_RC(store_prekey_take(b, &d1, &got, &left), STORE_NOT_FOUND);
+    CHECK_RC(store_signed_prekey_put(b, &d1, &sp), STORE_OK);
+    CHECK_RC(store_prekeys_add(b, &d1, keys, 5), STORE_OK);
+    CHECK_RC(store_prekeys_add(b, &d1, keys + 1, 2), STORE_OK); /* a resent upload */
+    CHECK_RC(store_prekeys_count(b, &d1, &n), STORE_OK);
+    CHECK(n == 5);
+    CHECK_RC(store_prekeys_count(b, &d2, &n), STORE_OK);
+    CHECK(n == 0);
+    store_prekey clash = keys[2];
+    clash.key[0] ^= 1;
+    CHECK_RC(store_prekeys_add(b, &d1, &clash, 1), STORE_EXISTS);
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+
+    /* after a restart: ids in ascending order, each once, keys intact */
+    store_close(s);
+    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
+    uint32_t want[] = {20, 90, 160, 230};
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_signed_prekey_get(b, &d1, &sp_got), STORE_OK);
+    CHECK(sp_got.id == 9 && sp_got.uploaded_ms == 1234 && sp_got.key[31] == 0x70 && sp_got.signature[63] == 0x71);
+    for (int i = 0; i < 4; i++) {
+        CHECK_RC(store_prekey_take(b, &d1, &got, &left), STORE_OK);
+        CHECK(got.id == want[i] && left == (size_t)(4 - i));
+        CHECK(got.key[0] == 0x60 + (300 - want[i]) / 70);
+    }
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+    /* an aborted take hands nothing out */
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_prekey_take(b, &d1, &got, &left), STORE_OK);
+    CHECK(got.id == 300 && left == 0);
+    store_batch_abort(b);
+    store_stats st;
+    CHECK_RC(store_get_stats(s, &st), STORE_OK);
+    CHECK(st.prekeys == 1);
+
+    /* the number registers again: the old device's keys go with it */
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_register(b, "+15550000009", id1, &primary, acc), STORE_OK);
+    CHECK_RC(store_signed_prekey_get(b, &d1, &sp_got), STORE_NOT_FOUND);
+    CHECK_RC(store_prekeys_count(b, &d1, &n), STORE_OK);
+    CHECK(n == 0);
+    store_device_record recs[4];
+    CHECK_RC(store_batch_account_device_records(b, id1, recs, 4, &n), STORE_OK);
+    CHECK(n == 1 && recs[0].device == 1 && recs[0].registration_id == 7);
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+    store_close(s);
+    remove_dir();
+}
+
 int main(void)
 {
     test_inbox();
     test_dedup_and_sweep();
     test_full();
     test_accounts();
+    test_prekeys();
     test_kill9();
     return check_summary("store");
 }
