@@ -328,7 +328,8 @@ void on_fetch_bundles(ws_conn *c, peer *p, uint64_t rid, const Parley__FetchBund
     }
     job_origin_init(&j->from, c, p, rid);
     memcpy(j->account, m->account_id.data, STORE_ACCOUNT_ID_LEN);
-    memcpy(j->wanted, m->device_ids, m->n_device_ids * sizeof *m->device_ids);
+    for (size_t i = 0; i < m->n_device_ids; i++)
+        j->wanted[i] = m->device_ids[i];
     j->n_wanted = m->n_device_ids;
     j->job.apply = fetch_apply;
     j->job.done = fetch_done;
