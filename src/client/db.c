@@ -60,6 +60,64 @@ static const char schema_v1[] =
     "  body BLOB NOT NULL,"                   /* the packed Content, resent byte for byte */
     "  created_ms INTEGER NOT NULL);";
 
+/* v3: end-to-end encryption. Our prekeys (private parts, serialized ps_key_records),
+ * a session record per peer device, the identity key seen per peer device, RETRY
+ * receipts to send, the resends we made, ids of resends merged into earlier rows; the
+ * outbox keeps the sealed Send (so a resend reuses the same ciphertexts) and its
+ * DEVICE_MISMATCH count; a messages row may be a notice (kind). */
+static const char schema_v3[] =
+    "ALTER TABLE identity ADD COLUMN next_prekey_id INTEGER NOT NULL DEFAULT 1;"
+    "ALTER TABLE contacts ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;" /* 0 message, 1-2 identity changed */
+    "ALTER TABLE outbox ADD COLUMN sealed BLOB;"                       /* the packed Send, once encrypted */
+    "ALTER TABLE outbox ADD COLUMN mismatches INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE outbox ADD COLUMN resend_account BLOB;"               /* a resend: to this device only */
+    "ALTER TABLE outbox ADD COLUMN resend_device INTEGER;"
+    "CREATE TABLE signed_prekeys ("
+    "  id INTEGER PRIMARY KEY CHECK (id BETWEEN 1 AND 16777215),"
+    "  record BLOB NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  replaced_ms INTEGER);"                  /* NULL: the current one */
+    "CREATE TABLE prekeys ("
+    "  id INTEGER PRIMARY KEY CHECK (id BETWEEN 1 AND 16777215),"
+    "  record BLOB NOT NULL,"
+    "  uploaded INTEGER NOT NULL DEFAULT 0,"
+    "  created_ms INTEGER NOT NULL);"
+    "CREATE TABLE sessions ("
+    "  account_id BLOB NOT NULL CHECK (length(account_id) = 16),"
+    "  device_id INTEGER NOT NULL,"
+    "  record BLOB NOT NULL,"
+    "  updated_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (account_id, device_id)) WITHOUT ROWID;"
+    "CREATE TABLE peer_identities ("
+    "  account_id BLOB NOT NULL CHECK (length(account_id) = 16),"
+    "  device_id INTEGER NOT NULL,"
+    "  identity_key BLOB NOT NULL CHECK (length(identity_key) = 32),"
+    "  first_seen_ms INTEGER NOT NULL,"
+    "  updated_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (account_id, device_id)) WITHOUT ROWID;"
+    "CREATE TABLE retry_receipts ("
+    "  account_id BLOB NOT NULL CHECK (length(account_id) = 16),"
+    "  device_id INTEGER NOT NULL,"
+    "  message_id BLOB NOT NULL CHECK (length(message_id) = 16),"
+    "  sent INTEGER NOT NULL DEFAULT 0,"
+    "  created_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (account_id, device_id, message_id)) WITHOUT ROWID;"
+    "CREATE INDEX retry_receipts_unsent ON retry_receipts (created_ms) WHERE sent = 0;"
+    "CREATE TABLE resends ("
+    "  new_id BLOB PRIMARY KEY CHECK (length(new_id) = 16),"
+    "  original_id BLOB NOT NULL,"
+    "  account_id BLOB NOT NULL,"
+    "  device_id INTEGER NOT NULL,"
+    "  created_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX resends_original ON resends (original_id, account_id, device_id);"
+    "CREATE TABLE absorbed ("
+    "  account_id BLOB NOT NULL,"
+    "  device_id INTEGER NOT NULL,"
+    "  message_id BLOB NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (account_id, device_id, message_id)) WITHOUT ROWID;";
+
 /* Cached statements, one per query. */
 enum {
     Q_IDENTITY_GET,
@@ -91,6 +149,45 @@ enum {
     Q_HISTORY,
     Q_UNSHOWN,
     Q_MARK_SHOWN,
+    Q_CONTACT_VERIFIED,
+    Q_CONTACT_SET_VERIFIED,
+    Q_OUTBOX_SEALED,
+    Q_OUTBOX_SEAL,
+    Q_OUTBOX_UNSEAL,
+    Q_INCOMING_SEEN,
+    Q_INCOMING_EXISTS,
+    Q_ABSORB,
+    Q_FILL,
+    Q_NOTICE_ADD,
+    Q_RETRY_ADD,
+    Q_RETRY_TARGET,
+    Q_RETRY_IDS,
+    Q_RETRY_SENT,
+    Q_RESEND_DIRECT,
+    Q_RESEND_MAPPED,
+    Q_RESEND_COUNT,
+    Q_RESEND_ADD,
+    Q_OUTBOX_ADD_RESEND,
+    Q_SPK_REPLACE,
+    Q_SPK_ADD,
+    Q_SPK_CURRENT,
+    Q_SPK_GET,
+    Q_SPK_PRUNE,
+    Q_PK_NEXT,
+    Q_PK_SET_NEXT,
+    Q_PK_EXISTS,
+    Q_PK_ADD,
+    Q_PK_GET,
+    Q_PK_DELETE,
+    Q_PK_COUNT,
+    Q_PK_NOT_UPLOADED,
+    Q_PK_UPLOADED,
+    Q_SESSION_GET,
+    Q_SESSION_PUT,
+    Q_SESSION_DELETE,
+    Q_PEER_ID_GET,
+    Q_PEER_ID_PUT,
+    Q_CONTACT_CLEAR_VERIFIED,
     Q_COUNT
 };
 
@@ -112,7 +209,8 @@ static const char *const query_sql[Q_COUNT] = {
                       " text, problem, sent_ms, server_time_ms, state, created_ms, shown)"
                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?2)", /* incoming: not shown yet */
     [Q_OUTBOX_ADD] = "INSERT INTO outbox (message_id, phone, body, created_ms) VALUES (?, ?, ?, ?)",
-    [Q_OUTBOX_LOAD] = "SELECT message_id, phone, body FROM outbox ORDER BY seq LIMIT ?",
+    [Q_OUTBOX_LOAD] = "SELECT message_id, phone, body, sealed, mismatches, resend_account, resend_device"
+                      " FROM outbox ORDER BY seq LIMIT ?",
     [Q_OUTBOX_COUNT] = "SELECT count(*) FROM outbox",
     [Q_OUTBOX_DELETE] = "DELETE FROM outbox WHERE message_id = ?",
     [Q_OUT_SENT] = "UPDATE messages SET state = 2, server_time_ms = ?, peer_account = ?"
@@ -143,10 +241,69 @@ static const char *const query_sql[Q_COUNT] = {
                        " WHERE direction = 0 AND peer_account = ? AND id = ? AND state = 4",
     [Q_MESSAGE_STATE] = "SELECT state FROM messages WHERE direction = 1 AND id = ?",
     [Q_HISTORY] = "SELECT id, direction, peer_phone, peer_account, from_device, text, problem, sent_ms,"
-                  " server_time_ms, state, seq FROM messages WHERE peer_phone = ? ORDER BY seq",
+                  " server_time_ms, state, seq, kind FROM messages WHERE peer_phone = ? ORDER BY seq",
     [Q_UNSHOWN] = "SELECT id, direction, peer_phone, peer_account, from_device, text, problem, sent_ms,"
-                  " server_time_ms, state, seq FROM messages WHERE direction = 0 AND shown = 0 ORDER BY seq",
+                  " server_time_ms, state, seq, kind FROM messages WHERE direction = 0 AND shown = 0 ORDER BY seq",
     [Q_MARK_SHOWN] = "UPDATE messages SET shown = 1 WHERE direction = 0 AND shown = 0 AND seq <= ?",
+    [Q_CONTACT_VERIFIED] = "SELECT verified FROM contacts WHERE account_id = ?",
+    [Q_CONTACT_SET_VERIFIED] = "UPDATE contacts SET verified = ? WHERE account_id = ?",
+    [Q_CONTACT_CLEAR_VERIFIED] = "UPDATE contacts SET verified = 0 WHERE account_id = ? AND verified != 0",
+    [Q_OUTBOX_SEALED] = "SELECT sealed FROM outbox WHERE message_id = ? AND sealed IS NOT NULL",
+    [Q_OUTBOX_SEAL] = "UPDATE outbox SET sealed = ? WHERE message_id = ?",
+    [Q_OUTBOX_UNSEAL] = "UPDATE outbox SET sealed = NULL, mismatches = mismatches + 1 WHERE message_id = ?"
+                        " RETURNING mismatches",
+    [Q_INCOMING_SEEN] = "SELECT 1 FROM messages WHERE direction = 0 AND peer_account = ?1 AND from_device = ?2"
+                        " AND id = ?3 UNION ALL SELECT 1 FROM absorbed WHERE account_id = ?1 AND device_id = ?2"
+                        " AND message_id = ?3 LIMIT 1",
+    [Q_INCOMING_EXISTS] = "SELECT 1 FROM messages WHERE direction = 0 AND peer_account = ? AND from_device = ?"
+                          " AND id = ?",
+    [Q_ABSORB] = "INSERT OR IGNORE INTO absorbed (account_id, device_id, message_id, created_ms) VALUES (?, ?, ?, ?)",
+    [Q_FILL] = "UPDATE messages SET text = ?4, problem = NULL, sent_ms = ?5, shown = 0 WHERE direction = 0"
+               " AND kind = 0 AND peer_account = ?1 AND from_device = ?2 AND id = ?3 AND text IS NULL",
+    /* a notice: state read with its receipt "sent", so no receipt ever names it */
+    [Q_NOTICE_ADD] = "INSERT INTO messages (id, direction, kind, peer_phone, peer_account, from_device, text,"
+                     " state, read_receipt_sent, server_time_ms, created_ms, shown)"
+                     " VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, 4, 1, ?7, ?7, 0)",
+    [Q_RETRY_ADD] = "INSERT OR IGNORE INTO retry_receipts (account_id, device_id, message_id, created_ms)"
+                    " VALUES (?, ?, ?, ?)",
+    [Q_RETRY_TARGET] = "SELECT account_id, device_id FROM retry_receipts WHERE sent = 0 ORDER BY created_ms LIMIT 1",
+    [Q_RETRY_IDS] = "SELECT message_id FROM retry_receipts WHERE sent = 0 AND account_id = ? AND device_id = ?"
+                    " ORDER BY created_ms LIMIT ?",
+    [Q_RETRY_SENT] = "UPDATE retry_receipts SET sent = 1 WHERE account_id = ? AND device_id = ? AND message_id = ?",
+    /* a message of ours to that account (its ack may be lost: then by its number), or to
+     * anyone when the RETRY comes from our own other device (?3: our account) */
+    [Q_RESEND_DIRECT] = "SELECT id, peer_phone, text, sent_ms FROM messages WHERE direction = 1 AND kind = 0"
+                        " AND id = ?1 AND text IS NOT NULL AND (?2 = ?3 OR peer_account = ?2 OR"
+                        " (peer_account IS NULL AND peer_phone = (SELECT phone FROM contacts WHERE account_id = ?2)))",
+    [Q_RESEND_MAPPED] = "SELECT original_id FROM resends WHERE new_id = ? AND account_id = ? AND device_id = ?",
+    [Q_RESEND_COUNT] = "SELECT count(*) FROM resends WHERE original_id = ? AND account_id = ? AND device_id = ?",
+    [Q_RESEND_ADD] = "INSERT INTO resends (new_id, original_id, account_id, device_id, created_ms) VALUES (?, ?, ?, ?, ?)",
+    [Q_OUTBOX_ADD_RESEND] = "INSERT INTO outbox (message_id, phone, body, created_ms, resend_account, resend_device)"
+                            " VALUES (?, ?, ?, ?, ?, ?)",
+    [Q_SPK_REPLACE] = "UPDATE signed_prekeys SET replaced_ms = ? WHERE replaced_ms IS NULL",
+    [Q_SPK_ADD] = "INSERT OR REPLACE INTO signed_prekeys (id, record, created_ms, replaced_ms) VALUES (?, ?, ?, NULL)",
+    [Q_SPK_CURRENT] = "SELECT id, record, created_ms FROM signed_prekeys WHERE replaced_ms IS NULL"
+                      " ORDER BY created_ms DESC LIMIT 1",
+    [Q_SPK_GET] = "SELECT record FROM signed_prekeys WHERE id = ?",
+    [Q_SPK_PRUNE] = "DELETE FROM signed_prekeys WHERE replaced_ms IS NOT NULL AND replaced_ms < ?",
+    [Q_PK_NEXT] = "SELECT next_prekey_id FROM identity WHERE id = 1",
+    [Q_PK_SET_NEXT] = "UPDATE identity SET next_prekey_id = ? WHERE id = 1",
+    [Q_PK_EXISTS] = "SELECT 1 FROM prekeys WHERE id = ?",
+    [Q_PK_ADD] = "INSERT INTO prekeys (id, record, created_ms) VALUES (?, ?, ?)",
+    [Q_PK_GET] = "SELECT record FROM prekeys WHERE id = ?",
+    [Q_PK_DELETE] = "DELETE FROM prekeys WHERE id = ?",
+    [Q_PK_COUNT] = "SELECT count(*) FROM prekeys",
+    [Q_PK_NOT_UPLOADED] = "SELECT id, record FROM prekeys WHERE uploaded = 0 ORDER BY created_ms, id LIMIT ?",
+    [Q_PK_UPLOADED] = "UPDATE prekeys SET uploaded = 1 WHERE id = ?",
+    [Q_SESSION_GET] = "SELECT record FROM sessions WHERE account_id = ? AND device_id = ?",
+    [Q_SESSION_PUT] = "INSERT INTO sessions (account_id, device_id, record, updated_ms) VALUES (?, ?, ?, ?)"
+                      " ON CONFLICT (account_id, device_id) DO UPDATE SET record = excluded.record,"
+                      " updated_ms = excluded.updated_ms",
+    [Q_SESSION_DELETE] = "DELETE FROM sessions WHERE account_id = ? AND device_id = ?",
+    [Q_PEER_ID_GET] = "SELECT identity_key FROM peer_identities WHERE account_id = ? AND device_id = ?",
+    [Q_PEER_ID_PUT] = "INSERT INTO peer_identities (account_id, device_id, identity_key, first_seen_ms, updated_ms)"
+                      " VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (account_id, device_id) DO UPDATE SET"
+                      " identity_key = excluded.identity_key, updated_ms = excluded.updated_ms",
 };
 
 struct db {
@@ -237,6 +394,54 @@ static bool copy_blob(uint8_t *out, size_t len, sqlite3_stmt *st, int col)
     return true;
 }
 
+void db_blob_free(db_blob *b)
+{
+    if (b->data) {
+        sodium_memzero(b->data, b->len);
+        free(b->data);
+    }
+    b->data = NULL;
+    b->len = 0;
+}
+
+/* A malloc'd copy of a blob column (NULL column: an empty blob). DB_ERROR: out of memory. */
+static int dup_blob(db_blob *out, sqlite3_stmt *st, int col)
+{
+    size_t len = (size_t)sqlite3_column_bytes(st, col);
+    out->data = malloc(len ? len : 1);
+    out->len = 0;
+    if (!out->data)
+        return DB_ERROR;
+    if (len)
+        memcpy(out->data, sqlite3_column_blob(st, col), len);
+    out->len = len;
+    return DB_OK;
+}
+
+/* Steps a statement expected to give at most one row and copies blob column col of it:
+ * DB_OK, DB_NOT_FOUND when there is no row, DB_ERROR. */
+static int one_blob(db *d, sqlite3_stmt *st, int col, db_blob *out, const char *what)
+{
+    out->data = NULL;
+    out->len = 0;
+    int rc = sqlite3_step(st);
+    int ret = rc == SQLITE_ROW ? DB_OK : rc == SQLITE_DONE ? DB_NOT_FOUND : fail(d, what);
+    if (rc == SQLITE_ROW && dup_blob(out, st, col) != DB_OK) {
+        snprintf(d->err, sizeof d->err, "out of memory");
+        ret = DB_ERROR;
+    }
+    done(st);
+    return ret;
+}
+
+/* Steps a statement that gives at most one row: DB_OK with a row, DB_NOT_FOUND without. */
+static int exists_row(db *d, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    done(st);
+    return rc == SQLITE_ROW ? DB_OK : rc == SQLITE_DONE ? DB_NOT_FOUND : fail(d, what);
+}
+
 /* ---- opening --------------------------------------------------------------------- */
 
 /* mkdir -p, new components 0700. */
@@ -310,7 +515,10 @@ static int migrate(db *d)
     if (version < 2 && ((rc = exec(d, "ALTER TABLE messages ADD COLUMN shown INTEGER NOT NULL DEFAULT 1")) != DB_OK ||
                         (rc = exec(d, "UPDATE schema_version SET version = 2")) != DB_OK))
         goto out;
-    /* later versions: if (version < 3) ... */
+    if (version < 3 && ((rc = exec(d, schema_v3)) != DB_OK ||
+                        (rc = exec(d, "UPDATE schema_version SET version = 3")) != DB_OK))
+        goto out;
+    /* later versions: if (version < 4) ... */
     return exec(d, "COMMIT");
 out:
     exec(d, "ROLLBACK");
@@ -638,21 +846,26 @@ int db_outbox_load(db *d, db_outbox_entry *out, size_t max, size_t *n)
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         db_outbox_entry *e = &out[*n];
         memset(e, 0, sizeof *e);
-        size_t len = (size_t)sqlite3_column_bytes(st, 2);
         if (!copy_blob(e->id, DB_ID_LEN, st, 0))
             continue; /* cannot happen: the schema checks the length */
         copy_text(e->phone, sizeof e->phone, st, 1);
-        e->body = malloc(len ? len : 1);
-        if (!e->body) {
+        db_blob body = {0}, sealed = {0};
+        if (dup_blob(&body, st, 2) != DB_OK ||
+            (sqlite3_column_type(st, 3) == SQLITE_BLOB && dup_blob(&sealed, st, 3) != DB_OK)) {
+            db_blob_free(&body);
             done(st);
             db_outbox_free(out, *n);
             *n = 0;
             snprintf(d->err, sizeof d->err, "out of memory");
             return DB_ERROR;
         }
-        if (len)
-            memcpy(e->body, sqlite3_column_blob(st, 2), len);
-        e->body_len = len;
+        e->body = body.data;
+        e->body_len = body.len;
+        e->sealed = sealed.data;
+        e->sealed_len = sealed.len;
+        e->mismatches = (uint32_t)sqlite3_column_int64(st, 4);
+        e->resend = copy_blob(e->resend_account, DB_ID_LEN, st, 5);
+        e->resend_device = (uint32_t)sqlite3_column_int64(st, 6);
         (*n)++;
     }
     done(st);
@@ -667,10 +880,10 @@ int db_outbox_load(db *d, db_outbox_entry *out, size_t max, size_t *n)
 void db_outbox_free(db_outbox_entry *e, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if (e[i].body)
-            sodium_memzero(e[i].body, e[i].body_len);
-        free(e[i].body);
-        e[i].body = NULL;
+        db_blob body = {e[i].body, e[i].body_len}, sealed = {e[i].sealed, e[i].sealed_len};
+        db_blob_free(&body);
+        db_blob_free(&sealed);
+        e[i].body = e[i].sealed = NULL;
     }
 }
 
@@ -938,6 +1151,7 @@ static int each_message(db *d, sqlite3_stmt *st, db_message_fn fn, void *ctx, co
         m.server_time_ms = (uint64_t)sqlite3_column_int64(st, 8);
         m.state = sqlite3_column_int(st, 9);
         m.local_seq = sqlite3_column_int64(st, 10);
+        m.kind = sqlite3_column_int(st, 11);
         if (!fn(ctx, &m)) {
             rc = SQLITE_DONE;
             break;
@@ -969,4 +1183,606 @@ int db_mark_shown(db *d, int64_t up_to_seq)
         return DB_ERROR;
     sqlite3_bind_int64(st, 1, up_to_seq);
     return run(d, st, "marking messages shown");
+}
+
+/* ---- contacts: the verified mark ------------------------------------------------------ */
+
+int db_contact_verified(db *d, const uint8_t account[DB_ID_LEN], bool *verified)
+{
+    *verified = false;
+    sqlite3_stmt *st = q(d, Q_CONTACT_VERIFIED);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_blob(st, 1, account, DB_ID_LEN, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *verified = sqlite3_column_int(st, 0) != 0;
+    done(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? DB_OK : fail(d, "reading a contact");
+}
+
+int db_contact_set_verified(db *d, const uint8_t account[DB_ID_LEN], bool verified)
+{
+    sqlite3_stmt *st = q(d, Q_CONTACT_SET_VERIFIED);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_int(st, 1, verified);
+    sqlite3_bind_blob(st, 2, account, DB_ID_LEN, SQLITE_TRANSIENT);
+    if (run(d, st, "marking a contact verified") != DB_OK)
+        return DB_ERROR;
+    return sqlite3_changes(d->sql) > 0 ? DB_OK : DB_NOT_FOUND;
+}
+
+/* ---- the outbox: sealed sends ---------------------------------------------------------- */
+
+int db_outbox_sealed(db *d, const uint8_t id[DB_ID_LEN], db_blob *out)
+{
+    sqlite3_stmt *st = q(d, Q_OUTBOX_SEALED);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
+    return one_blob(d, st, 0, out, "reading the outbox");
+}
+
+int db_outbox_seal(db *d, const uint8_t id[DB_ID_LEN], const uint8_t *sealed, size_t len)
+{
+    sqlite3_stmt *st = q(d, Q_OUTBOX_SEAL);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_blob(st, 1, sealed, (int)len, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, id, DB_ID_LEN, SQLITE_TRANSIENT);
+    if (run(d, st, "storing a sealed message") != DB_OK)
+        return DB_ERROR;
+    return sqlite3_changes(d->sql) > 0 ? DB_OK : DB_NOT_FOUND;
+}
+
+int db_outbox_unseal(db *d, const uint8_t id[DB_ID_LEN], uint32_t *count)
+{
+    *count = 0;
+    sqlite3_stmt *st = q(d, Q_OUTBOX_UNSEAL);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *count = (uint32_t)sqlite3_column_int64(st, 0);
+    while (rc == SQLITE_ROW)
+        rc = sqlite3_step(st);
+    done(st);
+    return rc == SQLITE_DONE ? DB_OK : fail(d, "updating the outbox");
+}
+
+/* ---- incoming: de-duplication before decrypting, resends, notices --------------------- */
+
+static void bind_key3(sqlite3_stmt *st, const uint8_t account[DB_ID_LEN], uint32_t device,
+                      const uint8_t id[DB_ID_LEN])
+{
+    sqlite3_bind_blob(st, 1, account, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, device);
+    sqlite3_bind_blob(st, 3, id, DB_ID_LEN, SQLITE_TRANSIENT);
+}
+
+int db_incoming_seen(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t id[DB_ID_LEN],
+                     bool *seen)
+{
+    *seen = false;
+    sqlite3_stmt *st = q(d, Q_INCOMING_SEEN);
+    if (!st)
+        return DB_ERROR;
+    bind_key3(st, account, device, id);
+    int rc = exists_row(d, st, "checking for a duplicate");
+    *seen = rc == DB_OK;
+    return rc == DB_ERROR ? DB_ERROR : DB_OK;
+}
+
+int db_incoming_absorb(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t id[DB_ID_LEN])
+{
+    sqlite3_stmt *st = q(d, Q_ABSORB);
+    if (!st)
+        return DB_ERROR;
+    bind_key3(st, account, device, id);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)wall_ms());
+    return run(d, st, "recording a resend");
+}
+
+int db_incoming_fill(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t id[DB_ID_LEN],
+                     const char *text, size_t text_len, uint64_t sent_ms, int *result)
+{
+    *result = DB_FILL_ABSENT;
+    sqlite3_stmt *st = q(d, Q_FILL);
+    if (!st)
+        return DB_ERROR;
+    bind_key3(st, account, device, id);
+    sqlite3_bind_text(st, 4, text, (int)text_len, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)sent_ms);
+    if (run(d, st, "filling in a message") != DB_OK)
+        return DB_ERROR;
+    if (sqlite3_changes(d->sql) > 0) {
+        *result = DB_FILL_DONE;
+        return DB_OK;
+    }
+    if (!(st = q(d, Q_INCOMING_EXISTS)))
+        return DB_ERROR;
+    bind_key3(st, account, device, id);
+    int rc = exists_row(d, st, "reading a message");
+    if (rc == DB_OK)
+        *result = DB_FILL_HAD_TEXT;
+    return rc == DB_ERROR ? DB_ERROR : DB_OK;
+}
+
+int db_notice_add(db *d, int kind, const char *phone, const uint8_t account[DB_ID_LEN], uint32_t device,
+                  const char *text)
+{
+    sqlite3_stmt *st = q(d, Q_NOTICE_ADD);
+    if (!st)
+        return DB_ERROR;
+    uint8_t id[DB_ID_LEN];
+    randombytes_buf(id, sizeof id);
+    sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, 2, kind);
+    bind_text_or_null(st, 3, phone);
+    sqlite3_bind_blob(st, 4, account, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 5, device);
+    sqlite3_bind_text(st, 6, text, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 7, (sqlite3_int64)wall_ms());
+    return run(d, st, "recording a notice");
+}
+
+/* ---- RETRY receipts ---------------------------------------------------------------------- */
+
+int db_retry_add(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t id[DB_ID_LEN])
+{
+    sqlite3_stmt *st = q(d, Q_RETRY_ADD);
+    if (!st)
+        return DB_ERROR;
+    bind_key3(st, account, device, id);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)wall_ms());
+    return run(d, st, "queueing a retry receipt");
+}
+
+int db_retry_pending(db *d, uint8_t account[DB_ID_LEN], uint32_t *device, uint8_t (*ids)[DB_ID_LEN],
+                     size_t max, size_t *n)
+{
+    *n = 0;
+    sqlite3_stmt *st = q(d, Q_RETRY_TARGET);
+    if (!st)
+        return DB_ERROR;
+    int rc = sqlite3_step(st);
+    bool found = rc == SQLITE_ROW && copy_blob(account, DB_ID_LEN, st, 0);
+    if (found)
+        *device = (uint32_t)sqlite3_column_int64(st, 1);
+    done(st);
+    if (rc != SQLITE_ROW)
+        return rc == SQLITE_DONE ? DB_OK : fail(d, "reading retry receipts");
+    if (!found)
+        return DB_OK;
+    if (!(st = q(d, Q_RETRY_IDS)))
+        return DB_ERROR;
+    sqlite3_bind_blob(st, 1, account, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, *device);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)max);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && *n < max)
+        if (copy_blob(ids[*n], DB_ID_LEN, st, 0))
+            (*n)++;
+    done(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        *n = 0;
+        return fail(d, "reading retry receipts");
+    }
+    return DB_OK;
+}
+
+int db_retry_sent(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t (*ids)[DB_ID_LEN],
+                  size_t n)
+{
+    if (db_begin(d) != DB_OK)
+        return DB_ERROR;
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_stmt *st = q(d, Q_RETRY_SENT);
+        if (!st)
+            goto fail;
+        bind_key3(st, account, device, ids[i]);
+        if (run(d, st, "recording sent retry receipts") != DB_OK)
+            goto fail;
+    }
+    return db_commit(d);
+fail:
+    db_rollback(d);
+    return DB_ERROR;
+}
+
+/* ---- resends ------------------------------------------------------------------------------ */
+
+int db_resend_source_get(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[DB_ID_LEN], uint32_t device,
+                         const uint8_t own_account[DB_ID_LEN], db_resend_source *out)
+{
+    memset(out, 0, sizeof *out);
+    uint8_t original[DB_ID_LEN];
+    memcpy(original, id, DB_ID_LEN);
+    /* one of our resends: the RETRY names its new id */
+    sqlite3_stmt *st = q(d, Q_RESEND_MAPPED);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 2, account, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, device);
+    db_blob mapped;
+    int rc = one_blob(d, st, 0, &mapped, "reading resends");
+    if (rc == DB_ERROR)
+        return DB_ERROR;
+    if (rc == DB_OK) {
+        if (mapped.len == DB_ID_LEN)
+            memcpy(original, mapped.data, DB_ID_LEN);
+        db_blob_free(&mapped);
+    }
+    if (!(st = q(d, Q_RESEND_DIRECT)))
+        return DB_ERROR;
+    sqlite3_bind_blob(st, 1, original, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 2, account, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 3, own_account, DB_ID_LEN, SQLITE_TRANSIENT);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        memcpy(out->original, original, DB_ID_LEN);
+        copy_text(out->phone, sizeof out->phone, st, 1);
+        size_t len = (size_t)sqlite3_column_bytes(st, 2);
+        const unsigned char *text = sqlite3_column_text(st, 2);
+        out->text = malloc(len + 1);
+        if (out->text && text) {
+            memcpy(out->text, text, len);
+            out->text[len] = 0;
+            out->text_len = len;
+        }
+        out->sent_ms = (uint64_t)sqlite3_column_int64(st, 3);
+    }
+    done(st);
+    if (rc != SQLITE_ROW) {
+        memset(out, 0, sizeof *out);
+        return rc == SQLITE_DONE ? DB_NOT_FOUND : fail(d, "reading a message");
+    }
+    if (!out->text) {
+        snprintf(d->err, sizeof d->err, "out of memory");
+        return DB_ERROR;
+    }
+    if (!(st = q(d, Q_RESEND_COUNT))) {
+        free(out->text);
+        out->text = NULL;
+        return DB_ERROR;
+    }
+    sqlite3_bind_blob(st, 1, original, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 2, account, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, device);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        out->resends = (uint32_t)sqlite3_column_int64(st, 0);
+    done(st);
+    if (rc != SQLITE_ROW) {
+        free(out->text);
+        out->text = NULL;
+        return fail(d, "counting resends");
+    }
+    return DB_OK;
+}
+
+int db_resend_add(db *d, const uint8_t new_id[DB_ID_LEN], const uint8_t original[DB_ID_LEN], const char *phone,
+                  const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t *body, size_t body_len)
+{
+    if (db_begin(d) != DB_OK)
+        return DB_ERROR;
+    uint64_t now = wall_ms();
+    sqlite3_stmt *st = q(d, Q_RESEND_ADD);
+    if (!st)
+        goto fail;
+    sqlite3_bind_blob(st, 1, new_id, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 2, original, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 3, account, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 4, device);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)now);
+    if (run(d, st, "recording a resend") != DB_OK)
+        goto fail;
+    if (!(st = q(d, Q_OUTBOX_ADD_RESEND)))
+        goto fail;
+    sqlite3_bind_blob(st, 1, new_id, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, phone, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 3, body, (int)body_len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)now);
+    sqlite3_bind_blob(st, 5, account, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 6, device);
+    if (run(d, st, "queueing a resend") != DB_OK)
+        goto fail;
+    return db_commit(d);
+fail:
+    db_rollback(d);
+    return DB_ERROR;
+}
+
+/* ---- our prekeys ---------------------------------------------------------------------- */
+
+int db_signed_prekey_add(db *d, uint32_t id, const uint8_t *record, size_t len, uint64_t now_ms)
+{
+    if (db_begin(d) != DB_OK)
+        return DB_ERROR;
+    sqlite3_stmt *st = q(d, Q_SPK_REPLACE);
+    if (!st)
+        goto fail;
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)now_ms);
+    if (run(d, st, "replacing the signed prekey") != DB_OK || !(st = q(d, Q_SPK_ADD)))
+        goto fail;
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_blob(st, 2, record, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)now_ms);
+    if (run(d, st, "storing a signed prekey") != DB_OK)
+        goto fail;
+    return db_commit(d);
+fail:
+    db_rollback(d);
+    return DB_ERROR;
+}
+
+int db_signed_prekey_current(db *d, uint32_t *id, db_blob *record, uint64_t *created_ms)
+{
+    record->data = NULL;
+    record->len = 0;
+    sqlite3_stmt *st = q(d, Q_SPK_CURRENT);
+    if (!st)
+        return DB_ERROR;
+    int rc = sqlite3_step(st);
+    int ret = rc == SQLITE_ROW ? DB_OK : rc == SQLITE_DONE ? DB_NOT_FOUND : fail(d, "reading the signed prekey");
+    if (rc == SQLITE_ROW) {
+        *id = (uint32_t)sqlite3_column_int64(st, 0);
+        *created_ms = (uint64_t)sqlite3_column_int64(st, 2);
+        if (dup_blob(record, st, 1) != DB_OK) {
+            snprintf(d->err, sizeof d->err, "out of memory");
+            ret = DB_ERROR;
+        }
+    }
+    done(st);
+    return ret;
+}
+
+int db_signed_prekey_get(db *d, uint32_t id, db_blob *record)
+{
+    sqlite3_stmt *st = q(d, Q_SPK_GET);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_int64(st, 1, id);
+    return one_blob(d, st, 0, record, "reading a signed prekey");
+}
+
+int db_signed_prekey_prune(db *d, uint64_t before_ms, size_t *n)
+{
+    sqlite3_stmt *st = q(d, Q_SPK_PRUNE);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)(before_ms > INT64_MAX ? INT64_MAX : before_ms));
+    int rc = run(d, st, "deleting old signed prekeys");
+    if (n)
+        *n = rc == DB_OK ? (size_t)sqlite3_changes(d->sql) : 0;
+    return rc;
+}
+
+#define PREKEY_ID_MAX 0xFFFFFFu
+
+int db_prekey_next_id(db *d, uint32_t *id)
+{
+    if (db_begin(d) != DB_OK)
+        return DB_ERROR;
+    sqlite3_stmt *st = q(d, Q_PK_NEXT);
+    if (!st)
+        goto fail;
+    int rc = sqlite3_step(st);
+    uint32_t next = rc == SQLITE_ROW ? (uint32_t)sqlite3_column_int64(st, 0) : 0;
+    done(st);
+    if (rc != SQLITE_ROW) {
+        if (rc == SQLITE_DONE)
+            snprintf(d->err, sizeof d->err, "the profile has no identity");
+        else
+            fail(d, "reading the prekey counter");
+        goto fail;
+    }
+    /* skip ids still held (after going round); a full table of 2^24 keys is not possible here */
+    for (uint32_t tries = 0;; tries++) {
+        if (next < 1 || next > PREKEY_ID_MAX)
+            next = 1;
+        if (!(st = q(d, Q_PK_EXISTS)))
+            goto fail;
+        sqlite3_bind_int64(st, 1, next);
+        rc = exists_row(d, st, "reading prekeys");
+        if (rc == DB_ERROR)
+            goto fail;
+        if (rc == DB_NOT_FOUND)
+            break;
+        if (tries > 100000) {
+            snprintf(d->err, sizeof d->err, "no free one-time prekey id");
+            goto fail;
+        }
+        next++;
+    }
+    *id = next;
+    if (!(st = q(d, Q_PK_SET_NEXT)))
+        goto fail;
+    sqlite3_bind_int64(st, 1, next >= PREKEY_ID_MAX ? 1 : next + 1);
+    if (run(d, st, "updating the prekey counter") != DB_OK)
+        goto fail;
+    return db_commit(d);
+fail:
+    db_rollback(d);
+    return DB_ERROR;
+}
+
+int db_prekey_add(db *d, uint32_t id, const uint8_t *record, size_t len)
+{
+    sqlite3_stmt *st = q(d, Q_PK_ADD);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_blob(st, 2, record, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)wall_ms());
+    return run(d, st, "storing a prekey");
+}
+
+int db_prekey_get(db *d, uint32_t id, db_blob *record)
+{
+    sqlite3_stmt *st = q(d, Q_PK_GET);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_int64(st, 1, id);
+    return one_blob(d, st, 0, record, "reading a prekey");
+}
+
+int db_prekey_delete(db *d, uint32_t id)
+{
+    sqlite3_stmt *st = q(d, Q_PK_DELETE);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_int64(st, 1, id);
+    return run(d, st, "deleting a prekey");
+}
+
+int db_prekey_count(db *d, size_t *n)
+{
+    return count_query(d, Q_PK_COUNT, n);
+}
+
+int db_prekeys_not_uploaded(db *d, db_key_row *out, size_t max, size_t *n)
+{
+    *n = 0;
+    sqlite3_stmt *st = q(d, Q_PK_NOT_UPLOADED);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)max);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && *n < max) {
+        out[*n].id = (uint32_t)sqlite3_column_int64(st, 0);
+        if (dup_blob(&out[*n].record, st, 1) != DB_OK) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        (*n)++;
+    }
+    done(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        for (size_t i = 0; i < *n; i++)
+            db_blob_free(&out[i].record);
+        *n = 0;
+        return fail(d, "reading prekeys");
+    }
+    return DB_OK;
+}
+
+int db_prekeys_uploaded(db *d, const uint32_t *ids, size_t n)
+{
+    if (db_begin(d) != DB_OK)
+        return DB_ERROR;
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_stmt *st = q(d, Q_PK_UPLOADED);
+        if (!st)
+            goto fail;
+        sqlite3_bind_int64(st, 1, ids[i]);
+        if (run(d, st, "recording uploaded prekeys") != DB_OK)
+            goto fail;
+    }
+    return db_commit(d);
+fail:
+    db_rollback(d);
+    return DB_ERROR;
+}
+
+/* ---- sessions and peer identities ---------------------------------------------------- */
+
+static void bind_device(sqlite3_stmt *st, const uint8_t account[DB_ID_LEN], uint32_t device)
+{
+    sqlite3_bind_blob(st, 1, account, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, device);
+}
+
+int db_session_get(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, db_blob *record)
+{
+    sqlite3_stmt *st = q(d, Q_SESSION_GET);
+    if (!st)
+        return DB_ERROR;
+    bind_device(st, account, device);
+    return one_blob(d, st, 0, record, "reading a session");
+}
+
+int db_session_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t *record, size_t len)
+{
+    sqlite3_stmt *st = q(d, Q_SESSION_PUT);
+    if (!st)
+        return DB_ERROR;
+    bind_device(st, account, device);
+    sqlite3_bind_blob(st, 3, record, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)wall_ms());
+    return run(d, st, "storing a session");
+}
+
+int db_session_delete(db *d, const uint8_t account[DB_ID_LEN], uint32_t device)
+{
+    sqlite3_stmt *st = q(d, Q_SESSION_DELETE);
+    if (!st)
+        return DB_ERROR;
+    bind_device(st, account, device);
+    return run(d, st, "deleting a session");
+}
+
+int db_session_exists(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, bool *exists)
+{
+    *exists = false;
+    sqlite3_stmt *st = q(d, Q_SESSION_GET);
+    if (!st)
+        return DB_ERROR;
+    bind_device(st, account, device);
+    int rc = exists_row(d, st, "reading a session");
+    *exists = rc == DB_OK;
+    return rc == DB_ERROR ? DB_ERROR : DB_OK;
+}
+
+int db_peer_identity_get(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, uint8_t key[DB_KEY_LEN])
+{
+    sqlite3_stmt *st = q(d, Q_PEER_ID_GET);
+    if (!st)
+        return DB_ERROR;
+    bind_device(st, account, device);
+    int rc = sqlite3_step(st);
+    bool ok = rc == SQLITE_ROW && copy_blob(key, DB_KEY_LEN, st, 0);
+    done(st);
+    if (rc == SQLITE_ROW)
+        return ok ? DB_OK : DB_NOT_FOUND;
+    return rc == SQLITE_DONE ? DB_NOT_FOUND : fail(d, "reading an identity key");
+}
+
+int db_peer_identity_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t key[DB_KEY_LEN],
+                         db_identity_seen *out)
+{
+    memset(out, 0, sizeof *out);
+    uint8_t old[DB_KEY_LEN];
+    if (db_begin(d) != DB_OK)
+        return DB_ERROR;
+    int rc = db_peer_identity_get(d, account, device, old);
+    if (rc == DB_ERROR)
+        goto fail;
+    out->known = rc == DB_OK;
+    out->changed = out->known && sodium_memcmp(old, key, DB_KEY_LEN) != 0;
+    if (out->known && !out->changed)
+        return db_commit(d); /* nothing to write */
+    sqlite3_stmt *st = q(d, Q_PEER_ID_PUT);
+    if (!st)
+        goto fail;
+    bind_device(st, account, device);
+    sqlite3_bind_blob(st, 3, key, DB_KEY_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)wall_ms());
+    if (run(d, st, "storing an identity key") != DB_OK)
+        goto fail;
+    if (out->changed) {
+        if (!(st = q(d, Q_CONTACT_CLEAR_VERIFIED)))
+            goto fail;
+        sqlite3_bind_blob(st, 1, account, DB_ID_LEN, SQLITE_TRANSIENT);
+        if (run(d, st, "clearing the verified mark") != DB_OK)
+            goto fail;
+        out->was_verified = sqlite3_changes(d->sql) > 0;
+    }
+    return db_commit(d);
+fail:
+    memset(out, 0, sizeof *out);
+    db_rollback(d);
+    return DB_ERROR;
 }

@@ -1,5 +1,7 @@
 /* db.h - the profile database (DIR/parley.db, SQLite): identity, contacts, messages,
- * outbox, incoming de-duplication. docs/client.md has the schema.
+ * outbox, incoming de-duplication, and (schema v3) the Signal state: our prekeys,
+ * sessions per peer device, the identity keys seen, RETRY receipts and resends.
+ * docs/client.md has the schema.
  *
  * Every function is one transaction, or joins the one opened with db_begin() (they
  * nest: only the outermost begin/commit touch SQLite). Returns DB_OK, DB_NOT_FOUND
@@ -18,11 +20,19 @@
 #define DB_URL_MAX PARLEY_URL_MAX
 #define DB_MAX_DEVICES 16
 #define DB_KEY_LEN 32
-#define DB_SCHEMA_VERSION 2
+#define DB_SCHEMA_VERSION 3
 
 enum { DB_OK = 0, DB_NOT_FOUND = 1, DB_ERROR = -1 };
 
 typedef struct db db;
+
+/* A heap byte string read from the database (it may hold keys): db_blob_free wipes it. */
+typedef struct {
+    uint8_t *data;
+    size_t len;
+} db_blob;
+
+void db_blob_free(db_blob *b);
 
 /* Opens dir/parley.db, creating dir (0700) and the file (0600) when missing, and
  * brings the schema to DB_SCHEMA_VERSION. On failure err gets the reason. */
@@ -79,11 +89,23 @@ int db_contact_by_account(db *d, const uint8_t account[DB_ID_LEN], db_contact *o
 /* Drops the phone -> account mapping (the server said the account is gone). */
 int db_contact_forget_phone(db *d, const char *phone);
 
+/* The account's "verified" mark (its safety number was compared); false when unknown. */
+int db_contact_verified(db *d, const uint8_t account[DB_ID_LEN], bool *verified);
+int db_contact_set_verified(db *d, const uint8_t account[DB_ID_LEN], bool verified);
+
 /* ---- messages ---------------------------------------------------------------------- */
+
+/* What a messages row is: a message, or a notice in the conversation. */
+enum {
+    DB_KIND_MESSAGE = 0,
+    DB_KIND_IDENTITY_CHANGED = 1,           /* a device's identity key changed */
+    DB_KIND_IDENTITY_CHANGED_VERIFIED = 2,  /* the same, and the contact had been verified */
+};
 
 typedef struct {
     uint8_t id[DB_ID_LEN];
     bool outgoing;
+    int kind;                            /* DB_KIND_* (read back; messages are stored as MESSAGE) */
     char peer_phone[DB_PHONE_MAX + 1];   /* "" when unknown */
     bool has_peer_account;
     uint8_t peer_account[DB_ID_LEN];
@@ -103,15 +125,32 @@ int db_outgoing_add(db *d, const db_message *m, const uint8_t *body, size_t body
 
 typedef struct {
     uint8_t id[DB_ID_LEN];
-    char phone[DB_PHONE_MAX + 1];
-    uint8_t *body;
+    char phone[DB_PHONE_MAX + 1];        /* the conversation */
+    uint8_t *body;                       /* the packed Content */
     size_t body_len;
+    uint8_t *sealed;                     /* NULL, or the packed Send with the ciphertexts */
+    size_t sealed_len;
+    uint32_t mismatches;                 /* DEVICE_MISMATCH answers so far */
+    bool resend;                         /* a resend after a RETRY receipt: to one device only */
+    uint8_t resend_account[DB_ID_LEN];
+    uint32_t resend_device;
 } db_outbox_entry;
 
 /* The oldest max outbox entries, in the order they were queued. Free with db_outbox_free. */
 int db_outbox_load(db *d, db_outbox_entry *out, size_t max, size_t *n);
 void db_outbox_free(db_outbox_entry *e, size_t n);
 int db_outbox_count(db *d, size_t *n);
+
+/* The sealed Send of an outbox entry (another process may have sealed it): DB_NOT_FOUND
+ * when the entry is gone or not sealed. */
+int db_outbox_sealed(db *d, const uint8_t id[DB_ID_LEN], db_blob *out);
+
+/* Stores the sealed Send of an entry, to be sent (and resent) byte for byte. */
+int db_outbox_seal(db *d, const uint8_t id[DB_ID_LEN], const uint8_t *sealed, size_t len);
+
+/* DEVICE_MISMATCH: the sealed Send is dropped (it must be encrypted again) and the
+ * entry's mismatch count goes up; *count gets the new count. */
+int db_outbox_unseal(db *d, const uint8_t id[DB_ID_LEN], uint32_t *count);
 
 /* The server acknowledged id: state PENDING -> SENT with its time and the recipient's
  * account (the time and account also when a receipt moved it on first), and the
@@ -139,6 +178,29 @@ int db_outgoing_read_up_to(db *d, const uint8_t peer_account[DB_ID_LEN], uint64_
  * device, id) was seen before: then *inserted is false and nothing changes. */
 int db_incoming_add(db *d, const db_message *m, bool *inserted);
 
+/* True when (sender account, sender device, id) was stored or absorbed before: a
+ * redelivery, to be acked without decrypting it again. */
+int db_incoming_seen(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t id[DB_ID_LEN],
+                     bool *seen);
+
+/* Records the id of an incoming message that is not a row of its own (a resend merged
+ * into the row of the message it replaces) for de-duplication. */
+int db_incoming_absorb(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t id[DB_ID_LEN]);
+
+enum { DB_FILL_DONE, DB_FILL_HAD_TEXT, DB_FILL_ABSENT };
+
+/* A resend's text for the row of (account, device, id): a row recorded without text
+ * (undecryptable) gets it, its problem cleared, and is to be shown again
+ * (DB_FILL_DONE); a row with text is left alone (DB_FILL_HAD_TEXT); *result is
+ * DB_FILL_ABSENT when there is no such row. */
+int db_incoming_fill(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t id[DB_ID_LEN],
+                     const char *text, size_t text_len, uint64_t sent_ms, int *result);
+
+/* A notice in the conversation with phone (state READ, never a receipt), to be shown
+ * by recv/listen like a message. */
+int db_notice_add(db *d, int kind, const char *phone, const uint8_t account[DB_ID_LEN], uint32_t device,
+                  const char *text);
+
 /* Every RECEIVED message from phone becomes READ with a receipt to send. */
 int db_mark_read(db *d, const char *phone, size_t *count);
 
@@ -161,5 +223,91 @@ int db_history(db *d, const char *phone, db_message_fn fn, void *ctx);
 /* Incoming messages not shown yet, in local order; and marking them shown. */
 int db_unshown(db *d, db_message_fn fn, void *ctx);
 int db_mark_shown(db *d, int64_t up_to_seq);
+
+/* ---- RETRY receipts we send (messages we could not decrypt) --------------------------- */
+
+/* Queues a RETRY receipt for message id from (account, device); once per message. */
+int db_retry_add(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t id[DB_ID_LEN]);
+
+/* RETRY receipts to send: up to max ids for one (account, device), the oldest first. */
+int db_retry_pending(db *d, uint8_t account[DB_ID_LEN], uint32_t *device, uint8_t (*ids)[DB_ID_LEN],
+                     size_t max, size_t *n);
+
+/* The server took them (or refused them for good). */
+int db_retry_sent(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t (*ids)[DB_ID_LEN],
+                  size_t n);
+
+/* ---- resends (RETRY receipts we answer) ------------------------------------------------ */
+
+typedef struct {
+    uint8_t original[DB_ID_LEN];     /* the message a resend replaces */
+    char phone[DB_PHONE_MAX + 1];    /* its conversation */
+    char *text;                      /* malloc'd; the caller frees (and wipes) it */
+    size_t text_len;
+    uint64_t sent_ms;
+    uint32_t resends;                /* resends of it to (account, device) so far */
+} db_resend_source;
+
+/* The message a RETRY receipt from (account, device) names by id: one we sent (to that
+ * account, or to anyone when account is our own: a copy to our other device), or one of
+ * our resends (then its original). DB_NOT_FOUND when there is none with text. */
+int db_resend_source_get(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[DB_ID_LEN], uint32_t device,
+                         const uint8_t own_account[DB_ID_LEN], db_resend_source *out);
+
+/* Queues a resend (new id, body = the Content naming the original) to (account, device)
+ * only, and remembers which message it replaces. */
+int db_resend_add(db *d, const uint8_t new_id[DB_ID_LEN], const uint8_t original[DB_ID_LEN], const char *phone,
+                  const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t *body, size_t body_len);
+
+/* ---- our prekeys -------------------------------------------------------------------- */
+
+/* Signed prekeys: the current one, and those replaced (kept until the caller prunes them,
+ * so that a PreKey message made from one still opens). The record is a serialized
+ * ps_key_record with the private key. */
+int db_signed_prekey_add(db *d, uint32_t id, const uint8_t *record, size_t len, uint64_t now_ms);
+int db_signed_prekey_current(db *d, uint32_t *id, db_blob *record, uint64_t *created_ms);
+int db_signed_prekey_get(db *d, uint32_t id, db_blob *record);
+/* Deletes the signed prekeys replaced before before_ms; *n (may be NULL) gets how many. */
+int db_signed_prekey_prune(db *d, uint64_t before_ms, size_t *n);
+
+/* One-time prekeys. Ids come from a counter that only moves forward (1 .. 2^24-1, then
+ * round again, skipping ids still held), so an id is not reused while it may be named. */
+int db_prekey_next_id(db *d, uint32_t *id);
+int db_prekey_add(db *d, uint32_t id, const uint8_t *record, size_t len);
+int db_prekey_get(db *d, uint32_t id, db_blob *record);
+int db_prekey_delete(db *d, uint32_t id);
+int db_prekey_count(db *d, size_t *n);
+
+typedef struct {
+    uint32_t id;
+    db_blob record;
+} db_key_row;
+
+/* Up to max one-time prekeys not uploaded yet, by id. Free each record with db_blob_free. */
+int db_prekeys_not_uploaded(db *d, db_key_row *out, size_t max, size_t *n);
+int db_prekeys_uploaded(db *d, const uint32_t *ids, size_t n);
+
+/* ---- sessions and the identity keys of peer devices ---------------------------------- */
+
+/* A serialized session record per peer device; DB_NOT_FOUND when there is none. */
+int db_session_get(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, db_blob *record);
+int db_session_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t *record, size_t len);
+int db_session_delete(db *d, const uint8_t account[DB_ID_LEN], uint32_t device);
+int db_session_exists(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, bool *exists);
+
+/* The identity key (32-byte u) last seen for a peer device; DB_NOT_FOUND when none. */
+int db_peer_identity_get(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, uint8_t key[DB_KEY_LEN]);
+
+typedef struct {
+    bool known;          /* a key was stored before */
+    bool changed;        /* ... and it was another one */
+    bool was_verified;   /* the contact had been verified (the mark is now cleared) */
+} db_identity_seen;
+
+/* Stores key as the identity of (account, device). When another key was stored before,
+ * the account's verified mark is cleared (the caller records the change in the same
+ * transaction: db_notice_add). */
+int db_peer_identity_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t key[DB_KEY_LEN],
+                         db_identity_seen *out);
 
 #endif

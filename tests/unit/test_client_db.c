@@ -1,8 +1,10 @@
 /* test_client_db.c - libparley's profile database on a real file: permissions, the
  * identity, contacts, the outbox surviving a reopen, outgoing states that only move
  * forward, incoming de-duplication by (sender account, sender device, id), read
- * receipts, nested transactions that roll back whole, and a refusal to open a
- * database from a newer schema. */
+ * receipts, nested transactions that roll back whole, a refusal to open a database
+ * from a newer schema, and (schema v3) sessions, prekeys consumed in the message's
+ * transaction, signed-prekey retention, identity changes, sealed sends, RETRY
+ * receipts, resends and their merging, and the migration of a v2 database. */
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -419,6 +421,364 @@ static void test_transactions(void)
     db_close(d);
 }
 
+static void test_sessions_and_prekeys(void)
+{
+    db *d = open_db();
+    uint8_t peer[DB_ID_LEN];
+    fill_id(peer, 0x91);
+    db_blob b;
+    bool exists = true;
+    CHECK_RC(db_session_get(d, peer, 1, &b), DB_NOT_FOUND);
+    CHECK_RC(db_session_exists(d, peer, 1, &exists), DB_OK);
+    CHECK(!exists);
+    const uint8_t rec1[] = {1, 2, 3}, rec2[] = {4, 5, 6, 7};
+    CHECK_RC(db_session_put(d, peer, 1, rec1, sizeof rec1), DB_OK);
+    CHECK_RC(db_session_put(d, peer, 2, rec2, sizeof rec2), DB_OK);
+    CHECK_RC(db_session_put(d, peer, 1, rec2, sizeof rec2), DB_OK); /* replaced */
+    db_close(d);
+    d = open_db();
+    CHECK_RC(db_session_get(d, peer, 1, &b), DB_OK);
+    CHECK(b.len == sizeof rec2 && memcmp(b.data, rec2, b.len) == 0);
+    db_blob_free(&b);
+    CHECK(b.data == NULL && b.len == 0);
+    CHECK_RC(db_session_delete(d, peer, 1), DB_OK);
+    CHECK_RC(db_session_get(d, peer, 1, &b), DB_NOT_FOUND);
+    CHECK_RC(db_session_exists(d, peer, 2, &exists), DB_OK);
+    CHECK(exists);
+
+    /* one-time prekeys: the counter moves forward, a used key goes with the message in
+     * one transaction, and stays when that transaction rolls back */
+    uint32_t id1 = 0, id2 = 0, id3 = 0;
+    CHECK_RC(db_prekey_next_id(d, &id1), DB_OK);
+    CHECK_RC(db_prekey_next_id(d, &id2), DB_OK);
+    CHECK(id1 == 1 && id2 == 2);
+    CHECK_RC(db_prekey_add(d, id1, rec1, sizeof rec1), DB_OK);
+    CHECK_RC(db_prekey_add(d, id2, rec2, sizeof rec2), DB_OK);
+    CHECK_RC(db_prekey_add(d, id2, rec2, sizeof rec2), DB_ERROR); /* ids are unique */
+    db_close(d);
+    d = open_db();
+    CHECK_RC(db_prekey_next_id(d, &id3), DB_OK);
+    CHECK(id3 == 3); /* the counter survives a reopen */
+    size_t n = 0;
+    CHECK_RC(db_begin(d), DB_OK);
+    CHECK_RC(db_prekey_delete(d, id1), DB_OK);
+    bool inserted = false;
+    CHECK_RC(add_incoming(d, 0x92, 1, 0x01, "+15550000020", &inserted), DB_OK);
+    db_rollback(d); /* a crash before the commit: the prekey is still there */
+    CHECK_RC(db_prekey_count(d, &n), DB_OK);
+    CHECK(n == 2);
+    CHECK_RC(db_prekey_get(d, id1, &b), DB_OK);
+    db_blob_free(&b);
+    CHECK_RC(db_begin(d), DB_OK);
+    CHECK_RC(db_prekey_delete(d, id1), DB_OK);
+    CHECK_RC(add_incoming(d, 0x92, 1, 0x01, "+15550000020", &inserted), DB_OK);
+    CHECK_RC(db_commit(d), DB_OK);
+    CHECK_RC(db_prekey_get(d, id1, &b), DB_NOT_FOUND);
+    /* uploads: not uploaded first, in order; marked once the server took them */
+    db_key_row rows[4];
+    CHECK_RC(db_prekeys_not_uploaded(d, rows, 4, &n), DB_OK);
+    CHECK(n == 1 && rows[0].id == id2 && rows[0].record.len == sizeof rec2);
+    for (size_t i = 0; i < n; i++)
+        db_blob_free(&rows[i].record);
+    CHECK_RC(db_prekeys_uploaded(d, &id2, 1), DB_OK);
+    CHECK_RC(db_prekeys_not_uploaded(d, rows, 4, &n), DB_OK);
+    CHECK(n == 0);
+
+    /* signed prekeys: a new one replaces the current; replaced ones stay until pruned */
+    uint32_t cur = 0;
+    uint64_t created = 0;
+    CHECK_RC(db_signed_prekey_current(d, &cur, &b, &created), DB_NOT_FOUND);
+    CHECK_RC(db_signed_prekey_add(d, 1, rec1, sizeof rec1, 1000), DB_OK);
+    CHECK_RC(db_signed_prekey_add(d, 2, rec2, sizeof rec2, 5000), DB_OK); /* 1 replaced at 5000 */
+    CHECK_RC(db_signed_prekey_current(d, &cur, &b, &created), DB_OK);
+    CHECK(cur == 2 && created == 5000 && b.len == sizeof rec2);
+    db_blob_free(&b);
+    CHECK_RC(db_signed_prekey_get(d, 1, &b), DB_OK);
+    db_blob_free(&b);
+    CHECK_RC(db_signed_prekey_prune(d, 5000, &n), DB_OK); /* replaced at 5000: not before */
+    CHECK(n == 0);
+    CHECK_RC(db_signed_prekey_prune(d, 5001, &n), DB_OK);
+    CHECK(n == 1);
+    CHECK_RC(db_signed_prekey_get(d, 1, &b), DB_NOT_FOUND);
+    CHECK_RC(db_signed_prekey_prune(d, UINT64_MAX, &n), DB_OK);
+    CHECK(n == 0); /* the current one is never pruned */
+    CHECK_RC(db_signed_prekey_get(d, 2, &b), DB_OK);
+    db_blob_free(&b);
+    db_close(d);
+}
+
+typedef struct {
+    int notices, messages;
+    int last_kind;
+} kind_count;
+
+static bool count_kinds(void *ctx, const db_message *m)
+{
+    kind_count *k = ctx;
+    if (m->kind == DB_KIND_MESSAGE)
+        k->messages++;
+    else
+        k->notices++;
+    k->last_kind = m->kind;
+    return true;
+}
+
+static void test_identities(void)
+{
+    db *d = open_db();
+    uint8_t peer[DB_ID_LEN], key1[DB_KEY_LEN], key2[DB_KEY_LEN], got[DB_KEY_LEN];
+    fill_id(peer, 0x93);
+    memset(key1, 0x21, sizeof key1);
+    memset(key2, 0x22, sizeof key2);
+    db_identity_seen seen;
+    CHECK_RC(db_peer_identity_get(d, peer, 1, got), DB_NOT_FOUND);
+    CHECK_RC(db_peer_identity_put(d, peer, 1, key1, &seen), DB_OK);
+    CHECK(!seen.known && !seen.changed);
+    CHECK_RC(db_peer_identity_put(d, peer, 1, key1, &seen), DB_OK);
+    CHECK(seen.known && !seen.changed);
+    db_contact c;
+    memset(&c, 0, sizeof c);
+    memcpy(c.account, peer, DB_ID_LEN);
+    snprintf(c.phone, sizeof c.phone, "+15550000021");
+    c.devices[0] = 1;
+    c.n_devices = 1;
+    CHECK_RC(db_contact_put(d, &c), DB_OK);
+    CHECK_RC(db_contact_set_verified(d, peer, true), DB_OK);
+    CHECK_RC(db_contact_put(d, &c), DB_OK); /* a device-list update keeps the mark */
+    bool verified = false;
+    CHECK_RC(db_contact_verified(d, peer, &verified), DB_OK);
+    CHECK(verified);
+    CHECK_RC(db_peer_identity_put(d, peer, 1, key2, &seen), DB_OK);
+    CHECK(seen.known && seen.changed && seen.was_verified);
+    CHECK_RC(db_contact_verified(d, peer, &verified), DB_OK);
+    CHECK(!verified);
+    CHECK_RC(db_peer_identity_get(d, peer, 1, got), DB_OK);
+    CHECK_MEM(got, key2, DB_KEY_LEN);
+    uint8_t nobody[DB_ID_LEN];
+    fill_id(nobody, 0x94);
+    CHECK_RC(db_contact_set_verified(d, nobody, true), DB_NOT_FOUND);
+
+    /* a notice in the conversation: shown by recv/listen, never read-receipted */
+    size_t before = 0, after = 0;
+    CHECK_RC(db_receipts_pending_count(d, &before), DB_OK);
+    CHECK_RC(db_notice_add(d, DB_KIND_IDENTITY_CHANGED_VERIFIED, "+15550000021", peer, 1, "changed"), DB_OK);
+    kind_count k = {0};
+    CHECK_RC(db_history(d, "+15550000021", count_kinds, &k), DB_OK);
+    CHECK(k.notices == 1 && k.last_kind == DB_KIND_IDENTITY_CHANGED_VERIFIED);
+    size_t n = 0;
+    CHECK_RC(db_mark_read(d, "+15550000021", &n), DB_OK);
+    CHECK(n == 0);
+    CHECK_RC(db_receipts_pending_count(d, &after), DB_OK);
+    CHECK(after == before);
+    k = (kind_count){0};
+    CHECK_RC(db_unshown(d, count_kinds, &k), DB_OK);
+    CHECK(k.notices == 1);
+    db_close(d);
+}
+
+/* Sealed sends, RETRY receipts, resends, and a resend filling in an undecryptable row. */
+static void test_retries(void)
+{
+    db *d = open_db();
+    uint8_t me[DB_ID_LEN], peer[DB_ID_LEN], id[DB_ID_LEN];
+    fill_id(me, 0xA0);
+    fill_id(peer, 0x95);
+    db_contact c;
+    memset(&c, 0, sizeof c);
+    memcpy(c.account, peer, DB_ID_LEN);
+    snprintf(c.phone, sizeof c.phone, "+15550000022");
+    c.devices[0] = 1;
+    c.n_devices = 1;
+    CHECK_RC(db_contact_put(d, &c), DB_OK);
+
+    /* the sealed Send: stored, read back, dropped on DEVICE_MISMATCH with a count */
+    CHECK_RC(add_outgoing(d, 0x60, "+15550000022", "sealed text"), DB_OK);
+    fill_id(id, 0x60);
+    db_blob b;
+    CHECK_RC(db_outbox_sealed(d, id, &b), DB_NOT_FOUND);
+    const uint8_t send[] = {9, 8, 7};
+    CHECK_RC(db_outbox_seal(d, id, send, sizeof send), DB_OK);
+    db_close(d);
+    d = open_db();
+    CHECK_RC(db_outbox_sealed(d, id, &b), DB_OK);
+    CHECK(b.len == 3 && b.data[0] == 9);
+    db_blob_free(&b);
+    db_outbox_entry e[64];
+    size_t n = 0;
+    CHECK_RC(db_outbox_load(d, e, 64, &n), DB_OK);
+    bool found = false;
+    for (size_t i = 0; i < n; i++)
+        if (e[i].id[0] == 0x60)
+            found = e[i].sealed_len == 3 && e[i].sealed[2] == 7 && !e[i].resend && e[i].mismatches == 0;
+    CHECK(found);
+    db_outbox_free(e, n);
+    uint32_t count = 0;
+    CHECK_RC(db_outbox_unseal(d, id, &count), DB_OK);
+    CHECK(count == 1);
+    CHECK_RC(db_outbox_unseal(d, id, &count), DB_OK);
+    CHECK(count == 2);
+    CHECK_RC(db_outbox_sealed(d, id, &b), DB_NOT_FOUND);
+    bool changed;
+    CHECK_RC(db_outgoing_sent(d, id, peer, 100, &changed), DB_OK);
+    CHECK_RC(db_outbox_seal(d, id, send, sizeof send), DB_NOT_FOUND); /* the entry is gone */
+
+    /* the author's side: a RETRY names our message; each resend has a new id and counts */
+    db_resend_source src;
+    uint8_t stranger[DB_ID_LEN], unknown[DB_ID_LEN], y1[DB_ID_LEN], y2[DB_ID_LEN];
+    fill_id(stranger, 0x96);
+    fill_id(unknown, 0x61);
+    CHECK_RC(db_resend_source_get(d, unknown, peer, 1, me, &src), DB_NOT_FOUND);
+    CHECK_RC(db_resend_source_get(d, id, stranger, 1, me, &src), DB_NOT_FOUND); /* not sent to them */
+    CHECK_RC(db_resend_source_get(d, id, peer, 1, me, &src), DB_OK);
+    CHECK(strcmp(src.text, "sealed text") == 0 && src.resends == 0 && src.original[0] == 0x60);
+    CHECK(strcmp(src.phone, "+15550000022") == 0 && src.sent_ms == 1000 + 0x60);
+    free(src.text);
+    CHECK_RC(db_resend_source_get(d, id, me, 2, me, &src), DB_OK); /* our own other device */
+    free(src.text);
+    fill_id(y1, 0x62);
+    const uint8_t body[] = {1, 1};
+    CHECK_RC(db_resend_add(d, y1, id, "+15550000022", peer, 1, body, sizeof body), DB_OK);
+    CHECK_RC(db_outbox_load(d, e, 64, &n), DB_OK);
+    found = false;
+    for (size_t i = 0; i < n; i++)
+        if (e[i].id[0] == 0x62)
+            found = e[i].resend && e[i].resend_device == 1 && memcmp(e[i].resend_account, peer, DB_ID_LEN) == 0 &&
+                    e[i].body_len == 2 && !e[i].sealed;
+    CHECK(found);
+    db_outbox_free(e, n);
+    /* a RETRY for the resend names its original, counted per device */
+    CHECK_RC(db_resend_source_get(d, y1, peer, 1, me, &src), DB_OK);
+    CHECK(src.original[0] == 0x60 && src.resends == 1);
+    free(src.text);
+    CHECK_RC(db_resend_source_get(d, y1, peer, 2, me, &src), DB_NOT_FOUND); /* not sent to that device */
+    fill_id(y2, 0x63);
+    CHECK_RC(db_resend_add(d, y2, id, "+15550000022", peer, 1, body, sizeof body), DB_OK);
+    CHECK_RC(db_resend_source_get(d, id, peer, 1, me, &src), DB_OK);
+    CHECK(src.resends == 2);
+    free(src.text);
+
+    /* the reader's side: RETRY receipts queued once per message, in batches per device */
+    uint8_t ids[4][DB_ID_LEN], acct[DB_ID_LEN], m1[DB_ID_LEN], m2[DB_ID_LEN];
+    uint32_t dev = 0;
+    fill_id(m1, 0x64);
+    fill_id(m2, 0x65);
+    CHECK_RC(db_retry_pending(d, acct, &dev, ids, 4, &n), DB_OK);
+    CHECK(n == 0);
+    CHECK_RC(db_retry_add(d, peer, 1, m1), DB_OK);
+    CHECK_RC(db_retry_add(d, peer, 1, m1), DB_OK); /* once */
+    CHECK_RC(db_retry_add(d, peer, 1, m2), DB_OK);
+    db_close(d);
+    d = open_db();
+    CHECK_RC(db_retry_pending(d, acct, &dev, ids, 4, &n), DB_OK);
+    CHECK(n == 2 && dev == 1 && ids[0][0] == 0x64 && ids[1][0] == 0x65);
+    CHECK_MEM(acct, peer, DB_ID_LEN);
+    CHECK_RC(db_retry_sent(d, acct, dev, (const uint8_t(*)[DB_ID_LEN])ids, 1), DB_OK);
+    CHECK_RC(db_retry_pending(d, acct, &dev, ids, 4, &n), DB_OK);
+    CHECK(n == 1 && ids[0][0] == 0x65);
+    CHECK_RC(db_retry_sent(d, acct, dev, (const uint8_t(*)[DB_ID_LEN])ids, 1), DB_OK);
+    CHECK_RC(db_retry_add(d, peer, 1, m1), DB_OK); /* never a second time */
+    CHECK_RC(db_retry_pending(d, acct, &dev, ids, 4, &n), DB_OK);
+    CHECK(n == 0);
+
+    /* an undecryptable row, filled in by the resend; the resend's own id is absorbed */
+    db_message m;
+    memset(&m, 0, sizeof m);
+    memcpy(m.id, m1, DB_ID_LEN);
+    m.has_peer_account = true;
+    memcpy(m.peer_account, peer, DB_ID_LEN);
+    m.from_device = 1;
+    snprintf(m.peer_phone, sizeof m.peer_phone, "+15550000022");
+    m.problem = "could not be decrypted";
+    bool inserted = false, seen = false;
+    CHECK_RC(db_incoming_add(d, &m, &inserted), DB_OK);
+    CHECK(inserted);
+    kind_count k = {0};
+    CHECK_RC(db_unshown(d, count_kinds, &k), DB_OK);
+    CHECK_RC(db_mark_shown(d, INT64_MAX), DB_OK);
+    int fill = -1;
+    CHECK_RC(db_incoming_fill(d, peer, 2, m1, "nope", 4, 1, &fill), DB_OK);
+    CHECK(fill == DB_FILL_ABSENT); /* another device of the sender: not its row */
+    CHECK_RC(db_incoming_fill(d, peer, 1, m1, "at last", 7, 4242, &fill), DB_OK);
+    CHECK(fill == DB_FILL_DONE);
+    CHECK_RC(db_incoming_fill(d, peer, 1, m1, "again", 5, 4243, &fill), DB_OK);
+    CHECK(fill == DB_FILL_HAD_TEXT);
+    k = (kind_count){0};
+    CHECK_RC(db_unshown(d, count_kinds, &k), DB_OK);
+    CHECK(k.messages == 1); /* to be shown again, now with its text */
+    history_count h = {0};
+    CHECK_RC(db_history(d, "+15550000022", count_row, &h), DB_OK);
+    CHECK(strcmp(h.last_text, "at last") == 0);
+    fill_id(y1, 0x66);
+    CHECK_RC(db_incoming_seen(d, peer, 1, y1, &seen), DB_OK);
+    CHECK(!seen);
+    CHECK_RC(db_incoming_absorb(d, peer, 1, y1), DB_OK);
+    CHECK_RC(db_incoming_absorb(d, peer, 1, y1), DB_OK);
+    CHECK_RC(db_incoming_seen(d, peer, 1, y1, &seen), DB_OK);
+    CHECK(seen);
+    CHECK_RC(db_incoming_seen(d, peer, 1, m1, &seen), DB_OK);
+    CHECK(seen);
+    CHECK_RC(db_incoming_seen(d, peer, 2, m1, &seen), DB_OK);
+    CHECK(!seen);
+    db_close(d);
+}
+
+/* A profile written by the previous version (schema 2) opens, keeps its data, and gets
+ * the new tables. */
+static void test_migration_from_v2(void)
+{
+    char v2dir[300], path[400];
+    snprintf(v2dir, sizeof v2dir, "%s-v2", dir);
+    remove_tree(v2dir);
+    CHECK(mkdir(v2dir, 0700) == 0);
+    snprintf(path, sizeof path, "%s/parley.db", v2dir);
+    sqlite3 *s;
+    CHECK(sqlite3_open(path, &s) == SQLITE_OK);
+    const char *v2 =
+        "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (2);"
+        "CREATE TABLE identity (id INTEGER PRIMARY KEY CHECK (id = 1), private_key BLOB NOT NULL,"
+        " registration_id INTEGER NOT NULL, server_url TEXT, pending_phone TEXT, phone TEXT, account_id BLOB,"
+        " device_id INTEGER);"
+        "CREATE TABLE contacts (account_id BLOB PRIMARY KEY, phone TEXT UNIQUE, device_ids BLOB NOT NULL,"
+        " updated_ms INTEGER NOT NULL);"
+        "CREATE TABLE messages (seq INTEGER PRIMARY KEY, id BLOB NOT NULL, direction INTEGER NOT NULL,"
+        " peer_phone TEXT, peer_account BLOB, from_device INTEGER NOT NULL DEFAULT 0, text TEXT, problem TEXT,"
+        " sent_ms INTEGER NOT NULL DEFAULT 0, server_time_ms INTEGER NOT NULL DEFAULT 0, state INTEGER NOT NULL,"
+        " read_receipt_sent INTEGER NOT NULL DEFAULT 0, created_ms INTEGER NOT NULL,"
+        " shown INTEGER NOT NULL DEFAULT 1);"
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY, message_id BLOB NOT NULL UNIQUE, phone TEXT NOT NULL,"
+        " body BLOB NOT NULL, created_ms INTEGER NOT NULL);"
+        "INSERT INTO identity VALUES (1, zeroblob(32), 77, 'ws://x:1', NULL, '+15550000030', zeroblob(16), 1);"
+        "INSERT INTO messages (id, direction, peer_phone, text, state, created_ms)"
+        " VALUES (x'01010101010101010101010101010101', 1, '+15550000031', 'old', 1, 1);"
+        "INSERT INTO outbox (message_id, phone, body, created_ms)"
+        " VALUES (x'01010101010101010101010101010101', '+15550000031', x'0a036f6c64', 1);";
+    CHECK(sqlite3_exec(s, v2, NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(s);
+    db *d = NULL;
+    char err[300] = "";
+    CHECK_RC(db_open(&d, v2dir, err, sizeof err), DB_OK);
+    if (!d) {
+        fprintf(stderr, "migration: %s\n", err);
+        return;
+    }
+    db_identity id;
+    CHECK_RC(db_identity_get(d, &id), DB_OK);
+    CHECK(id.registered && id.registration_id == 77);
+    db_outbox_entry e[2];
+    size_t n = 0;
+    CHECK_RC(db_outbox_load(d, e, 2, &n), DB_OK);
+    CHECK(n == 1 && e[0].body_len == 5 && !e[0].sealed && !e[0].resend);
+    db_outbox_free(e, n);
+    history_count h = {0};
+    CHECK_RC(db_history(d, "+15550000031", count_row, &h), DB_OK);
+    CHECK(h.n == 1 && strcmp(h.last_text, "old") == 0);
+    uint32_t pk = 0;
+    CHECK_RC(db_prekey_next_id(d, &pk), DB_OK);
+    CHECK(pk == 1);
+    db_close(d);
+    remove_tree(v2dir);
+}
+
 static void test_newer_schema_refused(void)
 {
     char path[300];
@@ -444,6 +804,10 @@ int main(void)
     test_incoming();
     test_unshown();
     test_transactions();
+    test_sessions_and_prekeys();
+    test_identities();
+    test_retries();
+    test_migration_from_v2();
     test_newer_schema_refused();
     char top[256];
     snprintf(top, sizeof top, "/tmp/parley-test-client-db-%d", (int)getpid());
