@@ -4,8 +4,9 @@
  *   FetchBundles: one bundle per device of an account. Each one-time prekey is handed
  *         out once: it is taken inside the writer's batch, and the bundle leaves only
  *         after that batch's commit, so neither a concurrent fetch nor a crash can hand
- *         it out again. A device whose stock just fell below KEYS_LOW finds a notice
- *         in its inbox (Envelope.prekeys_left), delivered like any message. */
+ *         it out again. A device whose stock is below KEYS_LOW finds a notice in its
+ *         inbox (Envelope.prekeys_left), delivered like any message, once until it
+ *         uploads again. */
 #include "keys.h"
 
 #include <stdlib.h>
@@ -148,6 +149,8 @@ void on_upload_keys(ws_conn *c, peer *p, uint64_t rid, const Parley__UploadKeys 
     server *srv = server_of(c);
     store_device_record rec;
     int rc = store_device_get(srv->st, &p->device, &rec);
+    if (rc == STORE_OK && memcmp(rec.identity_key, p->key_prefix, sizeof p->key_prefix) != 0)
+        rc = STORE_NOT_FOUND; /* registered again since this connection proved its key */
     if (rc != STORE_OK) {
         peer_job_error(c, rid, rc == STORE_NOT_FOUND ? JOB_REPLACED : rc);
         return;
@@ -239,8 +242,9 @@ static int fetch_apply(store_batch *b, writer_job *job)
             break;
         out->device = recs[i];
         j->n++;
-        if (out->has_prekey && left == KEYS_LOW - 1) { /* just fell below: tell it once */
-            Parley__Envelope e = PARLEY__ENVELOPE__INIT;
+        bool first = false;
+        if (left < KEYS_LOW && (rc = store_prekeys_notice(b, &d, &first)) == STORE_OK && first) {
+            Parley__Envelope e = PARLEY__ENVELOPE__INIT; /* once until the device uploads */
             e.has_server_time_ms = 1;
             e.server_time_ms = now;
             e.has_prekeys_left = 1;
@@ -248,8 +252,16 @@ static int fetch_apply(store_batch *b, writer_job *job)
             rc = targets_add(&j->notices, &d, &e);
         }
     }
-    if (rc == STORE_OK)
-        rc = targets_append(b, &j->notices, now);
+    if (rc == STORE_OK && j->notices.n) { /* a full disk loses the notices, not the fetch */
+        store_batch *nb;
+        int nrc = store_batch_nest(b, &nb);
+        if (nrc == STORE_OK && (nrc = targets_append(nb, &j->notices, now)) == STORE_OK)
+            nrc = store_batch_commit(nb);
+        else if (nrc != STORE_OK && nb)
+            store_batch_abort(nb);
+        if (nrc != STORE_OK)
+            j->notices.n = j->notices.used = 0;
+    }
     return rc;
 }
 

@@ -226,6 +226,11 @@ void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m)
         t->check_registration = dm->has_registration_id;
         t->registration_id = dm->registration_id;
     }
+    bool to_recipient = false; /* a resend still goes to the recipient: not only to our own devices */
+    for (size_t t = 0; t < j->targets.n; t++)
+        to_recipient |= same_account(j->targets.items[t].device.account, m->recipient_account.data);
+    if (!bad && !plaintext && j->resend && !to_recipient)
+        bad = "a resend names at least one device of the recipient";
     if (bad || plaintext) {
         if (plaintext)
             peer_error(c, rid, PARLEY__ERROR_CODE__PLAINTEXT_REFUSED,

@@ -274,6 +274,17 @@ static void on_request_code(ws_conn *c, peer *p, uint64_t rid, const Parley__Req
     }
 }
 
+/* Is a code waiting for phone (without using an attempt)? Keeps Register frames for
+ * numbers nobody asked a code for from costing a signature check. */
+static bool code_waiting(server *srv, const char *phone)
+{
+    pthread_mutex_lock(&srv->codes_lock);
+    code_entry *e = find_code(srv, phone, false);
+    bool waiting = e && e->code[0];
+    pthread_mutex_unlock(&srv->codes_lock);
+    return waiting;
+}
+
 /* Checks a code; burns it after too many wrong tries or once used. */
 static uint32_t check_code(server *srv, const char *phone, const char *code)
 {
@@ -360,6 +371,10 @@ static void on_register(ws_conn *c, peer *p, uint64_t rid, const Parley__Registe
         ps_pubkey_parse(primary.identity_key, m->identity_key.data, m->identity_key.len) != PS_OK) {
         peer_error(c, rid, PARLEY__ERROR_CODE__INVALID_KEY,
                    "identity_key must be a 33-byte Curve25519 key (0x05 || u)");
+        return;
+    }
+    if (!code_waiting(srv, m->phone)) {
+        peer_error(c, rid, PARLEY__ERROR_CODE__WRONG_CODE, "no code was requested for this number");
         return;
     }
     register_job *j = malloc(sizeof *j);

@@ -2,6 +2,7 @@
 #include "writer.h"
 
 #include <stdlib.h>
+#include <time.h>
 
 struct writer {
     store *st;
@@ -12,6 +13,7 @@ struct writer {
     writer_job *head, *tail;
     bool stopping;
     writer_stats stats;
+    unsigned long commit_delay_ms; /* PARLEYD_COMMIT_DELAY_MS, for crash tests (docs/storage.md) */
 };
 
 static void home_drain(uv_async_t *a)
@@ -76,6 +78,10 @@ static void run_batch(writer *w, writer_job *jobs)
         else if (child)
             store_batch_abort(child);
     }
+    if (rc == STORE_OK && w->commit_delay_ms) { /* tests: widen the window before durability */
+        struct timespec ts = {w->commit_delay_ms / 1000, (long)(w->commit_delay_ms % 1000) * 1000000};
+        nanosleep(&ts, NULL);
+    }
     if (rc == STORE_OK)
         rc = store_batch_commit(b);
     pthread_mutex_lock(&w->lock);
@@ -121,6 +127,8 @@ int writer_start(writer **out, store *s, size_t max_batch)
         return STORE_NOMEM;
     w->st = s;
     w->max_batch = max_batch ? max_batch : 1024;
+    const char *delay = getenv("PARLEYD_COMMIT_DELAY_MS");
+    w->commit_delay_ms = delay ? strtoul(delay, NULL, 10) % 10000 : 0;
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->wake, NULL);
     if (pthread_create(&w->tid, NULL, writer_main, w) != 0) {

@@ -41,7 +41,10 @@ typedef struct {
 
 typedef struct writer writer;
 
-/* Starts the writer thread on s; max_batch bounds the jobs in one commit. */
+/* Starts the writer thread on s; max_batch bounds the jobs in one commit. The
+ * environment variable PARLEYD_COMMIT_DELAY_MS (tests only; under 10 s) makes it wait
+ * that long before each commit, so a crash test can hit the window between a batch's
+ * work and its durability every time. */
 int writer_start(writer **out, store *s, size_t max_batch);
 
 /* Queues job from the loop that owns home. Thread-safe. */

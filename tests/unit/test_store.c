@@ -3,8 +3,11 @@
  * batches that abort whole, a full map refused without damage, and kill -9 in the
  * middle of writing: every batch whose commit returned is there afterwards. */
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <lmdb.h>
 
 #include "check.h"
 #include "store.h"
@@ -429,6 +432,37 @@ static void test_prekeys(void)
     remove_dir();
 }
 
+/* A data directory from before the keys directory (8 tables): parleyctl reads it
+ * read-only with no prekeys; parleyd opening it read-write adds the new tables. */
+static void test_older_directory(void)
+{
+    fresh_dir("older");
+    const char *old_tables[] = {"inbox", "inbox_next", "inbox_time", "dedup", "dedup_time",
+                                "phones", "accounts", "devices"};
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    CHECK(mkdir(dir, 0700) == 0);
+    CHECK_RC(mdb_env_create(&env), 0);
+    CHECK_RC(mdb_env_set_maxdbs(env, 16), 0);
+    CHECK_RC(mdb_env_open(env, dir, 0, 0600), 0);
+    CHECK_RC(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    for (size_t i = 0; i < 8; i++)
+        CHECK_RC(mdb_dbi_open(txn, old_tables[i], MDB_CREATE, &dbi), 0);
+    CHECK_RC(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+
+    store *s;
+    store_stats st;
+    CHECK_RC(store_open_readonly(&s, dir), STORE_OK);
+    CHECK_RC(store_get_stats(s, &st), STORE_OK);
+    CHECK(st.prekeys == 0 && st.devices == 0);
+    store_close(s);
+    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
+    store_close(s);
+    remove_dir();
+}
+
 int main(void)
 {
     test_inbox();
@@ -436,6 +470,7 @@ int main(void)
     test_full();
     test_accounts();
     test_prekeys();
+    test_older_directory();
     test_kill9();
     return check_summary("store");
 }

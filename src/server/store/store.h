@@ -165,10 +165,16 @@ typedef struct {
 int store_signed_prekey_put(store_batch *b, const store_device *d, const store_signed_prekey *k);
 int store_signed_prekey_get(store_batch *b, const store_device *d, store_signed_prekey *out);
 
-/* Adds one-time prekeys to a device's stock. A key already held under its id is
- * skipped (a resent upload); an id held with another key is STORE_EXISTS (abort the
- * batch: some may have been added). */
+/* Adds one-time prekeys to a device's stock. Ids only grow: an id at or below the
+ * highest the device ever uploaded is skipped unless held (a resent upload must not
+ * revive a key already handed out); a key already held under its id is skipped too;
+ * an id held with another key is STORE_EXISTS (abort the batch: some may have been
+ * added). Adding keys re-arms the low-stock notice. */
 int store_prekeys_add(store_batch *b, const store_device *d, const store_prekey *keys, size_t n);
+
+/* The device is short of prekeys: *first is true if it was not told so since its last
+ * upload (and now counts as told). */
+int store_prekeys_notice(store_batch *b, const store_device *d, bool *first);
 
 /* One-time prekeys held for a device. */
 int store_prekeys_count(store_batch *b, const store_device *d, size_t *n);

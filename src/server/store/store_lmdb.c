@@ -12,6 +12,7 @@
  *   signed_prekeys device(20)                -> id(4) key(32) signature(64) uploaded_ms(8)
  *   prekeys     device(20)                   -> id(4) key(32), sorted duplicates (DUPFIXED):
  *               the lowest id is handed out first, and a count costs no scan
+ *   prekey_meta device(20)                   -> highest id ever uploaded(4) notified(1)
  * A device is account(16) device number(4). Every change to inbox or dedup changes
  * its time index in the same transaction, so a sweep costs what it removes. */
 #include "store.h"
@@ -27,7 +28,8 @@
 struct store {
     MDB_env *env;
     MDB_dbi inbox, inbox_next, inbox_time, dedup, dedup_time, phones, accounts, devices;
-    MDB_dbi signed_prekeys, prekeys;
+    MDB_dbi signed_prekeys, prekeys, prekey_meta;
+    unsigned missing;   /* read-only on an older data directory: tables it lacks (bits) */
 };
 
 struct store_batch {
@@ -93,19 +95,22 @@ const char *store_strerror(int rc)
 static const char *const table_names[] = {"inbox",   "inbox_next", "inbox_time",
                                           "dedup",   "dedup_time", "phones",
                                           "accounts", "devices",   "signed_prekeys",
-                                          "prekeys"};
+                                          "prekeys",  "prekey_meta"};
+#define NTABLES (sizeof table_names / sizeof *table_names)
+#define FIRST_OPTIONAL 8 /* tables from here on came later: an older directory may lack them */
+#define TABLE_PREKEYS 9
 
 static MDB_dbi *table_dbi(store *s, size_t i)
 {
     MDB_dbi *dbis[] = {&s->inbox,    &s->inbox_next, &s->inbox_time,     &s->dedup,
                        &s->dedup_time, &s->phones,   &s->accounts,       &s->devices,
-                       &s->signed_prekeys, &s->prekeys};
+                       &s->signed_prekeys, &s->prekeys, &s->prekey_meta};
     return dbis[i];
 }
 
 static unsigned table_flags(size_t i)
 {
-    return i == 9 ? MDB_DUPSORT | MDB_DUPFIXED : 0; /* prekeys */
+    return i == TABLE_PREKEYS ? MDB_DUPSORT | MDB_DUPFIXED : 0;
 }
 
 static int open_env(store **out, const char *dir, uint64_t map_size, bool readonly)
@@ -127,9 +132,18 @@ static int open_env(store **out, const char *dir, uint64_t map_size, bool readon
         rc = mdb_env_open(s->env, dir, MDB_NOTLS | (readonly ? MDB_RDONLY : 0), 0600);
     if (rc == 0)
         rc = mdb_txn_begin(s->env, NULL, readonly ? MDB_RDONLY : 0, &txn);
-    for (size_t i = 0; rc == 0 && i < sizeof table_names / sizeof *table_names; i++)
+    for (size_t i = 0; rc == 0 && i < NTABLES; i++) {
         rc = mdb_dbi_open(txn, table_names[i], table_flags(i) | (readonly ? 0 : MDB_CREATE),
                           table_dbi(s, i));
+        unsigned flags = 0;
+        if (rc == MDB_NOTFOUND && readonly && i >= FIRST_OPTIONAL) {
+            s->missing |= 1u << i; /* reads of it find nothing */
+            rc = 0;
+        } else if (rc == 0 && (rc = mdb_dbi_flags(txn, *table_dbi(s, i), &flags)) == 0 &&
+                   (flags & table_flags(i)) != table_flags(i)) {
+            rc = MDB_INCOMPATIBLE; /* a table made with other flags: not ours */
+        }
+    }
     if (rc == 0) {
         rc = mdb_txn_commit(txn);
         txn = NULL;
@@ -164,12 +178,12 @@ int store_get_stats(store *s, store_stats *out)
     if (rc != 0)
         return map_error(rc);
     MDB_stat st;
-    struct { MDB_dbi dbi; uint64_t *count; } counts[] = {
-        {s->inbox, &out->inbox_envelopes}, {s->dedup, &out->dedup_records},
-        {s->accounts, &out->accounts}, {s->devices, &out->devices},
-        {s->prekeys, &out->prekeys}};
+    struct { MDB_dbi dbi; uint64_t *count; bool missing; } counts[] = {
+        {s->inbox, &out->inbox_envelopes, false}, {s->dedup, &out->dedup_records, false},
+        {s->accounts, &out->accounts, false}, {s->devices, &out->devices, false},
+        {s->prekeys, &out->prekeys, (s->missing & 1u << TABLE_PREKEYS) != 0}};
     for (size_t i = 0; rc == 0 && i < sizeof counts / sizeof *counts; i++)
-        if ((rc = mdb_stat(txn, counts[i].dbi, &st)) == 0)
+        if (!counts[i].missing && (rc = mdb_stat(txn, counts[i].dbi, &st)) == 0)
             *counts[i].count = st.ms_entries;
     /* the free list (dbi 0 of LMDB's own) holds page-number lists of freed pages */
     MDB_cursor *c;
@@ -514,10 +528,13 @@ static int drop_keys(store_batch *b, const store_device *d)
     uint8_t dk[DEVICE_KEY_LEN];
     device_key(dk, d);
     MDB_val key = {sizeof dk, dk};
-    int rc = mdb_del(b->txn, b->s->signed_prekeys, &key, NULL);
-    if (rc == 0 || rc == MDB_NOTFOUND)
-        rc = mdb_del(b->txn, b->s->prekeys, &key, NULL);
-    return rc == MDB_NOTFOUND ? STORE_OK : map_error(rc);
+    MDB_dbi tables[] = {b->s->signed_prekeys, b->s->prekeys, b->s->prekey_meta};
+    for (size_t i = 0; i < sizeof tables / sizeof *tables; i++) {
+        int rc = mdb_del(b->txn, tables[i], &key, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND)
+            return map_error(rc);
+    }
+    return STORE_OK;
 }
 
 int store_register(store_batch *b, const char *phone, const uint8_t new_id[STORE_ACCOUNT_ID_LEN],
@@ -762,14 +779,50 @@ int store_prekeys_count(store_batch *b, const store_device *d, size_t *n)
     return rc == MDB_NOTFOUND ? STORE_OK : map_error(rc);
 }
 
+/* A device's prekey bookkeeping: the highest id it ever uploaded, and whether it was
+ * told that its stock is low since its last upload. */
+typedef struct {
+    uint32_t high;
+    bool notified;
+} prekey_meta;
+
+static int meta_get(store_batch *b, const uint8_t dk[DEVICE_KEY_LEN], prekey_meta *m)
+{
+    MDB_val key = {DEVICE_KEY_LEN, (void *)dk}, val;
+    int rc = mdb_get(b->txn, b->s->prekey_meta, &key, &val);
+    *m = (prekey_meta){0, false};
+    if (rc == MDB_NOTFOUND)
+        return STORE_OK;
+    if (rc != 0)
+        return map_error(rc);
+    if (val.mv_size != 5)
+        return STORE_INVALID;
+    m->high = get_be32(val.mv_data);
+    m->notified = ((uint8_t *)val.mv_data)[4] != 0;
+    return STORE_OK;
+}
+
+static int meta_put(store_batch *b, const uint8_t dk[DEVICE_KEY_LEN], const prekey_meta *m)
+{
+    uint8_t v[5];
+    put_be32(v, m->high);
+    v[4] = m->notified;
+    return put(b->txn, b->s->prekey_meta, dk, DEVICE_KEY_LEN, v, sizeof v);
+}
+
 int store_prekeys_add(store_batch *b, const store_device *d, const store_prekey *keys, size_t n)
 {
     uint8_t dk[DEVICE_KEY_LEN];
     device_key(dk, d);
+    prekey_meta meta;
+    int rc = meta_get(b, dk, &meta);
+    if (rc != STORE_OK)
+        return rc;
+    uint32_t high = meta.high;
     MDB_cursor *c;
-    int rc = mdb_cursor_open(b->txn, b->s->prekeys, &c);
-    if (rc != 0)
+    if ((rc = mdb_cursor_open(b->txn, b->s->prekeys, &c)) != 0)
         return map_error(rc);
+    bool added = false;
     for (size_t i = 0; i < n && rc == 0; i++) {
         uint8_t v[PREKEY_LEN] = {0};
         put_be32(v, keys[i].id);
@@ -783,13 +836,36 @@ int store_prekeys_add(store_batch *b, const store_device *d, const store_prekey 
         }
         if (rc != 0 && rc != MDB_NOTFOUND)
             break;
+        rc = 0;
+        if (keys[i].id <= meta.high)
+            continue; /* handed out already (ids only grow): a resent upload must not revive it */
         memcpy(v + 4, keys[i].key, STORE_KEY_LEN);
         key = (MDB_val){sizeof dk, dk};
         val = (MDB_val){sizeof v, v};
         rc = mdb_cursor_put(c, &key, &val, MDB_NODUPDATA);
+        added = true;
+        if (keys[i].id > high)
+            high = keys[i].id;
     }
     mdb_cursor_close(c);
+    if (rc == 0 && added) { /* a fresh stock: the next shortage is told again */
+        meta = (prekey_meta){high, false};
+        return meta_put(b, dk, &meta);
+    }
     return rc == EEXIST ? STORE_EXISTS : map_error(rc);
+}
+
+int store_prekeys_notice(store_batch *b, const store_device *d, bool *first)
+{
+    uint8_t dk[DEVICE_KEY_LEN];
+    device_key(dk, d);
+    prekey_meta meta;
+    int rc = meta_get(b, dk, &meta);
+    *first = rc == STORE_OK && !meta.notified;
+    if (!*first)
+        return rc;
+    meta.notified = true;
+    return meta_put(b, dk, &meta);
 }
 
 int store_prekey_take(store_batch *b, const store_device *d, store_prekey *out, size_t *left)

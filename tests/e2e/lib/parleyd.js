@@ -35,14 +35,15 @@ export async function freePort() {
 
 export class Parleyd {
   // extra: more flags, e.g. ['--send-rate', '5'].
-  static async start({ dataDir, sms, heartbeat, threads = 2, maxFrame, extra = [], port } = {}) {
+  // env: more environment variables, e.g. { PARLEYD_COMMIT_DELAY_MS: '30' }.
+  static async start({ dataDir, sms, heartbeat, threads = 2, maxFrame, extra = [], port, env = {} } = {}) {
     port = port ?? await freePort();
     const args = ['--listen', `127.0.0.1:${port}`, '--data', dataDir, '--threads', String(threads)];
     if (sms) args.push('--sms', sms);
     if (heartbeat) args.push('--heartbeat', String(heartbeat));
     if (maxFrame) args.push('--max-frame', String(maxFrame));
     args.push(...extra);
-    const child = spawn(binary(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(binary(), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     const d = new Parleyd(child, port, dataDir);
     await d.ready();
     return d;

@@ -51,6 +51,18 @@ async function envelopes(c, ms = 5000) {
   }
 }
 
+// Asserts that no envelope reaches c within ms.
+async function noEnvelopes(c, ms) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const left = deadline - Date.now();
+    if (left <= 0) return;
+    let f;
+    try { f = await c.next(left); } catch { return; }
+    assert.ok(!f.deliver?.envelopes?.length, `unexpected ${JSON.stringify(f)}`);
+  }
+}
+
 function stats(d) {
   return JSON.parse(execFileSync(process.env.PARLEYCTL ?? path.resolve('../../build/parleyctl'), ['stats', '--data', d.dataDir], { encoding: 'utf8' }));
 }
@@ -134,6 +146,15 @@ test('bundles: the device keys, a verified signed prekey, the lowest one-time pr
     else assert.equal(b.prekey, undefined, 'the stock is empty');
   }
   assert.deepEqual(seen, [1, 2, 3]);
+  // a resent upload (its answer was lost, say) must not revive keys handed out already
+  const batch = preKeys(10, 3);
+  assert.equal((await bob.c.request('upload_keys', { prekeys: batch })).keys_uploaded.prekeys_left, 3);
+  const first = (await alice.c.request('fetch_bundles', { account_id: bob.account })).bundles.bundles[0].prekey;
+  assert.equal(first.id, 10);
+  assert.equal((await bob.c.request('upload_keys', { prekeys: batch })).keys_uploaded.prekeys_left, 2, 'id 10 stays used');
+  const ids = [];
+  for (let i = 0; i < 3; i++) ids.push((await alice.c.request('fetch_bundles', { account_id: bob.account })).bundles.bundles[0].prekey?.id);
+  assert.deepEqual(ids, [11, 12, undefined]);
   // a device asks only for what it names; its own bundle is never handed to it
   const own = await alice.c.request('fetch_bundles', { account_id: alice.account });
   assert.deepEqual(own.bundles.bundles ?? [], []);
@@ -147,7 +168,9 @@ test('bundles: the device keys, a verified signed prekey, the lowest one-time pr
 });
 
 test('one-time prekeys: 50 devices fetch concurrently, none handed out twice, not even across kill -9', TIMEOUT, async (t) => {
-  const { d, dir, smsLog } = await withServer(t, { extra: ['--fetch-rate', '1000'] });
+  // commits wait 30 ms, so the kill lands between work and durability: a bundle sent
+  // before its commit would come back after the restart, and this test would see it
+  const { d, dir, smsLog } = await withServer(t, { extra: ['--fetch-rate', '1000'], env: { PARLEYD_COMMIT_DELAY_MS: '30' } });
   const bob = await user(d, smsLog, { prekeys: 100 });
   await bob.c.close();
   const fetchers = [];
@@ -195,22 +218,33 @@ test('one-time prekeys: 50 devices fetch concurrently, none handed out twice, no
   for (const c of again) await c.close();
 });
 
-test('the low-stock notice reaches the device once, and an upload refills', TIMEOUT, async (t) => {
+test('the low-stock notice: once while the stock is low, again after an upload that is still short', TIMEOUT, async (t) => {
   const { d, smsLog } = await withServer(t, { extra: ['--fetch-rate', '1000'] });
   const bob = await user(d, smsLog, { prekeys: 22 });
   const alice = await user(d, smsLog, { receive: false });
-  for (let i = 0; i < 3; i++) await alice.c.request('fetch_bundles', { account_id: bob.account }); // 22 -> 19
+  const fetch = () => alice.c.request('fetch_bundles', { account_id: bob.account });
+  for (let i = 0; i < 2; i++) await fetch(); // 22 -> 20: not low yet
+  await noEnvelopes(bob.c, 300);
+  await fetch(); // 19
   const notice = (await envelopes(bob.c))[0];
   assert.equal(notice.prekeys_left, 19);
   assert.equal(notice.sender_account, undefined);
   assert.equal(notice.body, undefined);
   bob.c.push('deliver_ack', { up_to_seq: notice.seq });
-  await alice.c.request('fetch_bundles', { account_id: bob.account }); // 18: no second notice
-  const r = await bob.c.request('upload_keys', { prekeys: preKeys(100, 100) });
-  assert.equal(r.keys_uploaded.prekeys_left, 118);
-  await assert.rejects(bob.c.next(500), /no frame/);
-  await alice.c.close();
-  await bob.c.close();
+  for (let i = 0; i < 19; i++) await fetch(); // down to 0, and on without one-time prekeys: no second notice
+  assert.equal((await fetch()).bundles.bundles[0].prekey, undefined);
+  await noEnvelopes(bob.c, 500);
+  // an upload that leaves the stock short re-arms the notice
+  assert.equal((await bob.c.request('upload_keys', { prekeys: preKeys(100, 5) })).keys_uploaded.prekeys_left, 5);
+  await fetch();
+  const again = (await envelopes(bob.c))[0];
+  assert.equal(again.prekeys_left, 4);
+  bob.c.push('deliver_ack', { up_to_seq: again.seq });
+  // a device registered with a short stock is told at the first fetch
+  const carol = await user(d, smsLog, { prekeys: 3 });
+  await alice.c.request('fetch_bundles', { account_id: carol.account });
+  assert.equal((await envelopes(carol.c))[0].prekeys_left, 2);
+  for (const u of [alice, bob, carol]) await u.c.close();
 });
 
 test('fetches are rate limited per requesting device', TIMEOUT, async (t) => {
@@ -246,6 +280,7 @@ test('sends: plaintext refused; a re-registered device is stale; registration id
   const code = lastCode(smsLog, bob.phone);
   assert.ok((await c.request('register', { phone: bob.phone, code, identity_key: fresh.pub, registration_id: 2222, keys: uploadKeys(fresh) })).registered);
   await c.close();
+  expectError(await alice.c.request('send', { message_id: crypto.randomBytes(16), recipient_account: bob.account, resend: true, messages: [{ account_id: alice.account, device_id: 2, type: 2, body }] }), ErrorCode.MALFORMED_FRAME, 'a resend to none of the recipient\'s devices');
   const r = await send({ type: 2, registration_id: 1111 });
   expectError(r, ErrorCode.DEVICE_MISMATCH, 'encrypted for the old install');
   assert.deepEqual(r.error.devices.device_ids, [1]);
