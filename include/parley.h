@@ -12,6 +12,13 @@
  * library acknowledges it to the server, and is shown (reported) once, however often
  * the server delivers it.
  *
+ * End-to-end encryption: every message body is encrypted with the Signal protocol for
+ * each recipient device (and each other device of our own); the server never sees a
+ * text. Sessions, prekeys and the identity keys of contacts live in the profile's
+ * database; a contact's new identity key is reported (PARLEY_EVENT_IDENTITY_CHANGED
+ * and a notice in the conversation) before anything is encrypted to it, and safety
+ * numbers (parley_safety_number) let two people check their keys.
+ *
  * Return values: functions returning int give PARLEY_OK (0) or a negative
  * parley_status; parley_errmsg() then says what went wrong in words for a person. */
 #ifndef PARLEY_H
@@ -48,6 +55,8 @@ typedef enum {
     PARLEY_ERR_AUTH = -11,              /* the server does not accept this device's key */
     PARLEY_ERR_STATE = -12,             /* not possible now (e.g. already connected, or in a callback) */
     PARLEY_ERR_UNSUPPORTED = -13,       /* the server does not offer what was asked for */
+    PARLEY_ERR_UNKNOWN_KEY = -14,       /* the contact's identity key is not known yet: parley_fetch_identity */
+    PARLEY_ERR_KEYS = -15,              /* the server refused this device's prekeys (an ERROR event; not fatal) */
 } parley_status;
 
 /* Message states. Outgoing: PENDING -> SENT -> DELIVERED -> READ, only ever forward
@@ -101,9 +110,10 @@ int parley_profile_get(parley *p, parley_profile *out);
  * number, too many codes). timeout_ms bounds the whole exchange. */
 int parley_request_code(parley *p, const char *server_url, const char *phone, int timeout_ms);
 
-/* Sends the code that arrived by SMS; on success the profile is registered (device 1).
- * PARLEY_ERR_NOT_REGISTERED when no code was requested; PARLEY_ERR_REFUSED for a
- * wrong, expired or burnt code. */
+/* Sends the code that arrived by SMS, with the device's first keys: a signed prekey and
+ * 100 one-time prekeys, generated (once) and stored before they are sent. On success
+ * the profile is registered (device 1). PARLEY_ERR_NOT_REGISTERED when no code was
+ * requested; PARLEY_ERR_REFUSED for a wrong, expired or burnt code, or refused keys. */
 int parley_verify(parley *p, const char *code, int timeout_ms);
 
 /* ---- events ---------------------------------------------------------------------- */
@@ -115,11 +125,22 @@ typedef enum {
     PARLEY_EVENT_CONNECTION,    /* the connection changed state */
     PARLEY_EVENT_DRAINED,       /* the server's offline queue for this device is empty */
     PARLEY_EVENT_ERROR,         /* a problem that does not close the connection */
+    PARLEY_EVENT_IDENTITY_CHANGED, /* a contact's device has a new identity key (recorded
+                                      before anything is encrypted to it) */
 } parley_event_type;
+
+/* What a parley_message is: a message, or a notice in the conversation. */
+typedef enum {
+    PARLEY_MESSAGE_TEXT = 0,
+    PARLEY_MESSAGE_IDENTITY_CHANGED = 1, /* the contact's device (from_device) has a new identity
+                                            key; text is the line for people */
+} parley_message_kind;
 
 typedef struct {
     uint8_t id[PARLEY_ID_LEN];
     bool outgoing;
+    parley_message_kind kind;
+    bool was_verified;          /* IDENTITY_CHANGED: the contact had been verified (no longer) */
     const char *peer;           /* the other party's number; NULL if the server could not name it */
     uint32_t from_device;       /* incoming: the sender's device */
     uint64_t server_time_ms;    /* when the server accepted it; 0 while pending */
@@ -127,7 +148,9 @@ typedef struct {
     const char *text;           /* NUL-terminated UTF-8; NULL when malformed */
     size_t text_len;
     const char *problem;        /* NULL, or what went wrong: why an incoming body could not
-                                   be read, or why an outgoing message failed */
+                                   be read or decrypted (the sender was asked to send it
+                                   again: when it comes, the message is reported again under
+                                   the same id, with its text), or why an outgoing message failed */
     parley_state state;
 } parley_message;
 
@@ -149,6 +172,13 @@ typedef struct {
     uint64_t server_time_ms;
     const char *reason;         /* PARLEY_STATE_FAILED: why */
 } parley_state_change;
+
+/* PARLEY_EVENT_IDENTITY_CHANGED */
+typedef struct {
+    const char *peer;           /* the contact's number; NULL if unknown */
+    uint32_t device;
+    bool was_verified;          /* the contact had been verified: the mark is now cleared */
+} parley_identity_change;
 
 typedef enum {
     PARLEY_CONN_OFFLINE = 0,     /* not connected and not trying (stopped, or a fatal error) */
@@ -172,6 +202,7 @@ typedef struct {
         parley_receipt receipt;       /* PARLEY_EVENT_RECEIPT */
         parley_state_change state;    /* PARLEY_EVENT_STATE */
         parley_connection connection; /* PARLEY_EVENT_CONNECTION */
+        parley_identity_change identity; /* PARLEY_EVENT_IDENTITY_CHANGED */
         struct {
             int status;
             const char *reason;
@@ -245,7 +276,9 @@ int parley_outbox_count(parley *p, size_t *n);
  * (sent, batched, when a connection is ready). *count (may be NULL) gets how many. */
 int parley_mark_read(parley *p, const char *phone, size_t *count);
 
-/* Read receipts queued but not acknowledged by the server yet. */
+/* Receipts queued but not acknowledged by the server yet: read receipts, and RETRY
+ * receipts (asking the senders of messages that could not be decrypted to send them
+ * again). */
 int parley_pending_receipts(parley *p, size_t *n);
 
 /* Calls fn for every message of the conversation with phone, oldest first (in the
@@ -263,6 +296,40 @@ int parley_take_unshown(parley *p, parley_message_fn fn, void *ctx);
 
 /* True for an E.164 number: '+', a non-zero digit, 7 to 15 digits in all. */
 bool parley_phone_valid(const char *phone);
+
+/* ---- identity keys and safety numbers ----------------------------------------------- */
+
+#define PARLEY_KEY_LEN 33            /* a public key as it travels: 0x05 || u */
+#define PARLEY_SAFETY_DIGITS 60
+#define PARLEY_SCANNABLE_MAX 128
+
+/* This device's identity public key (0x05 || u). */
+int parley_identity_key(parley *p, uint8_t out[PARLEY_KEY_LEN]);
+
+typedef struct {
+    char digits[PARLEY_SAFETY_DIGITS + 1];   /* the same 60 digits on both phones */
+    char grouped[PARLEY_SAFETY_DIGITS / 5 * 6]; /* 12 groups of 5, separated by spaces */
+    uint8_t scannable[PARLEY_SCANNABLE_MAX]; /* the QR code's payload (CombinedFingerprints) */
+    size_t scannable_len;
+    bool verified;                           /* marked verified (parley_verify_safety) */
+} parley_safety;
+
+/* The safety number with phone: Signal's numeric fingerprint (version 1: the E.164
+ * numbers as identifiers, 5200 iterations) of this device's identity key and the
+ * contact's primary device's (device 1). PARLEY_ERR_UNKNOWN_KEY when that key is not
+ * known yet: ask for it with parley_fetch_identity() and call again once connected. */
+int parley_safety_number(parley *p, const char *phone, parley_safety *out);
+
+/* Asks the server (on the current or next connection) for phone's number and its
+ * primary device's keys; the session made from them is kept for the next message, so
+ * the one-time prekey is not wasted. An unknown number is reported as a
+ * PARLEY_EVENT_ERROR with PARLEY_ERR_UNKNOWN_NUMBER. */
+int parley_fetch_identity(parley *p, const char *phone);
+
+/* Compares number (60 digits; spaces are ignored) with the safety number with phone, in
+ * constant time; when they match the contact is marked verified (until its key changes)
+ * and *match is true. PARLEY_ERR_UNKNOWN_KEY as for parley_safety_number. */
+int parley_verify_safety(parley *p, const char *phone, const char *number, bool *match);
 
 #ifdef __cplusplus
 }

@@ -235,8 +235,9 @@ static const char *const query_sql[Q_COUNT] = {
                            " AND read_receipt_sent = 0 AND peer_account IS NOT NULL ORDER BY seq LIMIT 1",
     [Q_RECEIPTS_IDS] = "SELECT id FROM messages WHERE direction = 0 AND state = 4 AND read_receipt_sent = 0"
                        " AND peer_account = ? ORDER BY seq LIMIT ?",
-    [Q_RECEIPTS_COUNT] = "SELECT count(*) FROM messages WHERE direction = 0 AND state = 4"
-                         " AND read_receipt_sent = 0 AND peer_account IS NOT NULL",
+    [Q_RECEIPTS_COUNT] = "SELECT (SELECT count(*) FROM messages WHERE direction = 0 AND state = 4"
+                         " AND read_receipt_sent = 0 AND peer_account IS NOT NULL)"
+                         " + (SELECT count(*) FROM retry_receipts WHERE sent = 0)",
     [Q_RECEIPT_SENT] = "UPDATE messages SET read_receipt_sent = 1"
                        " WHERE direction = 0 AND peer_account = ? AND id = ? AND state = 4",
     [Q_MESSAGE_STATE] = "SELECT state FROM messages WHERE direction = 1 AND id = ?",

@@ -207,6 +207,7 @@ int db_mark_read(db *d, const char *phone, size_t *count);
 /* Read receipts to send: up to max ids of one author account (the oldest first). */
 int db_receipts_pending(db *d, uint8_t account[DB_ID_LEN], uint8_t (*ids)[DB_ID_LEN], size_t max,
                         size_t *n);
+/* Read receipts and RETRY receipts not sent yet. */
 int db_receipts_pending_count(db *d, size_t *n);
 
 /* The server acknowledged the read receipts for these messages from account. */

@@ -7,6 +7,9 @@
  *   parley --home DIR listen
  *   parley --home DIR read [--timeout S] +E164
  *   parley --home DIR history [--json] +E164
+ *   parley --home DIR whoami [--json]
+ *   parley --home DIR safety [--json] [--timeout S] +E164
+ *   parley --home DIR verify-safety [--timeout S] +E164 NUMBER
  *
  * Output for programs is one JSON object per line on stdout, flushed per line; errors
  * go to stderr with a non-zero exit status (1: it did not work, 2: wrong usage). */
@@ -51,6 +54,10 @@ static void usage(FILE *out)
             "  listen                                           print messages and receipts as they come\n"
             "  read [--timeout S] +E164                         send read receipts for that conversation\n"
             "  history [--json] +E164                           the conversation with each message's state\n"
+            "  whoami [--json]                                  this device: number, account, identity key\n"
+            "  safety [--json] +E164                            the safety number with a contact, and its QR payload\n"
+            "  verify-safety +E164 NUMBER                       compare a safety number; marks the contact verified\n"
+            "Messages are end-to-end encrypted for every device of the recipient (Signal protocol).\n"
             "--home defaults to $PARLEY_HOME, else ~/.parley; --timeout defaults to %d s.\n",
             DEFAULT_TIMEOUT_S);
 }
@@ -265,14 +272,26 @@ typedef struct {
     uint64_t last_activity;
     int fatal;                     /* a parley_status that ends the command */
     char problem[512];             /* the latest connection trouble, for a timeout message */
+    const char *peer;              /* safety: the contact */
+    parley_safety safety;          /* safety: once known */
 } session;
 
-enum { MODE_SEND, MODE_RECV, MODE_LISTEN, MODE_READ };
+enum { MODE_SEND, MODE_RECV, MODE_LISTEN, MODE_READ, MODE_SAFETY };
 
 static void print_message(const parley_message *m)
 {
     char id[2 * PARLEY_ID_LEN + 1];
     hex_id(id, m->id);
+    if (m->kind == PARLEY_MESSAGE_IDENTITY_CHANGED) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "type", "identity_changed");
+        add_str_or_null(o, "peer", m->peer);
+        cJSON_AddNumberToObject(o, "device", m->from_device);
+        cJSON_AddBoolToObject(o, "verified", m->was_verified);
+        cJSON_AddNumberToObject(o, "ts", (double)m->server_time_ms);
+        print_json(o);
+        return;
+    }
     if (!m->text) {
         fail_msg("message %s from %s (device %u) could not be read: %s", id, m->peer ? m->peer : "an unknown sender",
                  m->from_device, m->problem ? m->problem : "unknown problem");
@@ -325,6 +344,21 @@ static void print_receipt(const parley_receipt *r)
     print_json(o);
 }
 
+/* send -: prints the ids acked so far, in input order. */
+static void batch_print(session *s)
+{
+    size_t from = s->next_print;
+    for (; s->next_print < s->n_batch && s->batch_acked[s->next_print]; s->next_print++) {
+        char id[2 * PARLEY_ID_LEN + 1];
+        hex_id(id, s->batch[s->next_print]);
+        printf("%s\n", id);
+    }
+    if (s->next_print != from)
+        fflush(stdout);
+    if (s->next_print == s->n_batch)
+        s->acked = true;
+}
+
 /* send -: notes the ack (or failure) of one of the batch's messages and prints the
  * ids acked so far in input order. False if the event is not about the batch. */
 static bool batch_event(session *s, const parley_event *ev)
@@ -339,17 +373,31 @@ static bool batch_event(session *s, const parley_event *ev)
             return true;
         }
         s->batch_acked[i] = true;
-        for (; s->next_print < s->n_batch && s->batch_acked[s->next_print]; s->next_print++) {
-            char id[2 * PARLEY_ID_LEN + 1];
-            hex_id(id, s->batch[s->next_print]);
-            printf("%s\n", id);
-        }
-        fflush(stdout);
-        if (s->next_print == s->n_batch)
-            s->acked = true;
+        batch_print(s);
         return true;
     }
     return false;
+}
+
+/* The database is the truth: another process on this profile (a listen) may have sent
+ * some of ours and had the acks. Sending goes in queue order, so the first message
+ * still pending ends the look. */
+static void batch_sync(session *s)
+{
+    for (size_t i = s->next_print; i < s->n_batch && !s->failed; i++) {
+        parley_state st = PARLEY_STATE_PENDING;
+        if (s->batch_acked[i])
+            continue;
+        if (parley_message_state(s->p, s->batch[i], &st) != PARLEY_OK || st == PARLEY_STATE_PENDING)
+            break;
+        if (st == PARLEY_STATE_FAILED) {
+            s->failed = true;
+            snprintf(s->fail_reason, sizeof s->fail_reason, "message %zu failed (parley history says why)", i + 1);
+            break;
+        }
+        s->batch_acked[i] = true;
+    }
+    batch_print(s);
 }
 
 static void on_event(void *ctx, const parley_event *ev)
@@ -382,6 +430,14 @@ static void on_event(void *ctx, const parley_event *ev)
                      ev->state.reason ? ev->state.reason : "refused");
         }
         break;
+    case PARLEY_EVENT_IDENTITY_CHANGED:
+        /* recv and listen print it from the database with the messages; the others say it here */
+        if (s->mode == MODE_RECV || s->mode == MODE_LISTEN)
+            s->unshown = true;
+        else
+            fail_msg("note: the security code with %s changed (device %u)%s", ev->identity.peer ? ev->identity.peer : "?",
+                     ev->identity.device, ev->identity.was_verified ? "; it was verified: compare it again" : "");
+        break;
     case PARLEY_EVENT_DRAINED:
         s->drained = true;
         s->last_activity = now_ms();
@@ -403,12 +459,17 @@ static void on_event(void *ctx, const parley_event *ev)
         }
         break;
     case PARLEY_EVENT_ERROR:
+        if (ev->error.status == PARLEY_ERR_KEYS) { /* our prekeys: worth saying, never fatal */
+            fail_msg("%s", ev->error.reason ? ev->error.reason : "the server refused this device's keys");
+            break;
+        }
         /* a server that cannot take messages, or storage trouble: the command cannot finish */
         snprintf(s->problem, sizeof s->problem, "%s", ev->error.reason ? ev->error.reason : "error");
         if (s->mode == MODE_LISTEN) {
             fail_msg("%s", s->problem);
         } else if (ev->error.status == PARLEY_ERR_UNSUPPORTED || ev->error.status == PARLEY_ERR_STORAGE ||
-                   (ev->error.status == PARLEY_ERR_REFUSED && s->mode != MODE_RECV)) {
+                   (ev->error.status == PARLEY_ERR_REFUSED && s->mode != MODE_RECV) ||
+                   (ev->error.status == PARLEY_ERR_UNKNOWN_NUMBER && s->mode == MODE_SAFETY)) {
             s->fatal = ev->error.status;
             parley_stop(s->p);
         }
@@ -502,6 +563,11 @@ static void timeout_problem(session *s, char *out, size_t len)
 
 static bool send_done(session *s)
 {
+    parley_state st = PARLEY_STATE_PENDING;
+    if (!s->acked && !s->failed && parley_message_state(s->p, s->id, &st) == PARLEY_OK) {
+        s->acked = st >= PARLEY_STATE_SENT && st <= PARLEY_STATE_READ; /* perhaps by another process */
+        s->failed = st == PARLEY_STATE_FAILED;
+    }
     if (s->failed)
         return true;
     if (!s->acked)
@@ -512,6 +578,7 @@ static bool send_done(session *s)
 
 static bool batch_moved(session *s)
 {
+    batch_sync(s);
     return s->acked || s->failed || s->next_print != s->progress_mark;
 }
 
@@ -641,6 +708,14 @@ static bool drained_done(session *s)
     return s->drained;
 }
 
+#define RECEIPTS_GRACE_MS 3000 /* recv: time for the receipts the inbox asked for to go out */
+
+static bool receipts_done(session *s)
+{
+    size_t n = 1;
+    return parley_pending_receipts(s->p, &n) == PARLEY_OK && n == 0;
+}
+
 static bool never_done(session *s)
 {
     (void)s;
@@ -672,7 +747,10 @@ static int cmd_recv(const options *o)
     show_unshown(&s); /* what an earlier run stored but could not print */
     int status = 0;
     char why[600];
-    if (!run_until(&s, PARLEY_RECEIVE, drained_done, now_ms() + (uint64_t)o->timeout_s * 1000) || s.fatal) {
+    bool drained = run_until(&s, PARLEY_RECEIVE, drained_done, now_ms() + (uint64_t)o->timeout_s * 1000);
+    if (drained && !s.fatal && !receipts_done(&s)) /* RETRY receipts for what did not decrypt: best effort */
+        loop_until(&s, receipts_done, now_ms() + RECEIPTS_GRACE_MS);
+    if (!drained || s.fatal) {
         timeout_problem(&s, why, sizeof why);
         if (!got_signal) {
             if (s.fatal)
@@ -718,12 +796,6 @@ static int cmd_listen(const options *o)
     }
     parley_close(p);
     return status;
-}
-
-static bool receipts_done(session *s)
-{
-    size_t n = 1;
-    return parley_pending_receipts(s->p, &n) == PARLEY_OK && n == 0;
 }
 
 static int cmd_read(const options *o)
@@ -792,8 +864,14 @@ static bool print_history_row(void *ctx, const parley_message *m)
     hex_id(id, m->id);
     uint64_t ts = m->server_time_ms ? m->server_time_ms : m->sent_ms;
     const char *from = m->outgoing ? h->me : m->peer;
+    bool notice = m->kind == PARLEY_MESSAGE_IDENTITY_CHANGED;
     if (h->json) {
         cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "type", notice ? "identity_changed" : "message");
+        if (notice) {
+            cJSON_AddNumberToObject(o, "device", m->from_device);
+            cJSON_AddBoolToObject(o, "verified", m->was_verified);
+        }
         cJSON_AddStringToObject(o, "id", id);
         cJSON_AddStringToObject(o, "direction", m->outgoing ? "out" : "in");
         add_str_or_null(o, "from", from);
@@ -810,7 +888,10 @@ static bool print_history_row(void *ctx, const parley_message *m)
     char when[32] = "?";
     if (localtime_r(&secs, &tm))
         strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
-    printf("%s  %-3s  %-9s  ", when, m->outgoing ? "out" : "in", parley_state_name(m->state));
+    if (notice)
+        printf("%s  ---  %-9s  ", when, "notice");
+    else
+        printf("%s  %-3s  %-9s  ", when, m->outgoing ? "out" : "in", parley_state_name(m->state));
     if (m->text) {
         put_printable(m->text);
     } else {
@@ -850,6 +931,144 @@ static int cmd_history(const options *o)
         fail_msg("%s", parley_errmsg(p));
     parley_close(p);
     return rc == PARLEY_OK ? 0 : 1;
+}
+
+/* ---- whoami, safety numbers ----------------------------------------------------------- */
+
+static int cmd_whoami(const options *o)
+{
+    if (o->n_args) {
+        fail_msg("usage: parley --home DIR whoami [--json]");
+        return 2;
+    }
+    parley *p = open_profile(o);
+    if (!p)
+        return 1;
+    parley_profile pr;
+    uint8_t key[PARLEY_KEY_LEN];
+    if (!require_registered(p, o)) {
+        parley_close(p);
+        return 1;
+    }
+    if (parley_profile_get(p, &pr) != PARLEY_OK || parley_identity_key(p, key) != PARLEY_OK) {
+        fail_msg("%s", parley_errmsg(p));
+        parley_close(p);
+        return 1;
+    }
+    char account[2 * PARLEY_ID_LEN + 1], hex[2 * PARLEY_KEY_LEN + 1];
+    hex_id(account, pr.account_id);
+    sodium_bin2hex(hex, sizeof hex, key, sizeof key);
+    if (o->json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "phone", pr.phone);
+        cJSON_AddStringToObject(j, "account", account);
+        cJSON_AddNumberToObject(j, "device", pr.device_id);
+        cJSON_AddStringToObject(j, "identity_key", hex);
+        print_json(j);
+    } else {
+        printf("phone         %s\naccount       %s\ndevice        %u\nidentity key  %s\n", pr.phone, account,
+               pr.device_id, hex);
+    }
+    parley_close(p);
+    return 0;
+}
+
+static bool safety_known(session *s)
+{
+    return parley_safety_number(s->p, s->peer, &s->safety) == PARLEY_OK;
+}
+
+/* The safety number with phone into s->safety: from what the profile knows, else the
+ * contact's keys are fetched first (send-only connection). False with a message said. */
+static bool get_safety(session *s, const char *phone)
+{
+    s->peer = phone;
+    int rc = parley_safety_number(s->p, phone, &s->safety);
+    if (rc == PARLEY_OK)
+        return true;
+    if (rc != PARLEY_ERR_UNKNOWN_KEY || parley_fetch_identity(s->p, phone) != PARLEY_OK) {
+        fail_msg("%s", parley_errmsg(s->p));
+        return false;
+    }
+    install_signals();
+    if (run_until(s, PARLEY_SEND_ONLY, safety_known, now_ms() + (uint64_t)s->o->timeout_s * 1000))
+        return true;
+    char why[600];
+    timeout_problem(s, why, sizeof why);
+    fail_msg("cannot get the keys of %s: %s", phone, got_signal ? "interrupted" : why);
+    return false;
+}
+
+static int cmd_safety(const options *o)
+{
+    if (o->n_args != 1) {
+        fail_msg("usage: parley --home DIR safety [--json] [--timeout SECONDS] +E164");
+        return 2;
+    }
+    if (!parley_phone_valid(o->args[0])) {
+        fail_msg("%s is not a phone number in E.164 form (like +15550000001)", o->args[0]);
+        return 2;
+    }
+    session s;
+    if (!session_open(&s, o, MODE_SAFETY))
+        return 1;
+    if (!get_safety(&s, o->args[0])) {
+        parley_close(s.p);
+        return 1;
+    }
+    char qr[2 * PARLEY_SCANNABLE_MAX + 1];
+    sodium_bin2hex(qr, sizeof qr, s.safety.scannable, s.safety.scannable_len);
+    if (o->json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "peer", o->args[0]);
+        cJSON_AddStringToObject(j, "safety_number", s.safety.digits);
+        cJSON_AddStringToObject(j, "grouped", s.safety.grouped);
+        cJSON_AddStringToObject(j, "qr", qr);
+        cJSON_AddBoolToObject(j, "verified", s.safety.verified);
+        print_json(j);
+    } else {
+        printf("safety number with %s%s:\n%s\nqr %s\n", o->args[0], s.safety.verified ? " (verified)" : "",
+               s.safety.grouped, qr);
+    }
+    parley_close(s.p);
+    return 0;
+}
+
+static int cmd_verify_safety(const options *o)
+{
+    if (o->n_args < 2) {
+        fail_msg("usage: parley --home DIR verify-safety [--timeout SECONDS] +E164 NUMBER");
+        return 2;
+    }
+    if (!parley_phone_valid(o->args[0])) {
+        fail_msg("%s is not a phone number in E.164 form (like +15550000001)", o->args[0]);
+        return 2;
+    }
+    /* the number may come as one argument or as its groups */
+    char number[256] = "";
+    for (int i = 1; i < o->n_args; i++)
+        if (strlen(number) + strlen(o->args[i]) + 2 < sizeof number)
+            strcat(strcat(number, i > 1 ? " " : ""), o->args[i]);
+    session s;
+    if (!session_open(&s, o, MODE_SAFETY))
+        return 1;
+    if (!get_safety(&s, o->args[0])) {
+        parley_close(s.p);
+        return 1;
+    }
+    bool match = false;
+    int status = 1;
+    if (parley_verify_safety(s.p, o->args[0], number, &match) != PARLEY_OK) {
+        fail_msg("%s", parley_errmsg(s.p));
+    } else if (!match) {
+        fail_msg("the safety number does not match the one with %s: nothing was marked; compare it again in person",
+                 o->args[0]);
+    } else {
+        printf("%s is verified\n", o->args[0]);
+        status = 0;
+    }
+    parley_close(s.p);
+    return status;
 }
 
 int main(int argc, char **argv)
@@ -892,6 +1111,12 @@ int main(int argc, char **argv)
         return cmd_read(&o);
     if (strcmp(o.cmd, "history") == 0)
         return cmd_history(&o);
+    if (strcmp(o.cmd, "whoami") == 0)
+        return cmd_whoami(&o);
+    if (strcmp(o.cmd, "safety") == 0)
+        return cmd_safety(&o);
+    if (strcmp(o.cmd, "verify-safety") == 0)
+        return cmd_verify_safety(&o);
     fail_msg("unknown command '%s' (parley --help lists them)", o.cmd);
     return 2;
 }

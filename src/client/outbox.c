@@ -1,0 +1,822 @@
+/* outbox.c - sending. An outbox entry (the packed Content, stored by parley_send_text,
+ * or a resend answering a RETRY receipt) goes out in three steps:
+ *
+ *   1. the devices: the recipient's (contacts cache, else Lookup) and our own other
+ *      ones (learned at connect); a resend goes to one device only;
+ *   2. a session with each: devices without one get a bundle (FetchBundles); each
+ *      bundle's identity key is checked against the one we knew (a change is
+ *      recorded and reported first), then X3DH, and the session is stored at once;
+ *   3. sealing: inside one write transaction every device's copy is encrypted, and the
+ *      updated sessions and the packed Send are stored; only after the commit is the
+ *      frame written. A Send that must go again (the connection dropped) goes byte for
+ *      byte from the outbox: re-encrypting would burn ratchet steps, and after a crash
+ *      a second encryption under a counter already sent would read as a duplicate.
+ *
+ * DEVICE_MISMATCH (a device added or removed, or re-registered: Error.stale) updates
+ * the lists, drops the sessions of stale and departed devices, unseals the entry and
+ * starts again at 1 with the same message id; the fifth mismatch fails the message. */
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client_internal.h"
+#include "content.pb-c.h"
+
+#define OUTBOX_SCAN 256      /* outbox entries looked at per pass */
+#define MAX_MISMATCHES 5     /* DEVICE_MISMATCH answers for one message before it fails */
+#define MAX_RESENDS 2        /* resends of one message to one device (RETRY receipts) */
+
+/* One device a message goes to. */
+typedef struct {
+    uint8_t account[PARLEY_ID_LEN];
+    uint32_t device;
+    bool own;                /* one of our other devices: DeviceMessage.account_id is set */
+} target;
+
+static void pause_sends(parley *p, uint32_t ms)
+{
+    uint64_t until = conn_now() + ms;
+    if (until > p->send_pause_until)
+        p->send_pause_until = until;
+}
+
+static void transient_send_error(parley *p)
+{
+    p->send_errors++;
+    pause_sends(p, backoff_ms(p->send_errors));
+}
+
+/* The message fails for good (a resend, which has no message, just leaves the outbox). */
+static void fail_message(parley *p, const uint8_t id[PARLEY_ID_LEN], const char *phone, const char *reason)
+{
+    bool changed;
+    if (db_outgoing_failed(p->db, id, reason, &changed) != DB_OK) {
+        emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+        return;
+    }
+    if (changed)
+        emit_state(p, id, phone, PARLEY_STATE_FAILED, 0, reason);
+}
+
+/* Every queued message to phone fails (no account has the number). */
+static void fail_phone(parley *p, const char *phone, const char *reason)
+{
+    db_outbox_entry *e = calloc(OUTBOX_SCAN, sizeof *e);
+    size_t n;
+    if (!e)
+        return;
+    if (db_outbox_load(p->db, e, OUTBOX_SCAN, &n) == DB_OK) {
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(e[i].phone, phone) == 0)
+                fail_message(p, e[i].id, phone, reason);
+        db_outbox_free(e, n);
+    }
+    free(e);
+}
+
+static bool phone_busy(const parley *p, const char *phone)
+{
+    for (size_t i = 0; i < MAX_REQUESTS; i++) {
+        const request *r = &p->reqs[i];
+        if ((r->kind == REQ_SEND || r->kind == REQ_LOOKUP_PHONE || r->kind == REQ_FETCH) &&
+            strcmp(r->phone, phone) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void lookup_phone(parley *p, const char *phone)
+{
+    if (req_count(p, REQ_LOOKUP_PHONE) + req_count(p, REQ_LOOKUP_ACCOUNT) >= MAX_LOOKUPS)
+        return;
+    request *r = req_new(p, REQ_LOOKUP_PHONE);
+    if (!r)
+        return;
+    snprintf(r->phone, sizeof r->phone, "%s", phone);
+    Parley__Lookup l = PARLEY__LOOKUP__INIT;
+    l.phone = r->phone;
+    Parley__Frame f = PARLEY__FRAME__INIT;
+    f.body_case = PARLEY__FRAME__BODY_LOOKUP;
+    f.lookup = &l;
+    req_send(p, r, &f);
+}
+
+/* ---- device lists ----------------------------------------------------------------------- */
+
+static bool list_ok(const Parley__DeviceList *dl)
+{
+    return dl && dl->has_account_id && dl->account_id.len == PARLEY_ID_LEN;
+}
+
+static bool has_device(const uint32_t *devs, size_t n, uint32_t d)
+{
+    for (size_t i = 0; i < n; i++)
+        if (devs[i] == d)
+            return true;
+    return false;
+}
+
+void set_own_devices(parley *p, const Parley__DeviceList *dl)
+{
+    p->n_own = 0;
+    for (size_t i = 0; dl && i < dl->n_device_ids && p->n_own < DB_MAX_DEVICES; i++)
+        if (dl->device_ids[i] != p->ident.device && !has_device(p->own_devices, p->n_own, dl->device_ids[i]))
+            p->own_devices[p->n_own++] = dl->device_ids[i];
+}
+
+bool store_device_list(parley *p, const Parley__DeviceList *dl, const char *phone)
+{
+    if (!list_ok(dl))
+        return false;
+    db_contact c;
+    memset(&c, 0, sizeof c);
+    memcpy(c.account, dl->account_id.data, PARLEY_ID_LEN);
+    if (phone && parley_phone_valid(phone))
+        snprintf(c.phone, sizeof c.phone, "%s", phone);
+    for (size_t i = 0; i < dl->n_device_ids && c.n_devices < DB_MAX_DEVICES; i++)
+        if (dl->device_ids[i] != 0 && !has_device(c.devices, c.n_devices, dl->device_ids[i]))
+            c.devices[c.n_devices++] = dl->device_ids[i];
+    if (db_contact_put(p->db, &c) != DB_OK) {
+        emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+        return false;
+    }
+    return true;
+}
+
+/* The server's current list for an account: stored, and the sessions of devices that
+ * left dropped. Our own account also updates the devices we copy messages to. */
+static void update_devices(parley *p, const Parley__DeviceList *dl, const char *phone)
+{
+    if (!list_ok(dl))
+        return;
+    db_contact old;
+    if (db_contact_by_account(p->db, dl->account_id.data, &old) == DB_OK)
+        for (size_t i = 0; i < old.n_devices; i++)
+            if (!has_device(dl->device_ids, dl->n_device_ids, old.devices[i]))
+                db_session_delete(p->db, old.account, old.devices[i]);
+    bool own = same_id(dl->account_id.data, p->ident.account);
+    store_device_list(p, dl, own ? p->ident.phone : phone);
+    if (own)
+        set_own_devices(p, dl);
+}
+
+/* Devices the server has no bundle for: gone since we listed them. */
+static void forget_devices(parley *p, const uint8_t account[PARLEY_ID_LEN], const uint32_t *gone, size_t n)
+{
+    db_contact c;
+    if (!n || db_contact_by_account(p->db, account, &c) != DB_OK)
+        return;
+    uint32_t keep[DB_MAX_DEVICES];
+    size_t k = 0;
+    for (size_t i = 0; i < c.n_devices; i++)
+        if (!has_device(gone, n, c.devices[i]))
+            keep[k++] = c.devices[i];
+    Parley__DeviceList dl = PARLEY__DEVICE_LIST__INIT;
+    dl.has_account_id = 1;
+    dl.account_id = (ProtobufCBinaryData){PARLEY_ID_LEN, c.account};
+    dl.n_device_ids = k;
+    dl.device_ids = keep;
+    update_devices(p, &dl, c.phone);
+}
+
+void on_own_lookup_reply(parley *p, const Parley__Frame *f)
+{
+    if (f->body_case == PARLEY__FRAME__BODY_LOOKUP_RESULT && list_ok(f->lookup_result->devices) &&
+        same_id(f->lookup_result->devices->account_id.data, p->ident.account)) {
+        update_devices(p, f->lookup_result->devices, p->ident.phone);
+    } else {
+        db_contact c; /* fall back on what we knew */
+        if (db_contact_by_phone(p->db, p->ident.phone, &c) == DB_OK) {
+            Parley__DeviceList dl = PARLEY__DEVICE_LIST__INIT;
+            dl.n_device_ids = c.n_devices;
+            dl.device_ids = c.devices;
+            set_own_devices(p, &dl);
+        }
+    }
+    p->own_known = true;
+}
+
+void on_lookup_phone_reply(parley *p, request *r, const Parley__Frame *f)
+{
+    char reason[200];
+    if (f->body_case == PARLEY__FRAME__BODY_LOOKUP_RESULT && f->lookup_result->devices &&
+        f->lookup_result->devices->n_device_ids > 0) {
+        update_devices(p, f->lookup_result->devices, r->phone);
+        return;
+    }
+    if (f->body_case == PARLEY__FRAME__BODY_LOOKUP_RESULT ||
+        (f->body_case == PARLEY__FRAME__BODY_ERROR && (f->error->code == PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT ||
+                                                      f->error->code == PARLEY__ERROR_CODE__INVALID_PHONE))) {
+        snprintf(reason, sizeof reason, "no account has the number %s", r->phone);
+        fail_phone(p, r->phone, reason);
+        if (strcmp(p->want_identity, r->phone) == 0) {
+            p->want_identity[0] = 0;
+            emit_error(p, PARLEY_ERR_UNKNOWN_NUMBER, reason);
+        }
+        return;
+    }
+    transient_send_error(p);
+}
+
+/* ---- bundles ----------------------------------------------------------------------------- */
+
+static bool fetch_in_flight(const parley *p, const uint8_t account[PARLEY_ID_LEN])
+{
+    for (size_t i = 0; i < MAX_REQUESTS; i++)
+        if (p->reqs[i].kind == REQ_FETCH && same_id(p->reqs[i].account, account))
+            return true;
+    return false;
+}
+
+/* Asks for the bundles of devs of account, for the entry id of the conversation phone. */
+static void fetch_bundles(parley *p, const uint8_t account[PARLEY_ID_LEN], const uint32_t *devs, size_t n,
+                          const char *phone, const uint8_t *entry, bool for_identity)
+{
+    if (n == 0 || n > DB_MAX_DEVICES || req_count(p, REQ_FETCH) >= MAX_FETCHES)
+        return;
+    request *r = req_new(p, REQ_FETCH);
+    if (!r)
+        return;
+    memcpy(r->account, account, PARLEY_ID_LEN);
+    snprintf(r->phone, sizeof r->phone, "%s", phone);
+    if (entry)
+        memcpy(r->id, entry, PARLEY_ID_LEN);
+    r->for_identity = for_identity;
+    memcpy(r->devices, devs, n * sizeof *devs);
+    r->n_devices = n;
+    Parley__FetchBundles fb = PARLEY__FETCH_BUNDLES__INIT;
+    fb.has_account_id = 1;
+    fb.account_id = (ProtobufCBinaryData){PARLEY_ID_LEN, r->account};
+    fb.n_device_ids = n;
+    fb.device_ids = r->devices;
+    Parley__Frame f = PARLEY__FRAME__INIT;
+    f.body_case = PARLEY__FRAME__BODY_FETCH_BUNDLES;
+    f.fetch_bundles = &fb;
+    req_send(p, r, &f);
+}
+
+/* A bundle from the server as the session layer takes it. */
+static int parse_bundle(const Parley__Bundle *b, ps_bundle *out)
+{
+    const Parley__SignedPreKey *s = b->signed_prekey;
+    const Parley__PreKey *k = b->prekey;
+    if (!b->has_device_id || !b->has_identity_key || !s || !s->has_id || !s->has_public_key || !s->has_signature)
+        return PS_ERR_INVALID_MESSAGE;
+    bool has_prekey = k && k->has_id && k->has_public_key;
+    return e2e_bundle_parse(out, b->device_id, b->has_registration_id ? b->registration_id : 0,
+                            b->identity_key.data, b->identity_key.len, s->id, s->public_key.data,
+                            s->public_key.len, s->signature.data, s->signature.len, has_prekey,
+                            has_prekey ? k->id : 0, has_prekey ? k->public_key.data : NULL,
+                            has_prekey ? k->public_key.len : 0);
+}
+
+/* A session with (account, b->device_id) from its bundle, in one write transaction (a
+ * session another process made meanwhile is kept as a previous one): the identity key
+ * is checked first (a change is recorded, and reported after the commit), then the
+ * session is stored. */
+static int session_from_bundle(parley *p, const uint8_t account[PARLEY_ID_LEN], const char *phone,
+                               const ps_bundle *b)
+{
+    ps_bytes rec = {0};
+    db_identity_seen seen = {0};
+    if (db_begin(p->db) != DB_OK)
+        return E2E_ERR_STORAGE;
+    int rc = e2e_session_from_bundle(p->db, account, b, &rec);
+    if (rc == E2E_OK && (rc = e2e_identity_seen(p->db, account, b->device_id, phone, b->identity_key, &seen)) == E2E_OK)
+        rc = db_session_put(p->db, account, b->device_id, rec.data, rec.len) == DB_OK ? E2E_OK : E2E_ERR_STORAGE;
+    if (rc == E2E_OK)
+        rc = db_commit(p->db) == DB_OK ? E2E_OK : E2E_ERR_STORAGE;
+    else
+        db_rollback(p->db);
+    ps_bytes_free(&rec);
+    if (rc == E2E_OK && seen.changed)
+        emit_identity_changed(p, phone, b->device_id, seen.was_verified);
+    return rc;
+}
+
+void on_fetch_reply(parley *p, request *r, const Parley__Frame *f)
+{
+    char reason[400];
+    bool own = same_id(r->account, p->ident.account);
+    const char *phone = own ? p->ident.phone : r->phone;
+    if (f->body_case == PARLEY__FRAME__BODY_ERROR) {
+        const Parley__Error *err = f->error;
+        if (err->code == PARLEY__ERROR_CODE__RATE_LIMITED) {
+            pause_sends(p, err->retry_after_ms ? (err->retry_after_ms < 60000 ? err->retry_after_ms : 60000) : 1000);
+        } else if (err->code == PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT && !own) {
+            db_contact_forget_phone(p->db, r->phone); /* a new lookup decides */
+        } else if (err->code == PARLEY__ERROR_CODE__UNKNOWN_FRAME) {
+            p->sending_disabled = true; /* a server without a keys directory cannot carry our messages */
+            emit_error(p, PARLEY_ERR_UNSUPPORTED, "the server has no keys directory (FetchBundles): it cannot carry "
+                                                  "end-to-end encrypted messages");
+        } else {
+            transient_send_error(p);
+        }
+        return;
+    }
+    const Parley__Bundles *bs = f->body_case == PARLEY__FRAME__BODY_BUNDLES ? f->bundles : NULL;
+    if (!bs || (bs->has_account_id && (bs->account_id.len != PARLEY_ID_LEN || !same_id(bs->account_id.data, r->account)))) {
+        transient_send_error(p);
+        return;
+    }
+    uint32_t gone[DB_MAX_DEVICES];
+    size_t n_gone = 0;
+    bool bad = false;
+    for (size_t i = 0; i < r->n_devices; i++) {
+        const Parley__Bundle *b = NULL;
+        for (size_t j = 0; j < bs->n_bundles && !b; j++)
+            if (bs->bundles[j]->has_device_id && bs->bundles[j]->device_id == r->devices[i])
+                b = bs->bundles[j];
+        if (!b) {
+            gone[n_gone++] = r->devices[i];
+            continue;
+        }
+        ps_bundle pb;
+        int rc = parse_bundle(b, &pb);
+        if (rc == PS_OK)
+            rc = session_from_bundle(p, r->account, phone, &pb);
+        sodium_memzero(&pb, sizeof pb);
+        if (rc == E2E_ERR_STORAGE) {
+            emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+            return;
+        }
+        if (rc != E2E_OK && !bad) {
+            bad = true;
+            snprintf(reason, sizeof reason, "the server handed out unusable keys for device %u of %s (%s)",
+                     r->devices[i], phone, e2e_strerror(rc));
+        }
+    }
+    forget_devices(p, r->account, gone, n_gone);
+    if (r->for_identity && strcmp(p->want_identity, r->phone) == 0) {
+        p->want_identity[0] = 0;
+        if (n_gone || bad)
+            emit_error(p, n_gone ? PARLEY_ERR_UNKNOWN_NUMBER : PARLEY_ERR_REFUSED,
+                       n_gone ? "the number has no primary device" : reason);
+    } else if (bad) {
+        fail_message(p, r->id, r->phone, reason); /* a hostile or broken server: not this message */
+    }
+}
+
+/* ---- sealing and sending ------------------------------------------------------------------ */
+
+/* The devices entry e goes to (c: the recipient's contact; unused for a resend). */
+static size_t entry_targets(const parley *p, const db_outbox_entry *e, const db_contact *c, target *t)
+{
+    size_t n = 0;
+    if (e->resend) {
+        if (!(same_id(e->resend_account, p->ident.account) && e->resend_device == p->ident.device)) {
+            memcpy(t[0].account, e->resend_account, PARLEY_ID_LEN);
+            t[0].device = e->resend_device;
+            t[0].own = false;
+            n = 1;
+        }
+        return n;
+    }
+    bool to_self = same_id(c->account, p->ident.account); /* a note to ourselves */
+    for (size_t i = 0; i < c->n_devices; i++) {
+        if (to_self && c->devices[i] == p->ident.device)
+            continue; /* a device never sends to itself */
+        memcpy(t[n].account, c->account, PARLEY_ID_LEN);
+        t[n].device = c->devices[i];
+        t[n++].own = false;
+    }
+    for (size_t i = 0; !to_self && i < p->n_own; i++) {
+        memcpy(t[n].account, p->ident.account, PARLEY_ID_LEN);
+        t[n].device = p->own_devices[i];
+        t[n++].own = true;
+    }
+    return n;
+}
+
+/* True when every target has a session; else asks for the missing bundles (at most one
+ * fetch per account at a time) and the entry waits. */
+static bool ensure_sessions(parley *p, const db_outbox_entry *e, const target *t, size_t n)
+{
+    bool all = true;
+    for (int own = 0; own < 2; own++) {
+        uint32_t missing[DB_MAX_DEVICES];
+        size_t m = 0;
+        const uint8_t *account = NULL;
+        for (size_t i = 0; i < n; i++) {
+            bool exists = true;
+            if (t[i].own != (bool)own)
+                continue;
+            account = t[i].account;
+            if (db_session_exists(p->db, t[i].account, t[i].device, &exists) != DB_OK) {
+                emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+                return false;
+            }
+            if (!exists && m < DB_MAX_DEVICES)
+                missing[m++] = t[i].device;
+        }
+        if (m == 0)
+            continue;
+        all = false;
+        if (!fetch_in_flight(p, account))
+            fetch_bundles(p, account, missing, m, e->phone, e->id, false);
+    }
+    return all;
+}
+
+/* Sends a sealed Send as it was stored. */
+static void send_sealed(parley *p, const db_outbox_entry *e, const uint8_t *sealed, size_t len)
+{
+    Parley__Send *s = parley__send__unpack(NULL, len, sealed);
+    uint32_t count;
+    if (!s || !s->has_recipient_account || s->recipient_account.len != PARLEY_ID_LEN) {
+        if (s)
+            parley__send__free_unpacked(s, NULL);
+        db_outbox_unseal(p->db, e->id, &count); /* unreadable: sealed again */
+        return;
+    }
+    Parley__Frame f = PARLEY__FRAME__INIT;
+    f.body_case = PARLEY__FRAME__BODY_SEND;
+    f.send = s;
+    if (!conn_fits(&p->conn, &f)) { /* a server that now takes smaller frames */
+        fail_message(p, e->id, e->phone, "the message is larger than this server accepts");
+    } else {
+        request *r = req_new(p, REQ_SEND);
+        if (r) {
+            memcpy(r->id, e->id, PARLEY_ID_LEN);
+            memcpy(r->account, s->recipient_account.data, PARLEY_ID_LEN);
+            snprintf(r->phone, sizeof r->phone, "%s", e->phone);
+            r->resend = e->resend;
+            req_send(p, r, &f);
+        }
+    }
+    parley__send__free_unpacked(s, NULL);
+}
+
+/* Encrypts e for every target and stores the sessions and the sealed Send in one write
+ * transaction (another process on the profile waits: no counter is used twice), then
+ * sends it. Returns false when the entry failed for good. */
+static bool seal_entry(parley *p, const db_outbox_entry *e, const uint8_t recipient[PARLEY_ID_LEN], const target *t,
+                       size_t n)
+{
+    e2e_sealed *sl = calloc(n, sizeof *sl);
+    Parley__DeviceMessage *dms = calloc(n, sizeof *dms);
+    Parley__DeviceMessage **dmp = calloc(n, sizeof *dmp);
+    uint8_t *packed = NULL;
+    const char *failure = NULL;
+    char reason[300];
+    bool began = false, ok = true;
+    db_blob already;
+    if (!sl || !dms || !dmp) {
+        emit_error(p, PARLEY_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (db_begin(p->db) != DB_OK)
+        goto storage;
+    began = true;
+    int rc = db_outbox_sealed(p->db, e->id, &already);
+    if (rc == DB_ERROR)
+        goto storage;
+    if (rc == DB_OK) { /* another process sealed it meanwhile: that is the one to send */
+        began = false;
+        if (db_commit(p->db) == DB_OK)
+            send_sealed(p, e, already.data, already.len);
+        db_blob_free(&already);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        rc = e2e_encrypt(p->db, t[i].account, t[i].device, e->body, e->body_len, &sl[i]);
+        if (rc == E2E_ERR_STORAGE)
+            goto storage;
+        if (rc == PS_ERR_NO_SESSION) /* deleted meanwhile: the next pass fetches a bundle */
+            goto out;
+        if (rc != PS_OK) {
+            snprintf(reason, sizeof reason, "cannot encrypt for device %u: %s", t[i].device, e2e_strerror(rc));
+            failure = reason;
+            goto out;
+        }
+        if (sl[i].body.len + CONN_BODY_OVERHEAD > p->conn.max_frame) { /* the server's own limit */
+            failure = "the message is larger than this server accepts";
+            goto out;
+        }
+        parley__device_message__init(&dms[i]);
+        if (t[i].own && !same_id(t[i].account, recipient)) {
+            dms[i].has_account_id = 1;
+            dms[i].account_id = (ProtobufCBinaryData){PARLEY_ID_LEN, (uint8_t *)t[i].account};
+        }
+        dms[i].has_device_id = 1;
+        dms[i].device_id = t[i].device;
+        dms[i].has_type = 1;
+        dms[i].type = (uint32_t)sl[i].type;
+        dms[i].has_body = 1;
+        dms[i].body = (ProtobufCBinaryData){sl[i].body.len, sl[i].body.data};
+        if (sl[i].registration_id) {
+            dms[i].has_registration_id = 1;
+            dms[i].registration_id = sl[i].registration_id;
+        }
+        dmp[i] = &dms[i];
+    }
+    Parley__Send s = PARLEY__SEND__INIT;
+    s.has_message_id = 1;
+    s.message_id = (ProtobufCBinaryData){PARLEY_ID_LEN, (uint8_t *)e->id};
+    s.has_recipient_account = 1;
+    s.recipient_account = (ProtobufCBinaryData){PARLEY_ID_LEN, (uint8_t *)recipient};
+    s.n_messages = n;
+    s.messages = dmp;
+    if (e->resend) {
+        s.has_resend = 1;
+        s.resend = 1;
+    }
+    Parley__Frame f = PARLEY__FRAME__INIT;
+    f.body_case = PARLEY__FRAME__BODY_SEND;
+    f.send = &s;
+    if (!conn_fits(&p->conn, &f)) {
+        failure = "the message is larger than this server accepts";
+        goto out;
+    }
+    size_t len = parley__send__get_packed_size(&s);
+    if (!(packed = malloc(len))) {
+        emit_error(p, PARLEY_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    parley__send__pack(&s, packed);
+    for (size_t i = 0; i < n; i++)
+        if (e2e_sealed_commit(p->db, t[i].account, t[i].device, &sl[i]) != E2E_OK)
+            goto storage;
+    rc = db_outbox_seal(p->db, e->id, packed, len);
+    if (rc == DB_NOT_FOUND) /* acked or failed meanwhile (another process) */
+        goto out;
+    if (rc != DB_OK)
+        goto storage;
+    began = false;
+    if (db_commit(p->db) != DB_OK) {
+        emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+        goto out;
+    }
+    /* durable: now it may go */
+    request *r = req_new(p, REQ_SEND);
+    if (r) {
+        memcpy(r->id, e->id, PARLEY_ID_LEN);
+        memcpy(r->account, recipient, PARLEY_ID_LEN);
+        snprintf(r->phone, sizeof r->phone, "%s", e->phone);
+        r->resend = e->resend;
+        req_send(p, r, &f);
+    }
+    goto out;
+storage:
+    emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+out:
+    if (began)
+        db_rollback(p->db);
+    if (failure) {
+        fail_message(p, e->id, e->phone, failure);
+        ok = false;
+    }
+    for (size_t i = 0; sl && i < n; i++)
+        e2e_sealed_clear(&sl[i]);
+    free(sl);
+    free(dms);
+    free(dmp);
+    free(packed);
+    return ok;
+}
+
+/* A note to ourselves with no other device to copy it to: kept here only. */
+static void note_to_self(parley *p, const db_outbox_entry *e, const uint8_t account[PARLEY_ID_LEN])
+{
+    bool changed;
+    uint64_t now = wall_ms();
+    if (db_outgoing_sent(p->db, e->id, account, now, &changed) != DB_OK) {
+        emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+        return;
+    }
+    if (changed)
+        emit_state(p, e->id, e->phone, PARLEY_STATE_SENT, now, NULL);
+}
+
+/* A resend whose device is no longer listed has nothing to do. */
+static bool resend_target_gone(parley *p, const db_outbox_entry *e)
+{
+    if (same_id(e->resend_account, p->ident.account))
+        return !has_device(p->own_devices, p->n_own, e->resend_device);
+    db_contact c;
+    return db_contact_by_account(p->db, e->resend_account, &c) == DB_OK &&
+           !has_device(c.devices, c.n_devices, e->resend_device);
+}
+
+/* Moves one entry on: returns false when it failed for good (the next entry of its
+ * conversation may go), true when it went or waits for something. */
+static bool send_entry(parley *p, const db_outbox_entry *e)
+{
+    if (e->sealed) {
+        send_sealed(p, e, e->sealed, e->sealed_len);
+        return true;
+    }
+    db_contact c;
+    memset(&c, 0, sizeof c);
+    const uint8_t *recipient = e->resend_account;
+    if (!e->resend) {
+        int rc = db_contact_by_phone(p->db, e->phone, &c);
+        if (rc == DB_ERROR) {
+            emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+            return true;
+        }
+        if (rc == DB_NOT_FOUND || c.n_devices == 0) {
+            lookup_phone(p, e->phone);
+            return true;
+        }
+        recipient = c.account;
+        if (e->body_len + CONN_BODY_OVERHEAD > p->conn.max_frame) { /* the server's own limit */
+            fail_message(p, e->id, e->phone, "the message is larger than this server accepts");
+            return false;
+        }
+    } else if (resend_target_gone(p, e)) {
+        fail_message(p, e->id, e->phone, NULL);
+        return false;
+    }
+    target t[2 * DB_MAX_DEVICES];
+    size_t n = entry_targets(p, e, &c, t);
+    if (n == 0) {
+        if (e->resend)
+            fail_message(p, e->id, e->phone, NULL);
+        else
+            note_to_self(p, e, c.account);
+        return !e->resend;
+    }
+    if (!ensure_sessions(p, e, t, n))
+        return true;
+    return seal_entry(p, e, recipient, t, n);
+}
+
+/* parley_fetch_identity: the number's account, then its primary device's bundle. */
+static void pump_identity(parley *p)
+{
+    const char *phone = p->want_identity;
+    if (!phone[0] || phone_busy(p, phone))
+        return;
+    db_contact c;
+    uint8_t key[DB_KEY_LEN];
+    int rc = db_contact_by_phone(p->db, phone, &c);
+    if (rc == DB_NOT_FOUND) {
+        lookup_phone(p, phone);
+    } else if (rc == DB_OK && db_peer_identity_get(p->db, c.account, 1, key) == DB_OK) {
+        phone = NULL; /* known already */
+        p->want_identity[0] = 0;
+    } else if (rc == DB_OK && !fetch_in_flight(p, c.account)) {
+        const uint32_t primary = 1;
+        fetch_bundles(p, c.account, &primary, 1, phone, NULL, true);
+    }
+    sodium_memzero(key, sizeof key);
+}
+
+void pump_outbox(parley *p)
+{
+    if (!p->ready || !p->own_known || p->sending_disabled || conn_now() < p->send_pause_until)
+        return;
+    pump_identity(p);
+    if (req_count(p, REQ_SEND) >= MAX_SENDS)
+        return;
+    db_outbox_entry *e = calloc(OUTBOX_SCAN, sizeof *e);
+    char(*seen)[PARLEY_PHONE_MAX + 1] = calloc(OUTBOX_SCAN, sizeof *seen);
+    size_t n = 0, n_seen = 0;
+    bool again = false;
+    if (!e || !seen || db_outbox_load(p->db, e, OUTBOX_SCAN, &n) != DB_OK) {
+        if (e && seen)
+            emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+        free(e);
+        free(seen);
+        return;
+    }
+    for (size_t i = 0; i < n && p->ready && req_count(p, REQ_SEND) < MAX_SENDS; i++) {
+        /* an earlier entry of the same conversation goes first */
+        bool blocked = false;
+        for (size_t j = 0; j < n_seen && !blocked; j++)
+            blocked = strcmp(seen[j], e[i].phone) == 0;
+        if (blocked)
+            continue;
+        snprintf(seen[n_seen++], sizeof seen[0], "%s", e[i].phone);
+        if (phone_busy(p, e[i].phone))
+            continue;
+        if (!send_entry(p, &e[i]))
+            again = true; /* it failed for good: the next of its conversation may go */
+    }
+    db_outbox_free(e, n);
+    free(e);
+    free(seen);
+    if (again)
+        pump_outbox(p);
+}
+
+/* ---- answers to Send ---------------------------------------------------------------------- */
+
+void on_send_reply(parley *p, request *r, const Parley__Frame *f)
+{
+    char reason[400];
+    uint32_t count = 0;
+    if (f->body_case == PARLEY__FRAME__BODY_SEND_ACK) {
+        const Parley__SendAck *a = f->send_ack;
+        bool changed;
+        if (db_outgoing_sent(p->db, r->id, r->account, a->server_time_ms, &changed) != DB_OK) {
+            emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+            return;
+        }
+        p->send_errors = 0;
+        if (r->resend)
+            return; /* a resend has no message of its own to report */
+        /* unchanged: another process on this profile recorded the ack first; report the
+         * acknowledgement anyway, with the state the message has now */
+        int st = PARLEY_STATE_SENT;
+        if (!changed && db_message_state(p->db, r->id, &st) != DB_OK)
+            st = PARLEY_STATE_SENT;
+        emit_state(p, r->id, r->phone, (parley_state)st, a->server_time_ms, NULL);
+        return;
+    }
+    if (f->body_case != PARLEY__FRAME__BODY_ERROR) {
+        transient_send_error(p);
+        return;
+    }
+    const Parley__Error *err = f->error;
+    switch (err->code) {
+    case PARLEY__ERROR_CODE__DEVICE_MISMATCH:
+        /* the lists we used are stale: take the server's, drop the sessions of devices
+         * that left or were registered again, and encrypt again under the same id */
+        if (list_ok(err->devices))
+            update_devices(p, err->devices, r->phone);
+        else if (!err->stale)
+            db_contact_forget_phone(p->db, r->phone); /* look it up again */
+        if (list_ok(err->stale))
+            for (size_t i = 0; i < err->stale->n_device_ids; i++)
+                db_session_delete(p->db, err->stale->account_id.data, err->stale->device_ids[i]);
+        if (db_outbox_unseal(p->db, r->id, &count) != DB_OK) {
+            emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+        } else if (count >= MAX_MISMATCHES) {
+            snprintf(reason, sizeof reason, "the devices of %s kept changing; gave up after %u tries", r->phone,
+                     count);
+            fail_message(p, r->id, r->phone, r->resend ? NULL : reason);
+        }
+        break;
+    case PARLEY__ERROR_CODE__RATE_LIMITED:
+        pause_sends(p, err->retry_after_ms ? (err->retry_after_ms < 60000 ? err->retry_after_ms : 60000) : 1000);
+        break;
+    case PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT:
+        /* a new lookup decides; what was sealed for the old account goes again */
+        db_contact_forget_phone(p->db, r->phone);
+        if (r->resend)
+            fail_message(p, r->id, r->phone, NULL);
+        else
+            db_outbox_unseal(p->db, r->id, &count);
+        break;
+    case PARLEY__ERROR_CODE__TOO_MANY_RECIPIENTS:
+    case PARLEY__ERROR_CODE__FRAME_TOO_LARGE:
+    case PARLEY__ERROR_CODE__PLAINTEXT_REFUSED:
+    case PARLEY__ERROR_CODE__MALFORMED_FRAME: /* this message; the next ones may be fine */
+        snprintf(reason, sizeof reason, "the server refused the message: %s", server_reason(err));
+        fail_message(p, r->id, r->phone, reason);
+        break;
+    case PARLEY__ERROR_CODE__STORAGE_FULL:
+    case PARLEY__ERROR_CODE__INTERNAL:
+        transient_send_error(p);
+        snprintf(reason, sizeof reason, "the server could not take a message now (%s); retrying",
+                 server_reason(err));
+        emit_error(p, PARLEY_ERR_REFUSED, reason);
+        break;
+    default:
+        /* UNKNOWN_FRAME (a server without messaging), or a frame it cannot read: sending
+         * again on this connection would only repeat it */
+        p->sending_disabled = true;
+        snprintf(reason, sizeof reason, "the server does not accept messages: %s", server_reason(err));
+        emit_error(p, err->code == PARLEY__ERROR_CODE__UNKNOWN_FRAME ? PARLEY_ERR_UNSUPPORTED : PARLEY_ERR_REFUSED,
+                   reason);
+        break;
+    }
+}
+
+/* ---- resends ----------------------------------------------------------------------------- */
+
+bool queue_resend(parley *p, const uint8_t id[PARLEY_ID_LEN], const uint8_t account[PARLEY_ID_LEN], uint32_t device)
+{
+    db_resend_source src;
+    int rc = db_resend_source_get(p->db, id, account, device, p->ident.account, &src);
+    if (rc == DB_NOT_FOUND)
+        return true; /* not ours (or no text): nothing to resend */
+    if (rc != DB_OK)
+        return false;
+    bool ok = true;
+    if (src.resends < MAX_RESENDS) {
+        Parley__Content c = PARLEY__CONTENT__INIT;
+        c.text = src.text;
+        c.has_sent_ms = 1;
+        c.sent_ms = src.sent_ms;
+        c.has_retry_of = 1;
+        c.retry_of = (ProtobufCBinaryData){PARLEY_ID_LEN, src.original};
+        size_t len = parley__content__get_packed_size(&c);
+        uint8_t *body = malloc(len), new_id[PARLEY_ID_LEN];
+        randombytes_buf(new_id, sizeof new_id);
+        /* a new session: the reader could not use the one we have */
+        ok = body && db_session_delete(p->db, account, device) == DB_OK;
+        if (ok) {
+            parley__content__pack(&c, body);
+            ok = db_resend_add(p->db, new_id, src.original, src.phone, account, device, body, len) == DB_OK;
+            sodium_memzero(body, len);
+        }
+        free(body);
+    }
+    sodium_memzero(src.text, src.text_len);
+    free(src.text);
+    return ok;
+}
