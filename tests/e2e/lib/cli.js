@@ -1,8 +1,10 @@
 // Runs the parley command for the tests: one-shot commands, long-running ones whose
-// JSON lines can be awaited, profiles registered through the file SMS provider, and a
-// WebSocket proxy that can lose one frame on purpose.
+// JSON lines can be awaited, profiles registered through the file SMS provider, and
+// WebSocket proxies that lose one frame, or hold back and corrupt Send frames, on
+// purpose.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -132,6 +134,59 @@ export async function history(u, peer) {
   return r.lines.map((l) => JSON.parse(l));
 }
 
+// The complete WebSocket frames at the front of buf and what is left. Client frames are
+// masked (payload is given unmasked), server frames are not; raw is the frame as sent.
+function splitFrames(buf) {
+  const frames = [];
+  for (;;) {
+    if (buf.length < 2) break;
+    const masked = (buf[1] & 0x80) !== 0;
+    let len = buf[1] & 0x7f, off = 2;
+    if (len === 126) { if (buf.length < 4) break; len = buf.readUInt16BE(2); off = 4; }
+    else if (len === 127) { if (buf.length < 10) break; len = Number(buf.readBigUInt64BE(2)); off = 10; }
+    const maskAt = off;
+    if (masked) off += 4;
+    if (buf.length < off + len) break;
+    const payload = Buffer.from(buf.subarray(off, off + len));
+    if (masked) for (let i = 0; i < len; i++) payload[i] ^= buf[maskAt + (i & 3)];
+    frames.push({ opcode: buf[0] & 0x0f, payload, raw: buf.subarray(0, off + len) });
+    buf = buf.subarray(off + len);
+  }
+  return { frames, rest: buf };
+}
+
+// A final binary frame carrying payload; masked (with a fresh key) from a client.
+function binaryFrame(payload, masked) {
+  const len = payload.length;
+  const head = len < 126 ? Buffer.from([0x82, len]) : len < 65536 ? Buffer.from([0x82, 126, len >> 8, len & 0xff])
+    : Buffer.concat([Buffer.from([0x82, 127]), (() => { const b = Buffer.alloc(8); b.writeBigUInt64BE(BigInt(len)); return b; })()]);
+  if (!masked) return Buffer.concat([head, payload]);
+  head[1] |= 0x80;
+  const mask = crypto.randomBytes(4);
+  const body = Buffer.from(payload);
+  for (let i = 0; i < len; i++) body[i] ^= mask[i & 3];
+  return Buffer.concat([head, mask, body]);
+}
+
+// Calls onFrame(frame) for every frame of one direction of a WebSocket connection once
+// its HTTP head has gone through (passHead(bytes) gets the head).
+function frameReader(passHead, onFrame) {
+  let buf = Buffer.alloc(0), upgraded = false;
+  return (chunk) => {
+    buf = Buffer.concat([buf, chunk]);
+    if (!upgraded) {
+      const end = buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      passHead(buf.subarray(0, end + 4));
+      buf = buf.subarray(end + 4);
+      upgraded = true;
+    }
+    const { frames, rest } = splitFrames(buf);
+    buf = rest;
+    for (const f of frames) if (onFrame(f) === false) return;
+  };
+}
+
 // A TCP proxy in front of parleyd that reads the server's WebSocket frames and, the
 // first time one matches lose(frame), cuts that connection: the client gets everything
 // before the frame and nothing after, as when a network dies at that moment. With
@@ -152,40 +207,78 @@ export function frameLosingProxy(serverPort, lose, { forward = false } = {}) {
     upstream.on('close', () => client.end());
     client.pipe(upstream);
     if (!mine) { upstream.pipe(client); return; }
-    let buf = Buffer.alloc(0), upgraded = false;
-    upstream.on('data', (chunk) => {
-      buf = Buffer.concat([buf, chunk]);
-      if (!upgraded) {
-        const end = buf.indexOf('\r\n\r\n');
-        if (end < 0) return;
-        client.write(buf.subarray(0, end + 4));
-        buf = buf.subarray(end + 4);
-        upgraded = true;
+    upstream.on('data', frameReader((head) => client.write(head), (f) => {
+      if (losing && f.opcode === 2 && lose(Frame.decode(f.payload))) {
+        losing = false;
+        client.unpipe(upstream); // nothing more from the client reaches the server
+        if (forward) client.write(f.raw);
+        client.end(); // what came before is delivered, then FIN
+        upstream.destroy();
+        resolveLost();
+        return false;
       }
-      for (;;) { // server frames are unmasked: 2-byte header, then 0, 2 or 8 length bytes
-        if (buf.length < 2) return;
-        let len = buf[1] & 0x7f, off = 2;
-        if (len === 126) { if (buf.length < 4) return; len = buf.readUInt16BE(2); off = 4; }
-        else if (len === 127) { if (buf.length < 10) return; len = Number(buf.readBigUInt64BE(2)); off = 10; }
-        if (buf.length < off + len) return;
-        const frame = buf.subarray(0, off + len);
-        buf = buf.subarray(off + len);
-        if (losing && (frame[0] & 0x0f) === 2 && lose(Frame.decode(frame.subarray(off)))) {
-          losing = false;
-          client.unpipe(upstream); // nothing more from the client reaches the server
-          if (forward) client.write(frame);
-          client.end(); // what came before is delivered, then FIN
-          upstream.destroy();
-          resolveLost();
-          return;
-        }
-        client.write(frame);
-      }
-    });
+      client.write(f.raw);
+      return true;
+    }));
   });
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
     url: `ws://127.0.0.1:${server.address().port}/`,
     lost,
+    close: () => { for (const s of sockets) s.destroy(); return new Promise((r) => server.close(r)); },
+  })));
+}
+
+// A TCP proxy in front of parleyd that rewrites the Send frames clients write (counted
+// 1, 2, ... over all connections): the first `hold` are answered at once with a SendAck
+// of the proxy's own and kept back, then written to the server (on their connection,
+// in their order) right after Send number `releaseAfter` went through, so the server
+// stores later messages first; those numbered in `corrupt` get one byte of their first
+// body flipped. Everything else passes untouched.
+// Returns { url, corrupted (message ids, hex), released (a promise), close }.
+export function sendTamperingProxy(serverPort, { hold = 0, releaseAfter = 0, corrupt = [] } = {}) {
+  let sends = 0, resolveReleased;
+  const held = [], corrupted = [], sockets = new Set();
+  const released = new Promise((r) => { resolveReleased = r; });
+  const server = net.createServer((client) => {
+    const upstream = net.connect(serverPort, '127.0.0.1');
+    sockets.add(client).add(upstream);
+    client.on('error', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+    client.on('close', () => upstream.end());
+    upstream.on('close', () => client.end());
+    // whole frames only, so that the proxy's own SendAcks go in between them
+    upstream.on('data', frameReader((head) => client.write(head), (f) => client.write(f.raw)));
+    client.on('data', frameReader((head) => upstream.write(head), (f) => {
+      const frame = f.opcode === 2 ? Frame.decode(f.payload) : null;
+      if (!frame?.send) { upstream.write(f.raw); return true; }
+      const n = ++sends;
+      if (n <= hold) {
+        held.push({ upstream, raw: f.raw });
+        const ack = Frame.encode(Frame.create({ version: 1, request_id: frame.request_id,
+          send_ack: { message_id: frame.send.message_id, server_time_ms: Date.now() } })).finish();
+        client.write(binaryFrame(Buffer.from(ack), false));
+        return true;
+      }
+      if (corrupt.includes(n)) {
+        const body = Buffer.from(frame.send.messages[0].body);
+        body[body.length >> 1] ^= 0x20;
+        frame.send.messages[0].body = body;
+        corrupted.push(Buffer.from(frame.send.message_id).toString('hex'));
+        upstream.write(binaryFrame(Buffer.from(Frame.encode(frame).finish()), true));
+      } else {
+        upstream.write(f.raw);
+      }
+      if (n === releaseAfter) {
+        for (const h of held.splice(0)) h.upstream.write(h.raw);
+        resolveReleased();
+      }
+      return true;
+    }));
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
+    url: `ws://127.0.0.1:${server.address().port}/`,
+    corrupted,
+    released,
     close: () => { for (const s of sockets) s.destroy(); return new Promise((r) => server.close(r)); },
   })));
 }

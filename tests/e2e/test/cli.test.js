@@ -1,8 +1,9 @@
 // The parley command end to end against a real parleyd: registration through the
-// file SMS provider, send/recv between two profiles, nothing shown twice, delivered
-// and read receipts in history and listen, malformed bodies recorded and acked
-// without stopping the rest, the outbox surviving a server outage, one receiving
-// connection per device (close 4000), and errors a person can read.
+// file SMS provider, send/recv between two profiles (end-to-end encrypted), nothing
+// shown twice, delivered and read receipts in history and listen, undecryptable bodies
+// recorded, acked and answered with RETRY receipts without stopping the rest, the
+// outbox surviving a server outage, one receiving connection per device (close 4000),
+// and errors a person can read.
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
@@ -10,7 +11,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { Parleyd, freePort } from '../lib/parleyd.js';
 import { Client, register, authenticate, lastCode } from '../lib/client.js';
-import { Content, checkStderr, run, start, withServer, cliUser as registerUser, send, recv, history } from '../lib/cli.js';
+import { checkStderr, run, start, withServer, cliUser as registerUser, send, recv, history } from '../lib/cli.js';
 
 const TIMEOUT = { timeout: 120000 };
 let phoneCounter = 0;
@@ -149,10 +150,11 @@ test('the outbox survives a server outage and goes out, in order, with the next 
   assert.equal(got[1].id, second);
 });
 
-test('malformed bodies are recorded and acked without stopping the messages after them', TIMEOUT, async (t) => {
+test('undecryptable bodies are recorded, acked and answered with RETRY receipts, without stopping the messages after them', TIMEOUT, async (t) => {
   const s = await withServer(t);
   const bob = await cliUser(s, 'bob');
-  // a raw protocol client plays a buggy sender
+  const alice = await cliUser(s, 'alice');
+  // a raw protocol client plays a broken or hostile sender: bodies that look encrypted
   const mallory = { phone: phone() };
   Object.assign(mallory, await register(s.d.url, mallory.phone, s.smsLog));
   const c = await Client.open(s.d.url);
@@ -160,46 +162,51 @@ test('malformed bodies are recorded and acked without stopping the messages afte
   const lookup = await c.request('lookup', { phone: bob.phone });
   const bobAccount = lookup.lookup_result.devices.account_id;
   const bodies = [
-    Buffer.from([0xff, 0xff, 0xff, 0x01]),                        // not a Content
-    Buffer.from([0x0a, 0x02, 0xc3, 0x28]),                        // text that is not UTF-8
-    Buffer.from([0x0a, 0x03, 0x61, 0x00, 0x62]),                  // text with a NUL byte
-    Buffer.from(Content.encode({ text: 'fine', sent_ms: Date.now() }).finish()),
+    { type: 2, body: crypto.randomBytes(80) },                                   // a SignalMessage of noise
+    { type: 2, body: Buffer.concat([Buffer.from([0x33]), crypto.randomBytes(60)]) }, // right version byte, no session
+    { type: 3, body: Buffer.concat([Buffer.from([0x33]), crypto.randomBytes(90)]) }, // a PreKey message of noise
   ];
   const ids = [];
-  for (const body of bodies) {
+  for (const m of bodies) {
     const id = crypto.randomBytes(16);
     ids.push(id.toString('hex'));
-    const a = await c.request('send', { message_id: id, recipient_account: bobAccount, messages: [{ device_id: 1, type: 0, body }] });
+    const a = await c.request('send', { message_id: id, recipient_account: bobAccount, messages: [{ device_id: 1, ...m }] });
     assert.ok(a.send_ack, JSON.stringify(a));
   }
   await c.close();
+  const fine = await send(alice, bob, 'fine'); // a real message behind them in bob's inbox
 
   const r = await run(bob.home, ['recv']);
   assert.equal(r.code, 0, r.stderr);
   const got = r.lines.map((l) => JSON.parse(l));
-  assert.deepEqual(got.map((m) => m.text), ['fine']);
-  assert.equal(got[0].from, mallory.phone, 'the sender named by reverse lookup');
+  assert.deepEqual(got.map((m) => [m.id, m.text]), [[fine, 'fine']]);
+  assert.equal(got[0].from, alice.phone, 'the sender named by reverse lookup');
   assert.equal((r.stderr.match(/could not be read/g) ?? []).length, 3, r.stderr);
-  // all four were acked: the server turned bob's DeliverAck into delivered receipts
+  assert.ok(r.stderr.includes(`from ${mallory.phone} (device 1) could not be read: could not be decrypted`), r.stderr);
+  // all three were acked (the server turned bob's DeliverAck into delivered receipts) and
+  // each got one RETRY receipt asking mallory's device to send it again
   const rc = await Client.open(s.d.url);
   assert.ok((await authenticate(rc, mallory.account, 1, mallory.id.priv)).authenticated);
-  const delivered = new Set();
-  while (delivered.size < ids.length) {
+  const delivered = new Set(), retry = new Set();
+  while (delivered.size < ids.length || retry.size < ids.length) {
     const f = await rc.next(10000);
     assert.ok(f.deliver, JSON.stringify(f));
     for (const e of f.deliver.envelopes ?? []) {
-      assert.equal(e.receipt?.status, 1, JSON.stringify(e));
-      for (const mid of e.receipt.message_ids) delivered.add(Buffer.from(mid).toString('hex'));
+      assert.ok(e.receipt?.status === 1 || e.receipt?.status === 3, JSON.stringify(e));
+      assert.deepEqual(e.receipt.from_account, bobAccount);
+      for (const mid of e.receipt.message_ids) (e.receipt.status === 1 ? delivered : retry).add(Buffer.from(mid).toString('hex'));
     }
     if (f.deliver.envelopes?.length) rc.push('deliver_ack', { up_to_seq: f.deliver.envelopes.at(-1).seq });
   }
   assert.deepEqual([...delivered].sort(), [...ids].sort());
+  assert.deepEqual([...retry].sort(), [...ids].sort());
   await rc.close();
   assert.deepEqual(await recv(bob), [], 'nothing shown twice');
   const h = await history(bob, mallory);
   assert.deepEqual(h.map((m) => m.id), ids);
-  assert.deepEqual(h.map((m) => m.text), [null, null, null, 'fine']);
-  assert.ok(h.slice(0, 3).every((m) => typeof m.problem === 'string'));
+  assert.deepEqual(h.map((m) => m.text), [null, null, null]);
+  assert.ok(h.every((m) => /could not be decrypted/.test(m.problem)), JSON.stringify(h));
+  assert.deepEqual((await history(bob, alice)).map((m) => m.text), ['fine']);
 });
 
 test('listen follows messages and receipts; a newer receiving connection takes over (4000)', TIMEOUT, async (t) => {
@@ -287,21 +294,12 @@ test('messages from many unknown senders are named by reverse lookup, in inbox o
   const s = await withServer(t);
   const bob = await cliUser(s, 'bob');
   const want = [];
-  let bobAccount;
   for (let i = 0; i < 20; i++) { // more senders than lookups the client keeps in flight
-    const u = { phone: phone() };
-    Object.assign(u, await register(s.d.url, u.phone, s.smsLog));
-    const c = await Client.open(s.d.url);
-    assert.ok((await authenticate(c, u.account, 1, u.id.priv, { receive: false })).authenticated);
-    bobAccount ??= (await c.request('lookup', { phone: bob.phone })).lookup_result.devices.account_id;
-    for (let k = 0; k < 2; k++) {
-      const text = `from sender ${i}, #${k}`;
-      const body = Buffer.from(Content.encode({ text, sent_ms: Date.now() }).finish());
-      const a = await c.request('send', { message_id: crypto.randomBytes(16), recipient_account: bobAccount, messages: [{ device_id: 1, type: 0, body }] });
-      assert.ok(a.send_ack, JSON.stringify(a));
-      want.push({ from: u.phone, text });
-    }
-    await c.close();
+    const u = await cliUser(s, `sender${i}`);
+    const texts = [0, 1].map((k) => `from sender ${i}, #${k}`);
+    const r = await run(u.home, ['send', bob.phone, '-'], { input: texts.join('\n') + '\n' });
+    assert.equal(r.code, 0, r.stderr);
+    for (const text of texts) want.push({ from: u.phone, text });
   }
   const got = await recv(bob);
   assert.deepEqual(got.map((m) => ({ from: m.from, text: m.text })), want);

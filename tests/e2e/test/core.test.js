@@ -142,20 +142,26 @@ test('3. duplicates: a resend after a lost SendAck and a redelivery after a lost
   const h = await history(alice, bob);
   assert.deepEqual(h.map((m) => [m.id, m.state]), [[id, 'delivered']]);
 
-  // the same id sent twice by a raw client: one message
+  // the same id sent twice by a raw client: one message (its body is no ciphertext bob
+  // can open: one undecryptable record, reported once)
   const raw = await Client.open(s.d.url);
-  const reg = await register(s.d.url, phone(), s.smsLog);
+  const rawUser = { phone: phone() };
+  const reg = await register(s.d.url, rawUser.phone, s.smsLog);
   assert.ok((await authenticate(raw, reg.account, 1, reg.id.priv, { receive: false })).authenticated);
   const bobAccount = (await raw.request('lookup', { phone: bob.phone })).lookup_result.devices.account_id;
   const twice = crypto.randomBytes(16);
-  const body = Buffer.from([0x0a, 5, ...Buffer.from('twice')]); // Content{text: "twice"}
+  const body = crypto.randomBytes(64);
   for (let i = 0; i < 2; i++) {
-    const a = await raw.request('send', { message_id: twice, recipient_account: bobAccount, messages: [{ device_id: 1, body }] });
+    const a = await raw.request('send', { message_id: twice, recipient_account: bobAccount, messages: [{ device_id: 1, type: 2, body }] });
     assert.ok(a.send_ack, JSON.stringify(a));
   }
-  const again = await recv(bob);
-  assert.deepEqual(again.map((m) => m.text), ['twice']);
+  const again = await run(bob.home, ['recv']);
+  assert.equal(again.code, 0, again.stderr);
+  assert.deepEqual(again.lines, []);
+  assert.equal((again.stderr.match(/could not be read/g) ?? []).length, 1, again.stderr);
   assert.deepEqual(await recv(bob), []);
+  const hr = await history(bob, rawUser);
+  assert.deepEqual(hr.map((m) => [m.id, m.text]), [[twice.toString('hex'), null]]);
 });
 
 test('4. bad input gets its error while other clients keep working', TIMEOUT, async (t) => {
@@ -222,10 +228,14 @@ test('4. bad input gets its error while other clients keep working', TIMEOUT, as
   assert.ok((await authenticate(c2, mallory.account, 1, mallory.id.priv, { receive: false })).authenticated);
   expectError(await c2.request('lookup', { phone: '+19995550100' }), ErrorCode.UNKNOWN_ACCOUNT, 'lookup of nobody');
 
+  // plaintext is refused: bodies must be end-to-end encrypted
+  expectError(await c2.request('send', { message_id: crypto.randomBytes(16), recipient_account: (await c2.request('lookup', { phone: alice.phone })).lookup_result.devices.account_id,
+    messages: [{ device_id: 1, type: 0, body: Buffer.from([0x0a, 1, 0x78]) }] }), ErrorCode.PLAINTEXT_REFUSED, 'a plaintext body');
+
   // a flood past the rate limit
   const aliceAccount = (await c2.request('lookup', { phone: alice.phone })).lookup_result.devices.account_id;
   const flood = await Promise.all(Array.from({ length: 40 }, () => c2.request('send', {
-    message_id: crypto.randomBytes(16), recipient_account: aliceAccount, messages: [{ device_id: 1, body: Buffer.from([0x0a, 1, 0x78]) }] })));
+    message_id: crypto.randomBytes(16), recipient_account: aliceAccount, messages: [{ device_id: 1, type: 2, body: crypto.randomBytes(40) }] })));
   const limited = flood.filter((f) => f.error);
   assert.ok(limited.length >= 10, `${limited.length} of 40 limited`);
   for (const f of limited) expectError(f, ErrorCode.RATE_LIMITED, 'flood');
@@ -267,7 +277,7 @@ test('5. retention: undelivered envelopes go, freed pages are reused, the file s
     while (running) {
       const due = t0 + next++;
       if (due > Date.now()) await sleep(due - Date.now());
-      const a = await c.request('send', { message_id: crypto.randomBytes(16), recipient_account: bobAccount, messages: [{ device_id: 1, body }] });
+      const a = await c.request('send', { message_id: crypto.randomBytes(16), recipient_account: bobAccount, messages: [{ device_id: 1, type: 2, body }] });
       assert.ok(a.send_ack, JSON.stringify(a));
       sent++;
     }
