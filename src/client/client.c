@@ -421,6 +421,8 @@ static uint64_t client_deadline(const parley *p)
         t = p->send_pause_until;
     if (p->ready && p->receipt_pause_until && !p->receipts_disabled && p->receipt_pause_until < t)
         t = p->receipt_pause_until;
+    if (p->ready && p->keys_pause_until && !p->keys_disabled && p->keys_pause_until < t)
+        t = p->keys_pause_until;
     return t;
 }
 
@@ -433,6 +435,10 @@ static void client_timers(parley *p, uint64_t now)
     if (p->receipt_pause_until && now >= p->receipt_pause_until) {
         p->receipt_pause_until = 0;
         pump_receipts(p);
+    }
+    if (p->keys_pause_until && now >= p->keys_pause_until) {
+        p->keys_pause_until = 0;
+        keys_check(p);
     }
 }
 

@@ -96,7 +96,9 @@ struct parley {
     bool sending_disabled;          /* the server does not take Send (this connection) */
     bool receipts_disabled;
     bool keys_disabled;             /* the server refused our keys (this connection) */
-    bool keys_wanted;               /* a status query is due (the low-stock notice) */
+    bool keys_wanted;               /* a status query is due (after authentication, the low-stock notice) */
+    unsigned keys_errors;
+    uint64_t keys_pause_until;      /* monotonic ms: the server was busy or rate limited us */
     unsigned send_errors;           /* transient send errors in a row, for the pause */
     uint64_t send_pause_until;      /* monotonic ms */
     unsigned receipt_errors;

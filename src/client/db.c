@@ -111,6 +111,12 @@ static const char schema_v3[] =
     "  device_id INTEGER NOT NULL,"
     "  created_ms INTEGER NOT NULL) WITHOUT ROWID;"
     "CREATE INDEX resends_original ON resends (original_id, account_id, device_id);"
+    "CREATE TABLE recipients ("                /* the devices a message of ours was sealed for */
+    "  message_id BLOB NOT NULL,"
+    "  account_id BLOB NOT NULL,"
+    "  device_id INTEGER NOT NULL,"
+    "  identity_key BLOB NOT NULL CHECK (length(identity_key) = 32)," /* as its session knew it */
+    "  PRIMARY KEY (message_id, account_id, device_id)) WITHOUT ROWID;"
     "CREATE TABLE absorbed ("
     "  account_id BLOB NOT NULL,"
     "  device_id INTEGER NOT NULL,"
@@ -188,6 +194,8 @@ enum {
     Q_PEER_ID_GET,
     Q_PEER_ID_PUT,
     Q_CONTACT_CLEAR_VERIFIED,
+    Q_RECIPIENT_ADD,
+    Q_RESEND_IDENTITY,
     Q_COUNT
 };
 
@@ -271,11 +279,15 @@ static const char *const query_sql[Q_COUNT] = {
     [Q_RETRY_IDS] = "SELECT message_id FROM retry_receipts WHERE sent = 0 AND account_id = ? AND device_id = ?"
                     " ORDER BY created_ms LIMIT ?",
     [Q_RETRY_SENT] = "UPDATE retry_receipts SET sent = 1 WHERE account_id = ? AND device_id = ? AND message_id = ?",
-    /* a message of ours to that account (its ack may be lost: then by its number), or to
-     * anyone when the RETRY comes from our own other device (?3: our account) */
+    /* a message of ours sealed for that very device (not merely for its account: a device
+     * added since must not obtain older messages by asking) */
     [Q_RESEND_DIRECT] = "SELECT id, peer_phone, text, sent_ms FROM messages WHERE direction = 1 AND kind = 0"
-                        " AND id = ?1 AND text IS NOT NULL AND (?2 = ?3 OR peer_account = ?2 OR"
-                        " (peer_account IS NULL AND peer_phone = (SELECT phone FROM contacts WHERE account_id = ?2)))",
+                        " AND id = ?1 AND text IS NOT NULL AND EXISTS (SELECT 1 FROM recipients"
+                        " WHERE message_id = ?1 AND account_id = ?2 AND device_id = ?3)",
+    [Q_RECIPIENT_ADD] = "INSERT OR REPLACE INTO recipients (message_id, account_id, device_id, identity_key)"
+                        " VALUES (?, ?, ?, ?)",
+    [Q_RESEND_IDENTITY] = "SELECT r.identity_key FROM resends s JOIN recipients r ON r.message_id = s.original_id"
+                          " AND r.account_id = s.account_id AND r.device_id = s.device_id WHERE s.new_id = ?",
     [Q_RESEND_MAPPED] = "SELECT original_id FROM resends WHERE new_id = ? AND account_id = ? AND device_id = ?",
     [Q_RESEND_COUNT] = "SELECT count(*) FROM resends WHERE original_id = ? AND account_id = ? AND device_id = ?",
     [Q_RESEND_ADD] = "INSERT INTO resends (new_id, original_id, account_id, device_id, created_ms) VALUES (?, ?, ?, ?, ?)",
@@ -1394,8 +1406,35 @@ fail:
 
 /* ---- resends ------------------------------------------------------------------------------ */
 
+int db_recipient_add(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[DB_ID_LEN], uint32_t device,
+                     const uint8_t identity_key[DB_KEY_LEN])
+{
+    sqlite3_stmt *st = q(d, Q_RECIPIENT_ADD);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 2, account, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, device);
+    sqlite3_bind_blob(st, 4, identity_key, DB_KEY_LEN, SQLITE_TRANSIENT);
+    return run(d, st, "recording a recipient");
+}
+
+int db_resend_identity(db *d, const uint8_t new_id[DB_ID_LEN], uint8_t identity_key[DB_KEY_LEN])
+{
+    sqlite3_stmt *st = q(d, Q_RESEND_IDENTITY);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_blob(st, 1, new_id, DB_ID_LEN, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(st);
+    bool ok = rc == SQLITE_ROW && copy_blob(identity_key, DB_KEY_LEN, st, 0);
+    done(st);
+    if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+        return ok ? DB_OK : DB_NOT_FOUND;
+    return fail(d, "reading a recipient");
+}
+
 int db_resend_source_get(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[DB_ID_LEN], uint32_t device,
-                         const uint8_t own_account[DB_ID_LEN], db_resend_source *out)
+                         db_resend_source *out)
 {
     memset(out, 0, sizeof *out);
     uint8_t original[DB_ID_LEN];
@@ -1420,7 +1459,7 @@ int db_resend_source_get(db *d, const uint8_t id[DB_ID_LEN], const uint8_t accou
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, original, DB_ID_LEN, SQLITE_TRANSIENT);
     sqlite3_bind_blob(st, 2, account, DB_ID_LEN, SQLITE_TRANSIENT);
-    sqlite3_bind_blob(st, 3, own_account, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, device);
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         memcpy(out->original, original, DB_ID_LEN);

@@ -249,11 +249,20 @@ typedef struct {
     uint32_t resends;                /* resends of it to (account, device) so far */
 } db_resend_source;
 
-/* The message a RETRY receipt from (account, device) names by id: one we sent (to that
- * account, or to anyone when account is our own: a copy to our other device), or one of
- * our resends (then its original). DB_NOT_FOUND when there is none with text. */
+/* Records that our message id was sealed for (account, device) with that identity key:
+ * only such a device may ask for it again, and only while it has the same key. */
+int db_recipient_add(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[DB_ID_LEN], uint32_t device,
+                     const uint8_t identity_key[DB_KEY_LEN]);
+
+/* The identity key the original of resend new_id was sealed for, on the resend's device;
+ * DB_NOT_FOUND when unknown. A resend is sealed only for that same key. */
+int db_resend_identity(db *d, const uint8_t new_id[DB_ID_LEN], uint8_t identity_key[DB_KEY_LEN]);
+
+/* The message a RETRY receipt from (account, device) names by id: one of ours sealed for
+ * that very device (db_recipient_add), or one of our resends to it (then its original).
+ * DB_NOT_FOUND when there is none with text. */
 int db_resend_source_get(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[DB_ID_LEN], uint32_t device,
-                         const uint8_t own_account[DB_ID_LEN], db_resend_source *out);
+                         db_resend_source *out);
 
 /* Queues a resend (new id, body = the Content naming the original) to (account, device)
  * only, and remembers which message it replaces. */

@@ -265,6 +265,7 @@ int e2e_encrypt(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const 
         rc = PS_ERR_NO_SESSION;
     if (rc == E2E_OK && (rc = ps_session_encrypt(&rec, plaintext, len, &out->body, &out->type)) == PS_OK) {
         out->registration_id = rec.current->remote_registration_id;
+        memcpy(out->remote_identity, rec.current->remote_identity, PS_KEY_LEN);
         rc = ps_session_record_serialize(&rec, &out->record);
     }
     ps_session_record_clear(&rec);

@@ -94,6 +94,7 @@ typedef struct {
     int type;                    /* PS_MSG_PREKEY or PS_MSG_WHISPER */
     ps_bytes body;
     uint32_t registration_id;    /* the peer device's, as its session knows it (0: unknown) */
+    uint8_t remote_identity[PS_KEY_LEN]; /* the identity key the session is with */
     ps_bytes record;             /* the session record after encrypting */
 } e2e_sealed;
 

@@ -109,8 +109,8 @@ int keys_for_registration(parley *p, Parley__UploadKeys *out, uint32_t **ids, si
 
 void keys_check(parley *p)
 {
-    if (!p->ready || p->keys_disabled || !p->keys_wanted || req_count(p, REQ_KEYS_STATUS) ||
-        req_count(p, REQ_KEYS_UPLOAD))
+    if (!p->ready || p->keys_disabled || !p->keys_wanted || conn_now() < p->keys_pause_until ||
+        req_count(p, REQ_KEYS_STATUS) || req_count(p, REQ_KEYS_UPLOAD))
         return;
     request *r = req_new(p, REQ_KEYS_STATUS);
     if (!r)
@@ -176,6 +176,7 @@ void on_keys_reply(parley *p, request *r, const Parley__Frame *f)
 {
     char reason[400];
     if (f->body_case == PARLEY__FRAME__BODY_KEYS_UPLOADED) {
+        p->keys_errors = 0;
         if (r->kind == REQ_KEYS_STATUS)
             upload_what_is_missing(p, f->keys_uploaded);
         else if (db_prekeys_uploaded(p->db, r->key_ids, r->n_key_ids) != DB_OK)
@@ -185,8 +186,15 @@ void on_keys_reply(parley *p, request *r, const Parley__Frame *f)
     }
     uint32_t code = f->body_case == PARLEY__FRAME__BODY_ERROR ? f->error->code : 0;
     if (code == PARLEY__ERROR_CODE__RATE_LIMITED || code == PARLEY__ERROR_CODE__STORAGE_FULL ||
-        code == PARLEY__ERROR_CODE__INTERNAL || code == 0)
-        return; /* passing: the next connection (or notice) asks again */
+        code == PARLEY__ERROR_CODE__INTERNAL || code == 0) {
+        /* passing (key uploads count against the send rate): ask again after a pause */
+        uint32_t ms = code == PARLEY__ERROR_CODE__RATE_LIMITED && f->error->retry_after_ms
+                          ? f->error->retry_after_ms
+                          : backoff_ms(p->keys_errors++);
+        p->keys_pause_until = conn_now() + (ms < 60000 ? ms : 60000);
+        p->keys_wanted = true;
+        return;
+    }
     p->keys_disabled = true; /* the same upload would be refused again on this connection */
     snprintf(reason, sizeof reason, "the server refused this device's keys (%s): %s",
              code == PARLEY__ERROR_CODE__BAD_SIGNATURE      ? "bad signature"

@@ -460,7 +460,7 @@ static bool seal_entry(parley *p, const db_outbox_entry *e, const uint8_t recipi
     uint8_t *packed = NULL;
     const char *failure = NULL;
     char reason[300];
-    bool began = false, ok = true;
+    bool began = false, ok = true, drop = false;
     db_blob already;
     if (!sl || !dms || !dmp) {
         emit_error(p, PARLEY_ERR_NOMEM, "out of memory");
@@ -493,6 +493,15 @@ static bool seal_entry(parley *p, const db_outbox_entry *e, const uint8_t recipi
         if (sl[i].body.len + CONN_BODY_OVERHEAD > p->conn.max_frame) { /* the server's own limit */
             failure = "the message is larger than this server accepts";
             goto out;
+        }
+        if (e->resend) { /* only to the identity the original was sealed for: not to a new install */
+            uint8_t key[DB_KEY_LEN];
+            rc = db_resend_identity(p->db, e->id, key);
+            if (rc == DB_ERROR)
+                goto storage;
+            drop = rc == DB_NOT_FOUND || sodium_memcmp(key, sl[i].remote_identity, DB_KEY_LEN) != 0;
+            if (drop)
+                goto out;
         }
         parley__device_message__init(&dms[i]);
         if (t[i].own && !same_id(t[i].account, recipient)) {
@@ -536,7 +545,8 @@ static bool seal_entry(parley *p, const db_outbox_entry *e, const uint8_t recipi
     }
     parley__send__pack(&s, packed);
     for (size_t i = 0; i < n; i++)
-        if (e2e_sealed_commit(p->db, t[i].account, t[i].device, &sl[i]) != E2E_OK)
+        if (e2e_sealed_commit(p->db, t[i].account, t[i].device, &sl[i]) != E2E_OK ||
+            (!e->resend && db_recipient_add(p->db, e->id, t[i].account, t[i].device, sl[i].remote_identity) != DB_OK))
             goto storage;
     rc = db_outbox_seal(p->db, e->id, packed, len);
     if (rc == DB_NOT_FOUND) /* acked or failed meanwhile (another process) */
@@ -563,7 +573,7 @@ storage:
 out:
     if (began)
         db_rollback(p->db);
-    if (failure) {
+    if (failure || drop) { /* a dropped resend just leaves the outbox */
         fail_message(p, e->id, e->phone, failure);
         ok = false;
     }
@@ -791,7 +801,7 @@ void on_send_reply(parley *p, request *r, const Parley__Frame *f)
 bool queue_resend(parley *p, const uint8_t id[PARLEY_ID_LEN], const uint8_t account[PARLEY_ID_LEN], uint32_t device)
 {
     db_resend_source src;
-    int rc = db_resend_source_get(p->db, id, account, device, p->ident.account, &src);
+    int rc = db_resend_source_get(p->db, id, account, device, &src);
     if (rc == DB_NOT_FOUND)
         return true; /* not ours (or no text): nothing to resend */
     if (rc != DB_OK)

@@ -627,13 +627,21 @@ static void test_retries(void)
     uint8_t stranger[DB_ID_LEN], unknown[DB_ID_LEN], y1[DB_ID_LEN], y2[DB_ID_LEN];
     fill_id(stranger, 0x96);
     fill_id(unknown, 0x61);
-    CHECK_RC(db_resend_source_get(d, unknown, peer, 1, me, &src), DB_NOT_FOUND);
-    CHECK_RC(db_resend_source_get(d, id, stranger, 1, me, &src), DB_NOT_FOUND); /* not sent to them */
-    CHECK_RC(db_resend_source_get(d, id, peer, 1, me, &src), DB_OK);
+    CHECK_RC(db_resend_source_get(d, id, peer, 1, &src), DB_NOT_FOUND); /* sealed for no device yet */
+    uint8_t key1[DB_KEY_LEN], key2[DB_KEY_LEN], got_key[DB_KEY_LEN];
+    memset(key1, 0x31, sizeof key1);
+    memset(key2, 0x32, sizeof key2);
+    CHECK_RC(db_recipient_add(d, id, peer, 1, key1), DB_OK);
+    CHECK_RC(db_recipient_add(d, id, me, 2, key2), DB_OK); /* a copy to our own other device */
+    CHECK_RC(db_recipient_add(d, id, peer, 1, key1), DB_OK);
+    CHECK_RC(db_resend_source_get(d, unknown, peer, 1, &src), DB_NOT_FOUND);
+    CHECK_RC(db_resend_source_get(d, id, stranger, 1, &src), DB_NOT_FOUND); /* not sent to them */
+    CHECK_RC(db_resend_source_get(d, id, peer, 3, &src), DB_NOT_FOUND);     /* a device added since */
+    CHECK_RC(db_resend_source_get(d, id, peer, 1, &src), DB_OK);
     CHECK(strcmp(src.text, "sealed text") == 0 && src.resends == 0 && src.original[0] == 0x60);
     CHECK(strcmp(src.phone, "+15550000022") == 0 && src.sent_ms == 1000 + 0x60);
     free(src.text);
-    CHECK_RC(db_resend_source_get(d, id, me, 2, me, &src), DB_OK); /* our own other device */
+    CHECK_RC(db_resend_source_get(d, id, me, 2, &src), DB_OK);
     free(src.text);
     fill_id(y1, 0x62);
     const uint8_t body[] = {1, 1};
@@ -646,14 +654,18 @@ static void test_retries(void)
                     e[i].body_len == 2 && !e[i].sealed;
     CHECK(found);
     db_outbox_free(e, n);
+    /* the resend may be sealed only for the key the original was sealed for */
+    CHECK_RC(db_resend_identity(d, y1, got_key), DB_OK);
+    CHECK_MEM(got_key, key1, DB_KEY_LEN);
+    CHECK_RC(db_resend_identity(d, id, got_key), DB_NOT_FOUND); /* not a resend */
     /* a RETRY for the resend names its original, counted per device */
-    CHECK_RC(db_resend_source_get(d, y1, peer, 1, me, &src), DB_OK);
+    CHECK_RC(db_resend_source_get(d, y1, peer, 1, &src), DB_OK);
     CHECK(src.original[0] == 0x60 && src.resends == 1);
     free(src.text);
-    CHECK_RC(db_resend_source_get(d, y1, peer, 2, me, &src), DB_NOT_FOUND); /* not sent to that device */
+    CHECK_RC(db_resend_source_get(d, y1, peer, 2, &src), DB_NOT_FOUND); /* not sent to that device */
     fill_id(y2, 0x63);
     CHECK_RC(db_resend_add(d, y2, id, "+15550000022", peer, 1, body, sizeof body), DB_OK);
-    CHECK_RC(db_resend_source_get(d, id, peer, 1, me, &src), DB_OK);
+    CHECK_RC(db_resend_source_get(d, id, peer, 1, &src), DB_OK);
     CHECK(src.resends == 2);
     free(src.text);
 

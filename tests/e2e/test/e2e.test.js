@@ -8,7 +8,8 @@
 //      corrupted ciphertext is recorded undecryptable, answered with a RETRY receipt
 //      and a resend, and then shown under its own id; later messages decrypt
 //   5. a contact's new identity key (re-registration) is reported, as an event and in
-//      history, before the next message to it goes out; the new install decrypts it
+//      history, before the next message to it goes out; the new install decrypts it;
+//      RETRY receipts from yet another install get no old message resent
 //   6. safety numbers: the same 60 digits on both sides, equal to the reference
 //      implementation's (@signalapp/libsignal-client), QR payloads too; verify-safety
 import test from 'node:test';
@@ -17,6 +18,7 @@ import crypto from 'node:crypto';
 import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import * as Signal from '@signalapp/libsignal-client';
+import { Client, register, authenticate } from '../lib/client.js';
 import { HEX_ID, run, start, withServer, cliUser, send, recv, history, sendTamperingProxy } from '../lib/cli.js';
 
 const TIMEOUT = { timeout: 300000 };
@@ -193,10 +195,36 @@ test('5. a contact\'s new identity key is reported before the next message to it
 
   const got = await recv(bob2);
   assert.deepEqual(got.map((m) => [m.text, m.from]), [['to your new phone', alice.phone]]);
-  // the send command tells the person too
   await send(bob2, alice, 'hello from the new phone');
   const back = await recv(alice);
   assert.deepEqual(back.map((m) => m.text), ['hello from the new phone']);
+
+  // a third install of the number (a raw client: whoever gets the code) asks for the old
+  // messages again with RETRY receipts: they were sealed for other keys, so alice's
+  // client does not resend them; only what she writes from now on reaches it
+  const bob3 = await register(s.d.url, bob.phone, s.smsLog);
+  const c = await Client.open(s.d.url);
+  t.after(() => c.close());
+  assert.ok((await authenticate(c, bob3.account, 1, bob3.id.priv)).authenticated);
+  const aliceAccount = (await c.request('lookup', { phone: alice.phone })).lookup_result.devices.account_id;
+  const old = h.filter((m) => m.direction === 'out').map((m) => Buffer.from(m.id, 'hex'));
+  assert.equal(old.length, 2);
+  const ack = await c.request('receipt', { status: 3, to_account: aliceAccount, to_device: 1, message_ids: old });
+  assert.ok(ack.receipt_ack, JSON.stringify(ack));
+  await recv(alice); // takes the RETRY receipts in
+  const latest = await send(alice, bob, 'for whoever has the number now'); // flushes the outbox first
+  const seen = [];
+  for (;;) {
+    const f = await c.next(5000);
+    for (const e of f.deliver?.envelopes ?? []) {
+      if (e.message_id) seen.push(Buffer.from(e.message_id).toString('hex'));
+      c.push('deliver_ack', { up_to_seq: e.seq });
+    }
+    if (seen.includes(latest)) break;
+  }
+  assert.deepEqual(seen, [latest], 'no resend of an old message to a new identity');
+  const h3 = await history(alice, bob);
+  assert.equal(h3.filter((m) => m.type === 'identity_changed').length, 2, 'the second change is recorded too');
 });
 
 test('6. safety numbers match on both sides and match the reference implementation; verify-safety', TIMEOUT, async (t) => {
