@@ -4,7 +4,7 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
 
-.PHONY: all deps build run test test-unit test-asan test-fuzz interop-deps bench-crypto clean
+.PHONY: all deps build run test test-unit test-asan test-fuzz interop-deps bench-crypto bench-client clean
 
 all: build
 
@@ -50,6 +50,10 @@ test-fuzz: deps
 
 bench-crypto: build interop-deps
 	@scripts/bench-crypto.sh $(BUILD)
+
+# The client's cost of end-to-end encryption, with its SQLite store (no network).
+bench-client: build
+	@$(BUILD)/parley-bench-client
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

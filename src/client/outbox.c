@@ -348,13 +348,24 @@ void on_fetch_reply(parley *p, request *r, const Parley__Frame *f)
         }
     }
     forget_devices(p, r->account, gone, n_gone);
-    if (r->for_identity && strcmp(p->want_identity, r->phone) == 0) {
-        p->want_identity[0] = 0;
-        if (n_gone || bad)
-            emit_error(p, n_gone ? PARLEY_ERR_UNKNOWN_NUMBER : PARLEY_ERR_REFUSED,
-                       n_gone ? "the number has no primary device" : reason);
-    } else if (bad) {
+    if (r->for_identity) {
+        if (strcmp(p->want_identity, r->phone) == 0) {
+            p->want_identity[0] = 0;
+            if (n_gone || bad)
+                emit_error(p, n_gone ? PARLEY_ERR_UNKNOWN_NUMBER : PARLEY_ERR_REFUSED,
+                           n_gone ? "the number has no primary device with keys" : reason);
+        }
+        return;
+    }
+    uint32_t count = 0;
+    if (bad) {
         fail_message(p, r->id, r->phone, reason); /* a hostile or broken server: not this message */
+    } else if (n_gone && db_outbox_unseal(p->db, r->id, &count) == DB_OK && count >= MAX_MISMATCHES) {
+        /* listed, but without keys (gone, or a client that never published any): the
+         * lists are asked for again, a few times */
+        snprintf(reason, sizeof reason, "the devices of %s kept changing or have no keys; gave up after %u tries",
+                 phone, count);
+        fail_message(p, r->id, r->phone, reason);
     }
 }
 
@@ -665,13 +676,11 @@ static void pump_identity(parley *p)
     if (rc == DB_NOT_FOUND) {
         lookup_phone(p, phone);
     } else if (rc == DB_OK && db_peer_identity_get(p->db, c.account, 1, key) == DB_OK) {
-        phone = NULL; /* known already */
-        p->want_identity[0] = 0;
+        p->want_identity[0] = 0; /* known already */
     } else if (rc == DB_OK && !fetch_in_flight(p, c.account)) {
         const uint32_t primary = 1;
         fetch_bundles(p, c.account, &primary, 1, phone, NULL, true);
     }
-    sodium_memzero(key, sizeof key);
 }
 
 void pump_outbox(parley *p)
@@ -755,8 +764,8 @@ void on_send_reply(parley *p, request *r, const Parley__Frame *f)
         if (db_outbox_unseal(p->db, r->id, &count) != DB_OK) {
             emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
         } else if (count >= MAX_MISMATCHES) {
-            snprintf(reason, sizeof reason, "the devices of %s kept changing; gave up after %u tries", r->phone,
-                     count);
+            snprintf(reason, sizeof reason, "the devices of %s kept changing or have no keys; gave up after %u tries",
+                     r->phone, count);
             fail_message(p, r->id, r->phone, r->resend ? NULL : reason);
         }
         break;
