@@ -22,6 +22,7 @@
 
 #include "client_internal.h"
 #include "content.pb-c.h"
+#include "primitives.h"
 #include "utf8.h"
 
 #define RECEIPT_BATCH 1000       /* message ids per Receipt frame */
@@ -160,7 +161,7 @@ static const char *read_content(const uint8_t *data, size_t len, Parley__Content
     *content = NULL;
     if (len == 0)
         return "an empty message";
-    Parley__Content *c = parley__content__unpack(NULL, len, data);
+    Parley__Content *c = parley__content__unpack(&ps_wiping_allocator, len, data); /* plaintext: wiped when freed */
     if (!c)
         return "a message that is not in the Parley format";
     const char *why = NULL;
@@ -174,7 +175,7 @@ static const char *read_content(const uint8_t *data, size_t len, Parley__Content
     else if (!utf8_valid((const uint8_t *)c->text, tlen))
         why = "a message whose text is not UTF-8";
     if (why) {
-        parley__content__free_unpacked(c, NULL);
+        parley__content__free_unpacked(c, &ps_wiping_allocator);
         return why;
     }
     *content = c;
@@ -221,8 +222,8 @@ static int open_body(parley *p, const Parley__Envelope *e, env_result *res, e2e_
             return 0;
         }
         int rc = e2e_decrypt(p->db, account, device, e->type, e->body.data, e->body.len, o);
-        if (rc == E2E_ERR_STORAGE)
-            return -1;
+        if (rc == E2E_ERR_STORAGE || rc == PS_ERR_NOMEM)
+            return -1; /* our trouble, not the message's: nothing is acked, it comes again */
         if (rc != E2E_OK) {
             snprintf(res->problem_buf, sizeof res->problem_buf,
                      "could not be decrypted (%s); the sender was asked to send it again", decrypt_problem(rc));
@@ -360,7 +361,7 @@ static void free_results(env_result *res, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         if (res[i].content)
-            parley__content__free_unpacked(res[i].content, NULL);
+            parley__content__free_unpacked(res[i].content, &ps_wiping_allocator);
         free(res[i].ids);
     }
     free(res);

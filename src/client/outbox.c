@@ -494,6 +494,10 @@ static bool seal_entry(parley *p, const db_outbox_entry *e, const uint8_t recipi
         rc = e2e_encrypt(p->db, t[i].account, t[i].device, e->body, e->body_len, &sl[i]);
         if (rc == E2E_ERR_STORAGE)
             goto storage;
+        if (rc == PS_ERR_NOMEM) { /* tried again on the next pass */
+            emit_error(p, PARLEY_ERR_NOMEM, "out of memory");
+            goto out;
+        }
         if (rc == PS_ERR_NO_SESSION) /* deleted meanwhile: the next pass fetches a bundle */
             goto out;
         if (rc != PS_OK) {
