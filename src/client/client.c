@@ -309,6 +309,7 @@ static void on_conn_ready(void *ctx)
     if (r)
         req_send(p, r, &f);
     p->keys_wanted = true; /* our key status, and a top-up if needed */
+    p->keys_next_check = conn_now() + KEYS_CHECK_MS;
     keys_check(p);
     pump_receipts(p);
 }
@@ -423,6 +424,8 @@ static uint64_t client_deadline(const parley *p)
         t = p->receipt_pause_until;
     if (p->ready && p->keys_pause_until && !p->keys_disabled && p->keys_pause_until < t)
         t = p->keys_pause_until;
+    if (p->ready && p->keys_next_check && !p->keys_disabled && p->keys_next_check < t)
+        t = p->keys_next_check;
     return t;
 }
 
@@ -435,6 +438,12 @@ static void client_timers(parley *p, uint64_t now)
     if (p->receipt_pause_until && now >= p->receipt_pause_until) {
         p->receipt_pause_until = 0;
         pump_receipts(p);
+    }
+    if (p->ready && p->keys_next_check && now >= p->keys_next_check) {
+        /* a connection that stays up for days still rotates its signed prekey */
+        p->keys_next_check = now + KEYS_CHECK_MS;
+        p->keys_wanted = true;
+        keys_check(p);
     }
     if (p->keys_pause_until && now >= p->keys_pause_until) {
         p->keys_pause_until = 0;

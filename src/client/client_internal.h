@@ -32,6 +32,7 @@
 #define MAX_DELIVER_BYTES (64u << 20) /* and their packed size together */
 #define MAX_UNNAMED 4096         /* accounts the server could not name, per connection: more than
                                     one Deliver frame can hold, so none is asked twice */
+#define KEYS_CHECK_MS 3600000ULL /* key status asked again every hour on one connection */
 #define MAX_FAILING 32           /* sender devices whose failed decryptions are counted */
 #define RETRY_MAX_MS 30000
 
@@ -99,6 +100,8 @@ struct parley {
     bool keys_wanted;               /* a status query is due (after authentication, the low-stock notice) */
     unsigned keys_errors;
     uint64_t keys_pause_until;      /* monotonic ms: the server was busy or rate limited us */
+    uint64_t keys_next_check;       /* monotonic ms: the hourly status query on a long connection
+                                       (signed prekey rotation and pruning) */
     unsigned send_errors;           /* transient send errors in a row, for the pause */
     uint64_t send_pause_until;      /* monotonic ms */
     unsigned receipt_errors;
