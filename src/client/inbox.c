@@ -27,9 +27,10 @@
 
 #define RECEIPT_BATCH 1000       /* message ids per Receipt frame */
 #define MAX_BODY (256 * 1024)    /* an incoming body larger than this is not read */
-#define MAX_FAILURES 20          /* failed SignalMessages from one device per connection: then
-                                    the rest of its SignalMessages are not tried (a forgery
-                                    costs up to 41 sessions' work); PreKey messages always are */
+#define MAX_FAILURES 20          /* failed SignalMessages in a row from one device per connection:
+                                    then its further SignalMessages are not tried (a forgery
+                                    costs up to 41 sessions' work) until one of its PreKey
+                                    messages (always tried) decrypts */
 
 void inbox_reset(parley *p)
 {
@@ -233,6 +234,8 @@ static int open_body(parley *p, const Parley__Envelope *e, env_result *res, e2e_
                 (*fails)++;
             return 0;
         }
+        if ((fails = failures_of(p, account, device, false))) /* the device works: count anew */
+            *fails = 0;
         res->problem = read_content(o->plaintext.data, o->plaintext.len, &res->content);
         if (o->prekey_message) { /* a new identity key is recorded before the message */
             db_identity_seen seen;
