@@ -65,6 +65,21 @@ static const char schema_v1[] =
  * receipts to send, the resends we made, ids of resends merged into earlier rows; the
  * outbox keeps the sealed Send (so a resend reuses the same ciphertexts) and its
  * DEVICE_MISMATCH count; a messages row may be a notice (kind). */
+/* v4: the identity key last seen per phone number and device: a number that moves to
+ * another account (a reverse lookup, a device list) is compared with the key the number
+ * had, not only with the keys of the new account */
+static const char schema_v4[] =
+    "CREATE TABLE phone_identities ("
+    "  phone TEXT NOT NULL,"
+    "  device_id INTEGER NOT NULL,"
+    "  account_id BLOB NOT NULL CHECK (length(account_id) = 16),"
+    "  identity_key BLOB NOT NULL CHECK (length(identity_key) = 32),"
+    "  updated_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (phone, device_id)) WITHOUT ROWID;"
+    "INSERT OR IGNORE INTO phone_identities (phone, device_id, account_id, identity_key, updated_ms)"
+    "  SELECT c.phone, p.device_id, p.account_id, p.identity_key, p.updated_ms"
+    "  FROM peer_identities p JOIN contacts c ON c.account_id = p.account_id WHERE c.phone IS NOT NULL;";
+
 static const char schema_v3[] =
     "ALTER TABLE identity ADD COLUMN next_prekey_id INTEGER NOT NULL DEFAULT 1;"
     "ALTER TABLE contacts ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;"
@@ -196,6 +211,9 @@ enum {
     Q_CONTACT_CLEAR_VERIFIED,
     Q_RECIPIENT_ADD,
     Q_RESEND_IDENTITY,
+    Q_PHONE_ID_GET,
+    Q_PHONE_ID_PUT,
+    Q_RECIPIENT_IDENTITY,
     Q_COUNT
 };
 
@@ -317,6 +335,13 @@ static const char *const query_sql[Q_COUNT] = {
     [Q_PEER_ID_PUT] = "INSERT INTO peer_identities (account_id, device_id, identity_key, first_seen_ms, updated_ms)"
                       " VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (account_id, device_id) DO UPDATE SET"
                       " identity_key = excluded.identity_key, updated_ms = excluded.updated_ms",
+    [Q_PHONE_ID_GET] = "SELECT account_id, identity_key FROM phone_identities WHERE phone = ? AND device_id = ?",
+    [Q_PHONE_ID_PUT] = "INSERT INTO phone_identities (phone, device_id, account_id, identity_key, updated_ms)"
+                       " VALUES (?, ?, ?, ?, ?) ON CONFLICT (phone, device_id) DO UPDATE SET"
+                       " account_id = excluded.account_id, identity_key = excluded.identity_key,"
+                       " updated_ms = excluded.updated_ms",
+    [Q_RECIPIENT_IDENTITY] = "SELECT identity_key FROM recipients WHERE message_id = ? AND account_id = ?"
+                             " AND device_id = ?",
 };
 
 struct db {
@@ -531,7 +556,10 @@ static int migrate(db *d)
     if (version < 3 && ((rc = exec(d, schema_v3)) != DB_OK ||
                         (rc = exec(d, "UPDATE schema_version SET version = 3")) != DB_OK))
         goto out;
-    /* later versions: if (version < 4) ... */
+    if (version < 4 && ((rc = exec(d, schema_v4)) != DB_OK ||
+                        (rc = exec(d, "UPDATE schema_version SET version = 4")) != DB_OK))
+        goto out;
+    /* later versions: if (version < 5) ... */
     return exec(d, "COMMIT");
 out:
     exec(d, "ROLLBACK");
@@ -1790,39 +1818,110 @@ int db_peer_identity_get(db *d, const uint8_t account[DB_ID_LEN], uint32_t devic
     return rc == SQLITE_DONE ? DB_NOT_FOUND : fail(d, "reading an identity key");
 }
 
-int db_peer_identity_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t key[DB_KEY_LEN],
-                         db_identity_seen *out)
+/* The key last seen for (phone, device), and under which account. */
+static int phone_identity_get(db *d, const char *phone, uint32_t device, uint8_t account[DB_ID_LEN],
+                              uint8_t key[DB_KEY_LEN])
+{
+    sqlite3_stmt *st = q(d, Q_PHONE_ID_GET);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_text(st, 1, phone, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, device);
+    int rc = sqlite3_step(st);
+    bool ok = rc == SQLITE_ROW && copy_blob(account, DB_ID_LEN, st, 0) && copy_blob(key, DB_KEY_LEN, st, 1);
+    done(st);
+    if (rc == SQLITE_ROW)
+        return ok ? DB_OK : DB_NOT_FOUND;
+    return rc == SQLITE_DONE ? DB_NOT_FOUND : fail(d, "reading an identity key");
+}
+
+static int clear_verified(db *d, const uint8_t account[DB_ID_LEN], bool *was)
+{
+    sqlite3_stmt *st = q(d, Q_CONTACT_CLEAR_VERIFIED);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_blob(st, 1, account, DB_ID_LEN, SQLITE_TRANSIENT);
+    if (run(d, st, "clearing the verified mark") != DB_OK)
+        return DB_ERROR;
+    if (sqlite3_changes(d->sql) > 0)
+        *was = true;
+    return DB_OK;
+}
+
+int db_peer_identity_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const char *phone,
+                         const uint8_t key[DB_KEY_LEN], db_identity_seen *out)
 {
     memset(out, 0, sizeof *out);
-    uint8_t old[DB_KEY_LEN];
+    uint8_t old[DB_KEY_LEN], old_account[DB_ID_LEN];
     if (db_begin(d) != DB_OK)
         return DB_ERROR;
     int rc = db_peer_identity_get(d, account, device, old);
     if (rc == DB_ERROR)
         goto fail;
     out->known = rc == DB_OK;
-    out->changed = out->known && sodium_memcmp(old, key, DB_KEY_LEN) != 0;
-    if (out->known && !out->changed)
-        return db_commit(d); /* nothing to write */
-    sqlite3_stmt *st = q(d, Q_PEER_ID_PUT);
-    if (!st)
-        goto fail;
-    bind_device(st, account, device);
-    sqlite3_bind_blob(st, 3, key, DB_KEY_LEN, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 4, (sqlite3_int64)wall_ms());
-    if (run(d, st, "storing an identity key") != DB_OK)
-        goto fail;
+    bool account_changed = out->known && sodium_memcmp(old, key, DB_KEY_LEN) != 0;
+    out->changed = account_changed;
+    /* the number's own history: a number that moved to this account (or whose key is
+     * first seen under it) is compared with the key the number had before */
+    bool by_phone = phone && *phone, phone_moved = false, account_known = out->known;
+    if (by_phone) {
+        rc = phone_identity_get(d, phone, device, old_account, old);
+        if (rc == DB_ERROR)
+            goto fail;
+        if (rc == DB_OK) {
+            out->known = true;
+            if (sodium_memcmp(old, key, DB_KEY_LEN) != 0) {
+                out->changed = true;
+                phone_moved = memcmp(old_account, account, DB_ID_LEN) != 0;
+            }
+        }
+    }
+    sqlite3_stmt *st;
+    if (!account_known || account_changed) {
+        if (!(st = q(d, Q_PEER_ID_PUT)))
+            goto fail;
+        bind_device(st, account, device);
+        sqlite3_bind_blob(st, 3, key, DB_KEY_LEN, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64)wall_ms());
+        if (run(d, st, "storing an identity key") != DB_OK)
+            goto fail;
+    }
+    if (by_phone) {
+        if (!(st = q(d, Q_PHONE_ID_PUT)))
+            goto fail;
+        sqlite3_bind_text(st, 1, phone, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 2, device);
+        sqlite3_bind_blob(st, 3, account, DB_ID_LEN, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(st, 4, key, DB_KEY_LEN, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 5, (sqlite3_int64)wall_ms());
+        if (run(d, st, "storing an identity key") != DB_OK)
+            goto fail;
+    }
     if (out->changed) {
-        if (!(st = q(d, Q_CONTACT_CLEAR_VERIFIED)))
+        if (clear_verified(d, account, &out->was_verified) != DB_OK ||
+            (phone_moved && clear_verified(d, old_account, &out->was_verified) != DB_OK))
             goto fail;
-        sqlite3_bind_blob(st, 1, account, DB_ID_LEN, SQLITE_TRANSIENT);
-        if (run(d, st, "clearing the verified mark") != DB_OK)
-            goto fail;
-        out->was_verified = sqlite3_changes(d->sql) > 0;
     }
     return db_commit(d);
 fail:
     memset(out, 0, sizeof *out);
     db_rollback(d);
     return DB_ERROR;
+}
+
+int db_recipient_identity(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[DB_ID_LEN], uint32_t device,
+                          uint8_t identity_key[DB_KEY_LEN])
+{
+    sqlite3_stmt *st = q(d, Q_RECIPIENT_IDENTITY);
+    if (!st)
+        return DB_ERROR;
+    sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 2, account, DB_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, device);
+    int rc = sqlite3_step(st);
+    bool ok = rc == SQLITE_ROW && copy_blob(identity_key, DB_KEY_LEN, st, 0);
+    done(st);
+    if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+        return ok ? DB_OK : DB_NOT_FOUND;
+    return fail(d, "reading a recipient");
 }

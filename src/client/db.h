@@ -20,7 +20,7 @@
 #define DB_URL_MAX PARLEY_URL_MAX
 #define DB_MAX_DEVICES 16
 #define DB_KEY_LEN 32
-#define DB_SCHEMA_VERSION 3
+#define DB_SCHEMA_VERSION 4
 
 enum { DB_OK = 0, DB_NOT_FOUND = 1, DB_ERROR = -1 };
 
@@ -314,10 +314,18 @@ typedef struct {
     bool was_verified;   /* the contact had been verified (the mark is now cleared) */
 } db_identity_seen;
 
-/* Stores key as the identity of (account, device). When another key was stored before,
- * the account's verified mark is cleared (the caller records the change in the same
- * transaction: db_notice_add). */
-int db_peer_identity_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t key[DB_KEY_LEN],
-                         db_identity_seen *out);
+/* Stores key as the identity of (account, device) and, when phone is given (not NULL
+ * or empty), as the key last seen for (phone, device). It counts as changed when another
+ * key was stored for (account, device), or for (phone, device) under any account (a
+ * number that moved to another account: a new install, or a hostile server swapping the
+ * account behind the number). On a change the verified marks of the account (and of the
+ * account the number had) are cleared; the caller records the change in the same
+ * transaction (db_notice_add). */
+int db_peer_identity_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const char *phone,
+                         const uint8_t key[DB_KEY_LEN], db_identity_seen *out);
+
+/* The identity key message id was sealed for on (account, device) (recipients). */
+int db_recipient_identity(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[DB_ID_LEN], uint32_t device,
+                          uint8_t identity_key[DB_KEY_LEN]);
 
 #endif

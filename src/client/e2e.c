@@ -255,6 +255,44 @@ int e2e_session_from_bundle(db *d, const uint8_t account[DB_ID_LEN], const ps_bu
     return rc;
 }
 
+int e2e_session_usable(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, bool *usable)
+{
+    *usable = false;
+    ps_session_record rec;
+    int rc = load_record(d, account, device, &rec); /* unreadable: as none */
+    if (rc == E2E_OK)
+        *usable = rec.current != NULL;
+    ps_session_record_clear(&rec);
+    return rc;
+}
+
+int e2e_session_archive(db *d, const uint8_t account[DB_ID_LEN], uint32_t device)
+{
+    ps_session_record rec;
+    int rc = load_record(d, account, device, &rec);
+    if (rc != E2E_OK || !rec.current) {
+        ps_session_record_clear(&rec);
+        return rc;
+    }
+    if (rec.nprevious == PS_MAX_ARCHIVED_SESSIONS) { /* the oldest goes */
+        ps_session_record oldest;
+        memset(&oldest, 0, sizeof oldest);
+        oldest.current = rec.previous[--rec.nprevious];
+        rec.previous[rec.nprevious] = NULL;
+        ps_session_record_clear(&oldest);
+    }
+    memmove(rec.previous + 1, rec.previous, rec.nprevious * sizeof rec.previous[0]);
+    rec.previous[0] = rec.current;
+    rec.nprevious++;
+    rec.current = NULL;
+    ps_bytes out = {0};
+    if ((rc = ps_session_record_serialize(&rec, &out)) == PS_OK)
+        rc = storage(db_session_put(d, account, device, out.data, out.len));
+    ps_bytes_free(&out);
+    ps_session_record_clear(&rec);
+    return rc;
+}
+
 int e2e_encrypt(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t *plaintext, size_t len,
                 e2e_sealed *out)
 {
@@ -394,7 +432,7 @@ int e2e_identity_seen(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, 
 {
     if (db_begin(d) != DB_OK)
         return E2E_ERR_STORAGE;
-    if (db_peer_identity_put(d, account, device, key, seen) != DB_OK)
+    if (db_peer_identity_put(d, account, device, phone, key, seen) != DB_OK)
         goto fail;
     if (seen->changed) {
         char text[128];

@@ -102,6 +102,17 @@ typedef struct {
  * when there is none (fetch a bundle). Call it inside the write transaction that will
  * store out->record (e2e_sealed_commit) with the message, so that two processes never
  * encrypt with the same counter. */
+/* *usable: (account, device) has a session we can encrypt with (a readable record with a
+ * current state). A record that cannot be read, or whose current state was archived,
+ * is not: a bundle makes a new session, and the old states still decrypt. */
+int e2e_session_usable(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, bool *usable);
+
+/* Moves the current session of (account, device) among its previous ones (libsignal's
+ * archiveCurrentState): the next message needs a new session (X3DH from a bundle),
+ * while messages the peer sent in the old one still decrypt. Nothing to do without a
+ * current session. */
+int e2e_session_archive(db *d, const uint8_t account[DB_ID_LEN], uint32_t device);
+
 int e2e_encrypt(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t *plaintext, size_t len,
                 e2e_sealed *out);
 int e2e_sealed_commit(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const e2e_sealed *s);

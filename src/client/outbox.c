@@ -137,28 +137,60 @@ bool store_device_list(parley *p, const Parley__DeviceList *dl, const char *phon
     for (size_t i = 0; i < dl->n_device_ids && c.n_devices < DB_MAX_DEVICES; i++)
         if (dl->device_ids[i] != 0 && !has_device(c.devices, c.n_devices, dl->device_ids[i]))
             c.devices[c.n_devices++] = dl->device_ids[i];
-    if (db_contact_put(p->db, &c) != DB_OK) {
-        emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
-        return false;
+    /* the number may have moved to this account: every key we know of the account is
+     * compared with the one the number had (db_peer_identity_put), and a change recorded
+     * before the key is used */
+    uint32_t changed[DB_MAX_DEVICES];
+    bool was_verified[DB_MAX_DEVICES];
+    size_t n_changed = 0;
+    if (db_begin(p->db) != DB_OK)
+        goto storage;
+    if (db_contact_put(p->db, &c) != DB_OK)
+        goto rollback;
+    for (size_t i = 0; c.phone[0] && i < c.n_devices; i++) {
+        uint8_t key[DB_KEY_LEN];
+        db_identity_seen seen;
+        int rc = db_peer_identity_get(p->db, c.account, c.devices[i], key);
+        if (rc == DB_ERROR)
+            goto rollback;
+        if (rc != DB_OK)
+            continue; /* not seen yet: compared when it is */
+        if (e2e_identity_seen(p->db, c.account, c.devices[i], c.phone, key, &seen) != E2E_OK)
+            goto rollback;
+        if (seen.changed) {
+            was_verified[n_changed] = seen.was_verified;
+            changed[n_changed++] = c.devices[i];
+        }
     }
+    if (db_commit(p->db) != DB_OK)
+        goto storage;
+    for (size_t i = 0; i < n_changed; i++)
+        emit_identity_changed(p, c.phone, changed[i], was_verified[i]);
     return true;
+rollback:
+    db_rollback(p->db);
+storage:
+    emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+    return false;
 }
 
 /* The server's current list for an account: stored, and the sessions of devices that
  * left dropped. Our own account also updates the devices we copy messages to. */
-static void update_devices(parley *p, const Parley__DeviceList *dl, const char *phone)
+static bool update_devices(parley *p, const Parley__DeviceList *dl, const char *phone)
 {
     if (!list_ok(dl))
-        return;
+        return true;
     db_contact old;
+    bool ok = true;
     if (db_contact_by_account(p->db, dl->account_id.data, &old) == DB_OK)
-        for (size_t i = 0; i < old.n_devices; i++)
+        for (size_t i = 0; ok && i < old.n_devices; i++)
             if (!has_device(dl->device_ids, dl->n_device_ids, old.devices[i]))
-                db_session_delete(p->db, old.account, old.devices[i]);
+                ok = db_session_delete(p->db, old.account, old.devices[i]) == DB_OK;
     bool own = same_id(dl->account_id.data, p->ident.account);
-    store_device_list(p, dl, own ? p->ident.phone : phone);
-    if (own)
+    ok = ok && store_device_list(p, dl, own ? p->ident.phone : phone);
+    if (ok && own)
         set_own_devices(p, dl);
+    return ok;
 }
 
 /* Devices the server has no bundle for: gone since we listed them. */
@@ -202,7 +234,10 @@ void on_lookup_phone_reply(parley *p, request *r, const Parley__Frame *f)
     char reason[200];
     if (f->body_case == PARLEY__FRAME__BODY_LOOKUP_RESULT && f->lookup_result->devices &&
         f->lookup_result->devices->n_device_ids > 0) {
-        update_devices(p, f->lookup_result->devices, r->phone);
+        if (list_ok(f->lookup_result->devices))
+            update_devices(p, f->lookup_result->devices, r->phone);
+        else
+            transient_send_error(p); /* devices without an account: a failed lookup, after a pause */
         return;
     }
     if (f->body_case == PARLEY__FRAME__BODY_LOOKUP_RESULT ||
@@ -414,10 +449,13 @@ static bool ensure_sessions(parley *p, const db_outbox_entry *e, const target *t
             if (t[i].own != (bool)own)
                 continue;
             account = t[i].account;
-            if (db_session_exists(p->db, t[i].account, t[i].device, &exists) != DB_OK) {
+            /* usable: a readable record with a current state (an unreadable or archived one
+             * needs a new session from a bundle) */
+            int rc = e2e_session_usable(p->db, t[i].account, t[i].device, &exists);
+            if (rc == E2E_ERR_STORAGE)
                 emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
-                return false;
-            }
+            if (rc != E2E_OK)
+                return false; /* out of memory: the next pass */
             if (!exists && m < DB_MAX_DEVICES)
                 missing[m++] = t[i].device;
         }
@@ -472,11 +510,13 @@ static bool seal_entry(parley *p, const db_outbox_entry *e, const uint8_t recipi
     const char *failure = NULL;
     char reason[300];
     bool began = false, ok = true, drop = false;
+    /* an error is reported only once the transaction is over: a handler that writes
+     * (parley_send_text, parley_mark_read) must not write inside it, to be rolled back */
+    int err_code = 0;
+    char err_msg[300];
     db_blob already;
-    if (!sl || !dms || !dmp) {
-        emit_error(p, PARLEY_ERR_NOMEM, "out of memory");
-        goto out;
-    }
+    if (!sl || !dms || !dmp)
+        goto nomem;
     if (db_begin(p->db) != DB_OK)
         goto storage;
     began = true;
@@ -494,10 +534,8 @@ static bool seal_entry(parley *p, const db_outbox_entry *e, const uint8_t recipi
         rc = e2e_encrypt(p->db, t[i].account, t[i].device, e->body, e->body_len, &sl[i]);
         if (rc == E2E_ERR_STORAGE)
             goto storage;
-        if (rc == PS_ERR_NOMEM) { /* tried again on the next pass */
-            emit_error(p, PARLEY_ERR_NOMEM, "out of memory");
-            goto out;
-        }
+        if (rc == PS_ERR_NOMEM) /* tried again on the next pass */
+            goto nomem;
         if (rc == PS_ERR_NO_SESSION) /* deleted meanwhile: the next pass fetches a bundle */
             goto out;
         if (rc != PS_OK) {
@@ -554,10 +592,8 @@ static bool seal_entry(parley *p, const db_outbox_entry *e, const uint8_t recipi
         goto out;
     }
     size_t len = parley__send__get_packed_size(&s);
-    if (!(packed = malloc(len))) {
-        emit_error(p, PARLEY_ERR_NOMEM, "out of memory");
-        goto out;
-    }
+    if (!(packed = malloc(len)))
+        goto nomem;
     parley__send__pack(&s, packed);
     for (size_t i = 0; i < n; i++)
         if (e2e_sealed_commit(p->db, t[i].account, t[i].device, &sl[i]) != E2E_OK ||
@@ -569,10 +605,8 @@ static bool seal_entry(parley *p, const db_outbox_entry *e, const uint8_t recipi
     if (rc != DB_OK)
         goto storage;
     began = false;
-    if (db_commit(p->db) != DB_OK) {
-        emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
-        goto out;
-    }
+    if (db_commit(p->db) != DB_OK)
+        goto storage;
     /* durable: now it may go */
     request *r = req_new(p, REQ_SEND);
     if (r) {
@@ -583,11 +617,18 @@ static bool seal_entry(parley *p, const db_outbox_entry *e, const uint8_t recipi
         req_send(p, r, &f);
     }
     goto out;
+nomem:
+    err_code = PARLEY_ERR_NOMEM;
+    snprintf(err_msg, sizeof err_msg, "out of memory");
+    goto out;
 storage:
-    emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+    err_code = PARLEY_ERR_STORAGE;
+    snprintf(err_msg, sizeof err_msg, "%s", db_errmsg(p->db));
 out:
     if (began)
         db_rollback(p->db);
+    if (err_code)
+        emit_error(p, err_code, err_msg);
     if (failure || drop) { /* a dropped resend just leaves the outbox */
         fail_message(p, e->id, e->phone, failure);
         ok = false;
@@ -727,6 +768,13 @@ void pump_outbox(parley *p)
 
 /* ---- answers to Send ---------------------------------------------------------------------- */
 
+/* A list in a DEVICE_MISMATCH answer to r is taken only for the message's recipient
+ * account or our own. */
+static bool mismatch_list_ok(const parley *p, const request *r, const Parley__DeviceList *dl)
+{
+    return list_ok(dl) && (same_id(dl->account_id.data, r->account) || same_id(dl->account_id.data, p->ident.account));
+}
+
 void on_send_reply(parley *p, request *r, const Parley__Frame *f)
 {
     char reason[400];
@@ -757,17 +805,32 @@ void on_send_reply(parley *p, request *r, const Parley__Frame *f)
     switch (err->code) {
     case PARLEY__ERROR_CODE__DEVICE_MISMATCH:
         /* the lists we used are stale: take the server's, drop the sessions of devices
-         * that left or were registered again, and encrypt again under the same id */
-        if (list_ok(err->devices))
-            update_devices(p, err->devices, r->phone);
-        else if (!err->stale)
-            db_contact_forget_phone(p->db, r->phone); /* look it up again */
-        if (list_ok(err->stale))
-            for (size_t i = 0; i < err->stale->n_device_ids; i++)
-                db_session_delete(p->db, err->stale->account_id.data, err->stale->device_ids[i]);
-        if (db_outbox_unseal(p->db, r->id, &count) != DB_OK) {
+         * that left or were registered again, and encrypt again under the same id; all
+         * in one transaction. Lists are taken only for the recipient's account or ours:
+         * a list naming any other account would move the number to it */
+        if (db_begin(p->db) != DB_OK) {
             emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
-        } else if (count >= MAX_MISMATCHES) {
+            break;
+        }
+        {
+            bool devices_ok = mismatch_list_ok(p, r, err->devices);
+            bool stale_ok = mismatch_list_ok(p, r, err->stale);
+            bool ok = true;
+            if (devices_ok)
+                ok = update_devices(p, err->devices, r->phone);
+            else if (!stale_ok)
+                ok = db_contact_forget_phone(p->db, r->phone) == DB_OK; /* look it up again */
+            for (size_t i = 0; ok && stale_ok && i < err->stale->n_device_ids; i++)
+                ok = db_session_delete(p->db, err->stale->account_id.data, err->stale->device_ids[i]) == DB_OK;
+            ok = ok && db_outbox_unseal(p->db, r->id, &count) == DB_OK;
+            if (!ok)
+                db_rollback(p->db);
+            if (!ok || db_commit(p->db) != DB_OK) {
+                emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
+                break;
+            }
+        }
+        if (count >= MAX_MISMATCHES) {
             snprintf(reason, sizeof reason, "the devices of %s kept changing or have no keys; gave up after %u tries",
                      r->phone, count);
             fail_message(p, r->id, r->phone, r->resend ? NULL : reason);
@@ -830,8 +893,20 @@ bool queue_resend(parley *p, const uint8_t id[PARLEY_ID_LEN], const uint8_t acco
         size_t len = parley__content__get_packed_size(&c);
         uint8_t *body = malloc(len), new_id[PARLEY_ID_LEN];
         randombytes_buf(new_id, sizeof new_id);
-        /* a new session: the reader could not use the one we have */
-        ok = body && db_session_delete(p->db, account, device) == DB_OK;
+        /* only for the device and identity the message was sealed for (a RETRY from a
+         * new install, or a forged one, changes nothing); then a new session, the old
+         * one archived: messages the reader already has from it still decrypt */
+        uint8_t sealed_for[DB_KEY_LEN], now_key[DB_KEY_LEN];
+        int krc = db_recipient_identity(p->db, src.original, account, device, sealed_for);
+        int nrc = krc == DB_OK ? db_peer_identity_get(p->db, account, device, now_key) : DB_NOT_FOUND;
+        if (krc == DB_ERROR || nrc == DB_ERROR) {
+            ok = false;
+        } else if (krc != DB_OK || nrc != DB_OK || sodium_memcmp(sealed_for, now_key, DB_KEY_LEN) != 0) {
+            free(body);
+            body = NULL; /* nothing to resend */
+            goto done;
+        }
+        ok = ok && body && e2e_session_archive(p->db, account, device) == E2E_OK;
         if (ok) {
             parley__content__pack(&c, body);
             ok = db_resend_add(p->db, new_id, src.original, src.phone, account, device, body, len) == DB_OK;
@@ -839,6 +914,7 @@ bool queue_resend(parley *p, const uint8_t id[PARLEY_ID_LEN], const uint8_t acco
         }
         free(body);
     }
+done:
     sodium_memzero(src.text, src.text_len);
     free(src.text);
     return ok;

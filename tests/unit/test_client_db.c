@@ -523,6 +523,49 @@ static bool count_kinds(void *ctx, const db_message *m)
     return true;
 }
 
+/* A number that moves to another account (a reverse lookup, a device list: the server
+ * says so) is compared with the key the number had: another key is a change, and the
+ * verified mark of the number's old account goes; the same key is none. */
+static void test_identity_follows_the_number(void)
+{
+    db *d = open_db();
+    uint8_t bob[DB_ID_LEN], x[DB_ID_LEN], y[DB_ID_LEN], kb[DB_KEY_LEN], kx[DB_KEY_LEN];
+    fill_id(bob, 0xB0);
+    fill_id(x, 0xB1);
+    fill_id(y, 0xB2);
+    memset(kb, 0x31, sizeof kb);
+    memset(kx, 0x32, sizeof kx);
+    db_contact c;
+    memset(&c, 0, sizeof c);
+    memcpy(c.account, bob, DB_ID_LEN);
+    snprintf(c.phone, sizeof c.phone, "+15550000031");
+    c.devices[0] = 1;
+    c.n_devices = 1;
+    CHECK_RC(db_contact_put(d, &c), DB_OK);
+    db_identity_seen seen;
+    CHECK_RC(db_peer_identity_put(d, bob, 1, "+15550000031", kb, &seen), DB_OK);
+    CHECK(!seen.known && !seen.changed);
+    CHECK_RC(db_contact_set_verified(d, bob, true), DB_OK);
+    /* the number moves to account x, whose key (first seen) is another one */
+    memcpy(c.account, x, DB_ID_LEN);
+    CHECK_RC(db_contact_put(d, &c), DB_OK);
+    CHECK_RC(db_peer_identity_put(d, x, 1, "+15550000031", kx, &seen), DB_OK);
+    CHECK(seen.known && seen.changed && seen.was_verified);
+    bool verified = true;
+    CHECK_RC(db_contact_verified(d, bob, &verified), DB_OK);
+    CHECK(!verified);
+    /* seen again: no change */
+    CHECK_RC(db_peer_identity_put(d, x, 1, "+15550000031", kx, &seen), DB_OK);
+    CHECK(seen.known && !seen.changed);
+    /* a key first seen for account y while the number is unnamed, then the number moves
+     * to y: compared when it does */
+    CHECK_RC(db_peer_identity_put(d, y, 1, NULL, kb, &seen), DB_OK);
+    CHECK(!seen.known && !seen.changed);
+    CHECK_RC(db_peer_identity_put(d, y, 1, "+15550000031", kb, &seen), DB_OK);
+    CHECK(seen.known && seen.changed);
+    db_close(d);
+}
+
 static void test_identities(void)
 {
     db *d = open_db();
@@ -532,9 +575,9 @@ static void test_identities(void)
     memset(key2, 0x22, sizeof key2);
     db_identity_seen seen;
     CHECK_RC(db_peer_identity_get(d, peer, 1, got), DB_NOT_FOUND);
-    CHECK_RC(db_peer_identity_put(d, peer, 1, key1, &seen), DB_OK);
+    CHECK_RC(db_peer_identity_put(d, peer, 1, NULL, key1, &seen), DB_OK);
     CHECK(!seen.known && !seen.changed);
-    CHECK_RC(db_peer_identity_put(d, peer, 1, key1, &seen), DB_OK);
+    CHECK_RC(db_peer_identity_put(d, peer, 1, NULL, key1, &seen), DB_OK);
     CHECK(seen.known && !seen.changed);
     db_contact c;
     memset(&c, 0, sizeof c);
@@ -548,7 +591,7 @@ static void test_identities(void)
     bool verified = false;
     CHECK_RC(db_contact_verified(d, peer, &verified), DB_OK);
     CHECK(verified);
-    CHECK_RC(db_peer_identity_put(d, peer, 1, key2, &seen), DB_OK);
+    CHECK_RC(db_peer_identity_put(d, peer, 1, NULL, key2, &seen), DB_OK);
     CHECK(seen.known && seen.changed && seen.was_verified);
     CHECK_RC(db_contact_verified(d, peer, &verified), DB_OK);
     CHECK(!verified);
@@ -820,6 +863,7 @@ int main(void)
     test_identities();
     test_retries();
     test_migration_from_v2();
+    test_identity_follows_the_number();
     test_newer_schema_refused();
     char top[256];
     snprintf(top, sizeof top, "/tmp/parley-test-client-db-%d", (int)getpid());

@@ -414,6 +414,55 @@ static void test_identity_changes_and_safety_numbers(profile *a, profile *b)
     CHECK(!seen.known && !seen.changed);
 }
 
+/* A RETRY receipt archives the session (it is not deleted): the next message needs a
+ * new session from a bundle, and what the peer sent in the old one still decrypts. An
+ * unreadable record counts as no usable session (a bundle is fetched), not as one. */
+static void test_archive_and_unreadable(profile *a, profile *b)
+{
+    size_t next = 40;
+    char got[256];
+    wire w, from_b;
+    bool usable = false;
+    start_session(a, b, &next);
+    seal(a, b, "before the retry", &w);
+    CHECK_RC(open_wire(b, a, &w, got, sizeof got), PS_OK);
+    seal(b, a, "sent in the old session", &from_b);
+    CHECK_RC(e2e_session_usable(a->d, b->account, 1, &usable), E2E_OK);
+    CHECK(usable);
+    CHECK_RC(e2e_session_archive(a->d, b->account, 1), E2E_OK);
+    reopen(a);
+    CHECK_RC(e2e_session_usable(a->d, b->account, 1, &usable), E2E_OK);
+    CHECK(!usable);
+    bool exists = false;
+    CHECK_RC(db_session_exists(a->d, b->account, 1, &exists), DB_OK);
+    CHECK(exists); /* kept, archived */
+    e2e_sealed sl;
+    CHECK_RC(e2e_encrypt(a->d, b->account, 1, (const uint8_t *)"x", 1, &sl), PS_ERR_NO_SESSION);
+    /* Bob's message from the old session still opens */
+    CHECK_RC(open_wire(a, b, &from_b, got, sizeof got), PS_OK);
+    CHECK(strcmp(got, "sent in the old session") == 0);
+    CHECK_RC(e2e_session_archive(a->d, b->account, 1), E2E_OK); /* again: nothing current */
+    /* a new session from a bundle: X3DH anew */
+    start_session(a, b, &next);
+    CHECK_RC(e2e_session_usable(a->d, b->account, 1, &usable), E2E_OK);
+    CHECK(usable);
+    seal(a, b, "after the retry", &w);
+    CHECK(w.type == PS_MSG_PREKEY);
+    CHECK_RC(open_wire(b, a, &w, got, sizeof got), PS_OK);
+    CHECK(strcmp(got, "after the retry") == 0);
+
+    /* an unreadable record: not usable, and a bundle replaces it */
+    const uint8_t junk[] = {0xde, 0xad, 0xbe, 0xef};
+    CHECK_RC(db_session_put(a->d, b->account, 1, junk, sizeof junk), DB_OK);
+    CHECK_RC(e2e_session_usable(a->d, b->account, 1, &usable), E2E_OK);
+    CHECK(!usable);
+    start_session(a, b, &next);
+    CHECK_RC(e2e_session_usable(a->d, b->account, 1, &usable), E2E_OK);
+    CHECK(usable);
+    seal(a, b, "after the junk", &w);
+    CHECK_RC(open_wire(b, a, &w, got, sizeof got), PS_OK);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -427,6 +476,7 @@ int main(void)
     test_conversation(&a, &b);
     test_signed_prekey_retention(&a, &b);
     test_identity_changes_and_safety_numbers(&a, &b);
+    test_archive_and_unreadable(&a, &b);
     db_close(a.d);
     db_close(b.d);
     remove_tree(top);
