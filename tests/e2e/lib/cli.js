@@ -192,9 +192,12 @@ function frameReader(passHead, onFrame) {
 // before the frame and nothing after, as when a network dies at that moment. With
 // forward, the frame itself still reaches the client but nothing the client answers
 // reaches the server. Later connections pass through untouched.
-// Returns { url, lost (a promise), close }.
+// sends lists every Send clients wrote through it, as { id, bodies } (hex): a Send
+// repeated after a lost ack can be compared with the first.
+// Returns { url, lost (a promise), sends, close }.
 export function frameLosingProxy(serverPort, lose, { forward = false } = {}) {
   let losing = true, resolveLost;
+  const sends = [];
   const lost = new Promise((r) => { resolveLost = r; });
   const sockets = new Set();
   const server = net.createServer((client) => {
@@ -206,6 +209,12 @@ export function frameLosingProxy(serverPort, lose, { forward = false } = {}) {
     client.on('close', () => upstream.destroy());
     upstream.on('close', () => client.end());
     client.pipe(upstream);
+    client.on('data', frameReader(() => {}, (f) => {
+      const send = f.opcode === 2 ? Frame.decode(f.payload).send : null;
+      if (send) sends.push({ id: Buffer.from(send.message_id).toString('hex'),
+        bodies: send.messages.map((m) => Buffer.from(m.body).toString('hex')) });
+      return true;
+    }));
     if (!mine) { upstream.pipe(client); return; }
     upstream.on('data', frameReader((head) => client.write(head), (f) => {
       if (losing && f.opcode === 2 && lose(Frame.decode(f.payload))) {
@@ -224,6 +233,7 @@ export function frameLosingProxy(serverPort, lose, { forward = false } = {}) {
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
     url: `ws://127.0.0.1:${server.address().port}/`,
     lost,
+    sends,
     close: () => { for (const s of sockets) s.destroy(); return new Promise((r) => server.close(r)); },
   })));
 }
@@ -234,8 +244,11 @@ export function frameLosingProxy(serverPort, lose, { forward = false } = {}) {
 // in their order) right after Send number `releaseAfter` went through, so the server
 // stores later messages first; those numbered in `corrupt` get one byte of their first
 // body flipped. Everything else passes untouched.
+// With inspect(frame), every Send (decoded) waits for the promise inspect returns (if
+// any) before the proxy does anything with it, frames after it on its connection behind
+// it: a test can look at the client's state while a Send is on the wire.
 // Returns { url, corrupted (message ids, hex), released (a promise), close }.
-export function sendTamperingProxy(serverPort, { hold = 0, releaseAfter = 0, corrupt = [] } = {}) {
+export function sendTamperingProxy(serverPort, { hold = 0, releaseAfter = 0, corrupt = [], inspect } = {}) {
   let sends = 0, resolveReleased;
   const held = [], corrupted = [], sockets = new Set();
   const released = new Promise((r) => { resolveReleased = r; });
@@ -248,8 +261,19 @@ export function sendTamperingProxy(serverPort, { hold = 0, releaseAfter = 0, cor
     upstream.on('close', () => client.end());
     // whole frames only, so that the proxy's own SendAcks go in between them
     upstream.on('data', frameReader((head) => client.write(head), (f) => client.write(f.raw)));
+    let chain = Promise.resolve(); // frames in order behind an inspected Send
     client.on('data', frameReader((head) => upstream.write(head), (f) => {
       const frame = f.opcode === 2 ? Frame.decode(f.payload) : null;
+      if (inspect) {
+        chain = chain.then(async () => {
+          if (frame?.send) await inspect(frame);
+          handle(f, frame);
+        });
+        return true;
+      }
+      return handle(f, frame);
+    }));
+    const handle = (f, frame) => {
       if (!frame?.send) { upstream.write(f.raw); return true; }
       const n = ++sends;
       if (n <= hold) {
@@ -273,7 +297,7 @@ export function sendTamperingProxy(serverPort, { hold = 0, releaseAfter = 0, cor
         resolveReleased();
       }
       return true;
-    }));
+    };
   });
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
     url: `ws://127.0.0.1:${server.address().port}/`,

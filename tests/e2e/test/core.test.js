@@ -132,6 +132,10 @@ test('3. duplicates: a resend after a lost SendAck and a redelivery after a lost
 
   const id = await send(alice, bob, 'only once');
   await sendProxy.lost; // the ack really was lost, and the resend was acked
+  // the Send went again byte for byte: sealed once, never encrypted again
+  const mine = sendProxy.sends.filter((x) => x.id === id);
+  assert.equal(mine.length, 2, JSON.stringify(sendProxy.sends));
+  assert.deepEqual(mine[1].bodies, mine[0].bodies, 'the repeated Send carries the same ciphertexts');
   const got = await recv(bob);
   await recvProxy.lost;
   assert.deepEqual(got.map((m) => m.id), [id]);

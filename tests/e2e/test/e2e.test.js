@@ -8,7 +8,8 @@
 //      corrupted ciphertext is recorded undecryptable, answered with a RETRY receipt
 //      and a resend, and then shown under its own id; later messages decrypt
 //   5. a contact's new identity key (re-registration) is reported, as an event and in
-//      history, before the next message to it goes out; the new install decrypts it;
+//      history, before the next message to it goes out (checked while a proxy holds the
+//      Send sealed for the new key); the new install decrypts it;
 //      RETRY receipts from yet another install get no old message resent
 //   6. safety numbers: the same 60 digits on both sides, equal to the reference
 //      implementation's (@signalapp/libsignal-client), QR payloads too; verify-safety
@@ -151,7 +152,20 @@ test('4. out-of-order deliveries decrypt; a corrupted ciphertext is retried, res
 
 test('5. a contact\'s new identity key is reported before the next message to it; the new install decrypts it', TIMEOUT, async (t) => {
   const s = await withServer(t);
-  const alice = await cliUser(s, 'alice', phone());
+  // alice's Sends go through a proxy that, once armed, holds the first PreKey Send (the
+  // one sealed for the new key) while the test reads alice's history: the notice must be
+  // on disk before that Send was sealed and written, not merely before the server took it
+  let armed = false, resolveHeld;
+  const held = new Promise((r) => { resolveHeld = r; });
+  const proxy = await sendTamperingProxy(s.d.port, {
+    inspect: async (frame) => {
+      if (!armed || frame.send.messages?.[0]?.type !== 3) return;
+      armed = false;
+      resolveHeld({ id: Buffer.from(frame.send.message_id).toString('hex'), history: await history(alice, bob) });
+    },
+  });
+  t.after(() => proxy.close());
+  const alice = await cliUser(s, 'alice', phone(), proxy.url);
   const bob = await cliUser(s, 'bob', phone());
   await send(alice, bob, 'before');
   await recv(bob);
@@ -168,8 +182,14 @@ test('5. a contact\'s new identity key is reported before the next message to it
   // refuses the old session (stale), the new bundle shows the new key
   const queued = await run(alice.home, ['send', '--timeout', '0', bob.phone, 'to your new phone']);
   assert.equal(queued.code, 1, 'queued only');
+  armed = true;
   const listen = start(alice.home, ['listen', '--json']);
   t.after(() => listen.child.kill('SIGKILL'));
+  const atSend = await held;
+  const sealedFor = atSend.history.find((m) => m.id === atSend.id);
+  assert.equal(sealedFor?.text, 'to your new phone', JSON.stringify(atSend.history));
+  assert.ok(atSend.history.some((m) => m.type === 'identity_changed' && m.verified === true),
+    `the change is recorded before the Send sealed for the new key goes out: ${JSON.stringify(atSend.history)}`);
   const changed = await listen.waitFor((l) => l.type === 'identity_changed');
   assert.deepEqual([changed.peer, changed.device, changed.verified], [bob.phone, 1, true]);
   let h;
