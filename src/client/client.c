@@ -149,6 +149,19 @@ uint32_t backoff_ms(unsigned errors)
     return ms > RETRY_MAX_MS ? RETRY_MAX_MS : ms;
 }
 
+bool pause_after_passing_error(const Parley__Frame *f, unsigned *errors, uint64_t *pause_until)
+{
+    uint32_t code = f->body_case == PARLEY__FRAME__BODY_ERROR ? f->error->code : 0;
+    if (code != PARLEY__ERROR_CODE__RATE_LIMITED && code != PARLEY__ERROR_CODE__STORAGE_FULL &&
+        code != PARLEY__ERROR_CODE__INTERNAL && code != 0)
+        return false;
+    uint32_t ms = code == PARLEY__ERROR_CODE__RATE_LIMITED && f->error->retry_after_ms
+                      ? f->error->retry_after_ms
+                      : backoff_ms((*errors)++);
+    *pause_until = conn_now() + (ms < 60000 ? ms : 60000);
+    return true;
+}
+
 bool same_id(const uint8_t *a, const uint8_t *b)
 {
     return memcmp(a, b, PARLEY_ID_LEN) == 0;

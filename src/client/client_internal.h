@@ -126,6 +126,10 @@ int invalid_phone(parley *p, const char *phone);
 uint64_t wall_ms(void);
 /* The pause after the n-th transient error in a row: 1 s doubling to RETRY_MAX_MS. */
 uint32_t backoff_ms(unsigned errors);
+/* A reply that is a passing error (rate limited, storage full, internal, or no error at
+ * all where an answer was due): sets *pause_until (the server's retry_after_ms, else the
+ * backoff for ++*errors; at most a minute) and returns true. */
+bool pause_after_passing_error(const Parley__Frame *f, unsigned *errors, uint64_t *pause_until);
 bool same_id(const uint8_t *a, const uint8_t *b);
 const char *server_reason(const Parley__Error *e);
 void emit(parley *p, const parley_event *ev);

@@ -569,15 +569,9 @@ void on_receipt_reply(parley *p, request *r, const Parley__Frame *f)
             emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
         return;
     }
-    uint32_t code = f->body_case == PARLEY__FRAME__BODY_ERROR ? f->error->code : 0;
-    if (code == PARLEY__ERROR_CODE__RATE_LIMITED || code == PARLEY__ERROR_CODE__STORAGE_FULL ||
-        code == PARLEY__ERROR_CODE__INTERNAL || code == 0) {
-        uint32_t ms = code == PARLEY__ERROR_CODE__RATE_LIMITED && f->error->retry_after_ms
-                          ? f->error->retry_after_ms
-                          : backoff_ms(p->receipt_errors++);
-        p->receipt_pause_until = conn_now() + (ms < 60000 ? ms : 60000);
+    if (pause_after_passing_error(f, &p->receipt_errors, &p->receipt_pause_until))
         return;
-    }
+    uint32_t code = f->body_case == PARLEY__FRAME__BODY_ERROR ? f->error->code : 0;
     if (r->kind == REQ_RETRY_RECEIPT &&
         (code == PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT || code == PARLEY__ERROR_CODE__MALFORMED_FRAME)) {
         /* the sender's device is gone (or the server will never take these): given up,

@@ -184,17 +184,12 @@ void on_keys_reply(parley *p, request *r, const Parley__Frame *f)
         keys_check(p); /* a notice that came meanwhile */
         return;
     }
-    uint32_t code = f->body_case == PARLEY__FRAME__BODY_ERROR ? f->error->code : 0;
-    if (code == PARLEY__ERROR_CODE__RATE_LIMITED || code == PARLEY__ERROR_CODE__STORAGE_FULL ||
-        code == PARLEY__ERROR_CODE__INTERNAL || code == 0) {
-        /* passing (key uploads count against the send rate): ask again after a pause */
-        uint32_t ms = code == PARLEY__ERROR_CODE__RATE_LIMITED && f->error->retry_after_ms
-                          ? f->error->retry_after_ms
-                          : backoff_ms(p->keys_errors++);
-        p->keys_pause_until = conn_now() + (ms < 60000 ? ms : 60000);
+    /* passing (key uploads count against the send rate): ask again after a pause */
+    if (pause_after_passing_error(f, &p->keys_errors, &p->keys_pause_until)) {
         p->keys_wanted = true;
         return;
     }
+    uint32_t code = f->error->code; /* not passing: an Error */
     p->keys_disabled = true; /* the same upload would be refused again on this connection */
     snprintf(reason, sizeof reason, "the server refused this device's keys (%s): %s",
              code == PARLEY__ERROR_CODE__BAD_SIGNATURE      ? "bad signature"

@@ -646,17 +646,26 @@ static int send_lines(session *s, const char *to)
     return status;
 }
 
+/* The arguments of a command that names a contact first: at least min, at most max
+ * (-1: any), the first an E.164 number. Says what is wrong (exit status 2) if not. */
+static bool contact_args(const options *o, int min, int max, const char *usage)
+{
+    if (o->n_args < min || (max >= 0 && o->n_args > max)) {
+        fail_msg("usage: parley --home DIR %s", usage);
+        return false;
+    }
+    if (!parley_phone_valid(o->args[0])) {
+        fail_msg("%s is not a phone number in E.164 form (like +15550000001)", o->args[0]);
+        return false;
+    }
+    return true;
+}
+
 static int cmd_send(const options *o)
 {
-    if (o->n_args != 2) {
-        fail_msg("usage: parley --home DIR send [--timeout SECONDS] +E164 TEXT");
+    if (!contact_args(o, 2, 2, "send [--timeout SECONDS] +E164 TEXT"))
         return 2;
-    }
     const char *to = o->args[0], *text = o->args[1];
-    if (!parley_phone_valid(to)) {
-        fail_msg("%s is not a phone number in E.164 form (like +15550000001)", to);
-        return 2;
-    }
     session s;
     if (!session_open(&s, o, MODE_SEND))
         return 1;
@@ -800,14 +809,8 @@ static int cmd_listen(const options *o)
 
 static int cmd_read(const options *o)
 {
-    if (o->n_args != 1) {
-        fail_msg("usage: parley --home DIR read [--timeout SECONDS] +E164");
+    if (!contact_args(o, 1, 1, "read [--timeout SECONDS] +E164"))
         return 2;
-    }
-    if (!parley_phone_valid(o->args[0])) {
-        fail_msg("%s is not a phone number in E.164 form (like +15550000001)", o->args[0]);
-        return 2;
-    }
     session s;
     if (!session_open(&s, o, MODE_READ))
         return 1;
@@ -906,14 +909,8 @@ static bool print_history_row(void *ctx, const parley_message *m)
 
 static int cmd_history(const options *o)
 {
-    if (o->n_args != 1) {
-        fail_msg("usage: parley --home DIR history [--json] +E164");
+    if (!contact_args(o, 1, 1, "history [--json] +E164"))
         return 2;
-    }
-    if (!parley_phone_valid(o->args[0])) {
-        fail_msg("%s is not a phone number in E.164 form (like +15550000001)", o->args[0]);
-        return 2;
-    }
     parley *p = open_profile(o);
     if (!p)
         return 1;
@@ -1001,14 +998,8 @@ static bool get_safety(session *s, const char *phone)
 
 static int cmd_safety(const options *o)
 {
-    if (o->n_args != 1) {
-        fail_msg("usage: parley --home DIR safety [--json] [--timeout SECONDS] +E164");
+    if (!contact_args(o, 1, 1, "safety [--json] [--timeout SECONDS] +E164"))
         return 2;
-    }
-    if (!parley_phone_valid(o->args[0])) {
-        fail_msg("%s is not a phone number in E.164 form (like +15550000001)", o->args[0]);
-        return 2;
-    }
     session s;
     if (!session_open(&s, o, MODE_SAFETY))
         return 1;
@@ -1036,14 +1027,8 @@ static int cmd_safety(const options *o)
 
 static int cmd_verify_safety(const options *o)
 {
-    if (o->n_args < 2) {
-        fail_msg("usage: parley --home DIR verify-safety [--timeout SECONDS] +E164 NUMBER");
+    if (!contact_args(o, 2, -1, "verify-safety [--timeout SECONDS] +E164 NUMBER"))
         return 2;
-    }
-    if (!parley_phone_valid(o->args[0])) {
-        fail_msg("%s is not a phone number in E.164 form (like +15550000001)", o->args[0]);
-        return 2;
-    }
     /* the number may come as one argument or as its groups */
     char number[256] = "";
     for (int i = 1; i < o->n_args; i++)

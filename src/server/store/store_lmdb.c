@@ -761,21 +761,30 @@ int store_signed_prekey_get(store_batch *b, const store_device *d, store_signed_
     return STORE_OK;
 }
 
+/* A cursor on the device's stock, at its lowest id: 0, MDB_NOTFOUND (an empty stock,
+ * the cursor still open) or an error (no cursor). */
+static int stock_cursor(store_batch *b, uint8_t dk[DEVICE_KEY_LEN], MDB_cursor **c, MDB_val *val)
+{
+    int rc = mdb_cursor_open(b->txn, b->s->prekeys, c);
+    if (rc != 0)
+        return rc;
+    MDB_val key = {DEVICE_KEY_LEN, dk};
+    return mdb_cursor_get(*c, &key, val, MDB_SET_KEY);
+}
+
 int store_prekeys_count(store_batch *b, const store_device *d, size_t *n)
 {
     uint8_t dk[DEVICE_KEY_LEN];
     device_key(dk, d);
-    MDB_cursor *c;
-    int rc = mdb_cursor_open(b->txn, b->s->prekeys, &c);
-    if (rc != 0)
-        return map_error(rc);
-    MDB_val key = {sizeof dk, dk}, val;
+    MDB_cursor *c = NULL;
+    MDB_val val;
     size_t count = 0;
-    rc = mdb_cursor_get(c, &key, &val, MDB_SET);
+    int rc = stock_cursor(b, dk, &c, &val);
     if (rc == 0)
         rc = mdb_cursor_count(c, &count);
-    mdb_cursor_close(c);
-    *n = (size_t)count;
+    if (c)
+        mdb_cursor_close(c);
+    *n = count;
     return rc == MDB_NOTFOUND ? STORE_OK : map_error(rc);
 }
 
@@ -873,13 +882,10 @@ int store_prekey_take(store_batch *b, const store_device *d, store_prekey *out, 
     uint8_t dk[DEVICE_KEY_LEN];
     device_key(dk, d);
     *left = 0;
-    MDB_cursor *c;
-    int rc = mdb_cursor_open(b->txn, b->s->prekeys, &c);
-    if (rc != 0)
-        return map_error(rc);
-    MDB_val key = {sizeof dk, dk}, val;
+    MDB_cursor *c = NULL;
+    MDB_val val;
     size_t count = 0;
-    rc = mdb_cursor_get(c, &key, &val, MDB_SET_KEY); /* positions on the lowest id */
+    int rc = stock_cursor(b, dk, &c, &val);
     if (rc == 0 && val.mv_size != PREKEY_LEN)
         rc = EINVAL;
     if (rc == 0) {
@@ -889,8 +895,9 @@ int store_prekey_take(store_batch *b, const store_device *d, store_prekey *out, 
     }
     if (rc == 0)
         rc = mdb_cursor_del(c, 0);
-    mdb_cursor_close(c);
+    if (c)
+        mdb_cursor_close(c);
     if (rc == 0)
-        *left = (size_t)count - 1;
+        *left = count - 1;
     return rc == EINVAL ? STORE_INVALID : map_error(rc);
 }
