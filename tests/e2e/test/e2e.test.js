@@ -13,6 +13,7 @@
 //      RETRY receipts from yet another install get no old message resent
 //   6. safety numbers: the same 60 digits on both sides, equal to the reference
 //      implementation's (@signalapp/libsignal-client), QR payloads too; verify-safety
+//   and: three RETRY receipts for one message bring two resends, each a new session
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -245,6 +246,41 @@ test('5. a contact\'s new identity key is reported before the next message to it
   assert.deepEqual(seen, [latest], 'no resend of an old message to a new identity');
   const h3 = await history(alice, bob);
   assert.equal(h3.filter((m) => m.type === 'identity_changed').length, 2, 'the second change is recorded too');
+});
+
+test('RETRY receipts are bounded: three for one message bring two resends, each in a new session', TIMEOUT, async (t) => {
+  const s = await withServer(t);
+  const alice = await cliUser(s, 'alice', phone());
+  // bob is a raw client with real keys in the directory: alice's client seals for him
+  const bobPhone = phone();
+  const bob = await register(s.d.url, bobPhone, s.smsLog);
+  const c = await Client.open(s.d.url);
+  t.after(() => c.close());
+  assert.ok((await authenticate(c, bob.account, 1, bob.id.priv)).authenticated);
+  const aliceAccount = (await c.request('lookup', { phone: alice.phone })).lookup_result.devices.account_id;
+  const take = async (until) => { // envelopes from alice, acked, until one with id `until`
+    const got = [];
+    for (;;) {
+      const f = await c.next(10000);
+      for (const e of f.deliver?.envelopes ?? []) {
+        if (e.message_id) got.push({ id: Buffer.from(e.message_id).toString('hex'), type: e.type });
+        c.push('deliver_ack', { up_to_seq: e.seq });
+      }
+      if (got.some((e) => e.id === until)) return got;
+    }
+  };
+  const first = await send(alice, { phone: bobPhone }, 'please read me');
+  assert.deepEqual(await take(first), [{ id: first, type: 3 }]);
+  for (let i = 0; i < 3; i++)
+    assert.ok((await c.request('receipt', { status: 3, to_account: aliceAccount, to_device: 1, message_ids: [Buffer.from(first, 'hex')] })).receipt_ack);
+  await recv(alice); // takes the three RETRY receipts in
+  const marker = await send(alice, { phone: bobPhone }, 'and this one'); // flushes the outbox first
+  const got = await take(marker);
+  assert.equal(got.at(-1).id, marker);
+  const resends = got.slice(0, -1);
+  assert.equal(resends.length, 2, `two resends for three RETRY receipts: ${JSON.stringify(got)}`);
+  assert.ok(resends.every((e) => e.id !== first && e.type === 3), 'new ids, each a PreKey message (a new session)');
+  assert.notEqual(resends[0].id, resends[1].id);
 });
 
 test('6. safety numbers match on both sides and match the reference implementation; verify-safety', TIMEOUT, async (t) => {
