@@ -13,7 +13,9 @@
 //      RETRY receipts from yet another install get no old message resent
 //   6. safety numbers: the same 60 digits on both sides, equal to the reference
 //      implementation's (@signalapp/libsignal-client), QR payloads too; verify-safety
-//   and: three RETRY receipts for one message bring two resends, each a new session
+//   and: three RETRY receipts for one message bring two resends, each a new session;
+//   22 undecryptable messages between good ones (beyond the limit of 20 failures in a
+//   row) never stop a good one
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -281,6 +283,34 @@ test('RETRY receipts are bounded: three for one message bring two resends, each 
   assert.equal(resends.length, 2, `two resends for three RETRY receipts: ${JSON.stringify(got)}`);
   assert.ok(resends.every((e) => e.id !== first && e.type === 3), 'new ids, each a PreKey message (a new session)');
   assert.notEqual(resends[0].id, resends[1].id);
+});
+
+test('undecryptable messages between good ones never stop the good ones, however many', TIMEOUT, async (t) => {
+  const s = await withServer(t, { extra: ['--send-rate', '1000'] });
+  // Send 1 sets the session up; of Sends 2-45, the even ones get a byte flipped: 22
+  // failures in all, more than the client's limit of 20 in a row, never more than one
+  // in a row
+  const corrupt = Array.from({ length: 22 }, (_, i) => 2 + 2 * i);
+  const proxy = await sendTamperingProxy(s.d.port, { corrupt });
+  t.after(() => proxy.close());
+  const alice = await cliUser(s, 'alice', phone(), proxy.url);
+  const bob = await cliUser(s, 'bob', phone());
+  await send(alice, bob, 'hello');
+  await recv(bob);
+  await send(bob, alice, 'hello back'); // alice's session is answered: SignalMessages from now on
+  await recv(alice);
+  const texts = Array.from({ length: 44 }, (_, i) => `turn ${i}`);
+  const ids = await sendLines(alice, bob, texts);
+  assert.equal(proxy.corrupted.length, 22);
+  const r = await run(bob.home, ['recv']);
+  assert.equal(r.code, 0, r.stderr);
+  const good = texts.filter((_, i) => !corrupt.includes(i + 2));
+  assert.deepEqual(r.lines.map((l) => JSON.parse(l).text), good, 'every good message decrypts');
+  const hb = await history(bob, alice);
+  const bad = hb.filter((m) => m.problem);
+  assert.deepEqual(bad.map((m) => m.id).sort(), [...proxy.corrupted].sort());
+  assert.ok(bad.every((m) => /could not be decrypted/.test(m.problem)), JSON.stringify(bad.map((m) => m.problem)));
+  assert.equal(ids.length, 44);
 });
 
 test('6. safety numbers match on both sides and match the reference implementation; verify-safety', TIMEOUT, async (t) => {
