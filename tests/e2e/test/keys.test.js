@@ -7,7 +7,8 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { readFileSync, statSync } from 'node:fs';
 import curve from 'curve25519-js';
 import { Parleyd, tempDir, removeDir } from '../lib/parleyd.js';
 import { Client, ErrorCode, identity, register, authenticate, lastCode, uploadKeys, signedPreKey, preKeys } from '../lib/client.js';
@@ -63,8 +64,10 @@ async function noEnvelopes(c, ms) {
   }
 }
 
+const parleyctl = process.env.PARLEYCTL ?? path.resolve('../../build/parleyctl');
+
 function stats(d) {
-  return JSON.parse(execFileSync(process.env.PARLEYCTL ?? path.resolve('../../build/parleyctl'), ['stats', '--data', d.dataDir], { encoding: 'utf8' }));
+  return JSON.parse(execFileSync(parleyctl, ['stats', '--data', d.dataDir], { encoding: 'utf8' }));
 }
 
 test('uploads: signatures, lengths, ids and limits are checked; an empty upload is the status', TIMEOUT, async (t) => {
@@ -332,4 +335,49 @@ test('RETRY receipts go to the one sending device; resends go to the listed devi
   assert.equal(again.body.toString(), 'again');
   await alice.c.close();
   await bob.c.close();
+});
+
+test('parleyctl provision: devices that authenticate, send, receive and hand out bundles like registered ones', TIMEOUT, async (t) => {
+  const dir = tempDir();
+  t.after(() => removeDir(dir));
+  const data = path.join(dir, 'var'), keys = path.join(dir, 'keys.txt');
+  const bad = spawnSync(parleyctl, ['provision', '--data', data, '--count', '5', '--keys', keys, '--first-phone', '+99999999'], { encoding: 'utf8' });
+  assert.equal(bad.status, 2, 'no room for 5 more numbers');
+  assert.equal(spawnSync(parleyctl, ['provision', '--data', data, '--keys', keys], { encoding: 'utf8' }).status, 2, 'no count');
+  const out = execFileSync(parleyctl, ['provision', '--data', data, '--count', '300', '--keys', keys, '--first-phone', '+15580000000'], { encoding: 'utf8' });
+  assert.deepEqual(JSON.parse(out), { provisioned: 300, keys });
+  assert.equal(statSync(keys).mode & 0o777, 0o600, 'private keys are for the owner only');
+  const lines = readFileSync(keys, 'utf8').trim().split('\n').map((l) => l.split(' '));
+  assert.equal(lines.length, 300);
+  assert.equal(new Set(lines.map((l) => l[1])).size, 300, 'distinct accounts');
+  const device = ([phone, account, dev, priv, regid]) => {
+    const kp = curve.generateKeyPair(Buffer.from(priv, 'hex')); // the public key from the private one
+    return { phone, account: Buffer.from(account, 'hex'), device: Number(dev), registrationId: Number(regid),
+      id: { priv: Buffer.from(priv, 'hex'), pub: Buffer.concat([Buffer.from([5]), Buffer.from(kp.public)]) } };
+  };
+  const [a, b] = [device(lines[0]), device(lines[299])];
+  assert.equal(a.phone, '+15580000000');
+  assert.equal(b.phone, '+15580000299');
+
+  const d = await Parleyd.start({ dataDir: data, sms: `file:${path.join(dir, 'sms.log')}` });
+  t.after(async () => { if (d.child.exitCode === null && d.child.signalCode === null) await d.stop(); });
+  assert.equal(stats(d).devices, 300);
+  const ca = await connect(d.url, a, { receive: false });
+  const cb = await connect(d.url, b);
+  const found = await ca.request('lookup', { phone: b.phone });
+  assert.equal(hex(found.lookup_result.devices.account_id), hex(b.account));
+  const bundle = (await ca.request('fetch_bundles', { account_id: b.account })).bundles.bundles[0];
+  assert.equal(hex(bundle.identity_key), hex(b.id.pub));
+  assert.equal(bundle.registration_id, b.registrationId);
+  assert.ok(curve.verify(b.id.pub.subarray(1), bundle.signed_prekey.public_key, bundle.signed_prekey.signature));
+  const ack = await ca.request('send', { message_id: crypto.randomBytes(16), recipient_account: b.account,
+    messages: [{ device_id: 1, type: 2, registration_id: b.registrationId, body: Buffer.from('to a provisioned device') }] });
+  assert.ok(ack.send_ack, JSON.stringify(ack));
+  assert.equal(bundle.prekey, undefined, 'provisioned devices have no one-time prekeys');
+  const got = await envelopes(cb); // so the fetch told b to upload some, before the message
+  if (got.length < 2) got.push(...await envelopes(cb));
+  assert.equal(got[0].prekeys_left, 0);
+  assert.equal(got[1].body.toString(), 'to a provisioned device');
+  await ca.close();
+  await cb.close();
 });
