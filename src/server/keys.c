@@ -147,6 +147,8 @@ static void upload_done(writer_job *job, int status)
 void on_upload_keys(ws_conn *c, peer *p, uint64_t rid, const Parley__UploadKeys *m)
 {
     server *srv = server_of(c);
+    if (!peer_take_token(c, p, rid, &srv->send_limit, "requests")) /* before any work */
+        return;
     store_device_record rec;
     int rc = store_device_get(srv->st, &p->device, &rec);
     if (rc == STORE_OK && memcmp(rec.identity_key, p->key_prefix, sizeof p->key_prefix) != 0)
@@ -155,8 +157,6 @@ void on_upload_keys(ws_conn *c, peer *p, uint64_t rid, const Parley__UploadKeys 
         peer_job_error(c, rid, rc == STORE_NOT_FOUND ? JOB_REPLACED : rc);
         return;
     }
-    if (!peer_take_token(c, p, rid, &srv->send_limit, "requests"))
-        return;
     upload_job *j = malloc(sizeof *j);
     if (!j) {
         peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");

@@ -228,12 +228,32 @@ static int cmd_register(const options *o)
     return rc == PARLEY_OK ? 0 : 1;
 }
 
+/* A command's argument count: at least min, at most max (-1: any); else its usage
+ * (exit status 2). */
+static bool arg_count_ok(const options *o, int min, int max, const char *usage)
+{
+    if (o->n_args >= min && (max < 0 || o->n_args <= max))
+        return true;
+    fail_msg("usage: parley --home DIR %s", usage);
+    return false;
+}
+
+/* The same for a command that names a contact first: an E.164 number. */
+static bool contact_args(const options *o, int min, int max, const char *usage)
+{
+    if (!arg_count_ok(o, min, max, usage))
+        return false;
+    if (!parley_phone_valid(o->args[0])) {
+        fail_msg("%s is not a phone number in E.164 form (like +15550000001)", o->args[0]);
+        return false;
+    }
+    return true;
+}
+
 static int cmd_verify(const options *o)
 {
-    if (o->n_args != 1) {
-        fail_msg("usage: parley --home DIR verify CODE");
+    if (!arg_count_ok(o, 1, 1, "verify CODE"))
         return 2;
-    }
     parley *p = open_profile(o);
     if (!p)
         return 1;
@@ -646,21 +666,6 @@ static int send_lines(session *s, const char *to)
     return status;
 }
 
-/* The arguments of a command that names a contact first: at least min, at most max
- * (-1: any), the first an E.164 number. Says what is wrong (exit status 2) if not. */
-static bool contact_args(const options *o, int min, int max, const char *usage)
-{
-    if (o->n_args < min || (max >= 0 && o->n_args > max)) {
-        fail_msg("usage: parley --home DIR %s", usage);
-        return false;
-    }
-    if (!parley_phone_valid(o->args[0])) {
-        fail_msg("%s is not a phone number in E.164 form (like +15550000001)", o->args[0]);
-        return false;
-    }
-    return true;
-}
-
 static int cmd_send(const options *o)
 {
     if (!contact_args(o, 2, 2, "send [--timeout SECONDS] +E164 TEXT"))
@@ -744,10 +749,8 @@ static bool activity_after(session *s)
 
 static int cmd_recv(const options *o)
 {
-    if (o->n_args) {
-        fail_msg("usage: parley --home DIR recv [--wait SECONDS] [--timeout SECONDS]");
+    if (!arg_count_ok(o, 0, 0, "recv [--wait SECONDS] [--timeout SECONDS]"))
         return 2;
-    }
     session s;
     if (!session_open(&s, o, MODE_RECV))
         return 1;
@@ -787,10 +790,8 @@ static int cmd_recv(const options *o)
 
 static int cmd_listen(const options *o)
 {
-    if (o->n_args) {
-        fail_msg("usage: parley --home DIR listen");
+    if (!arg_count_ok(o, 0, 0, "listen"))
         return 2;
-    }
     session s;
     if (!session_open(&s, o, MODE_LISTEN))
         return 1;
@@ -934,10 +935,8 @@ static int cmd_history(const options *o)
 
 static int cmd_whoami(const options *o)
 {
-    if (o->n_args) {
-        fail_msg("usage: parley --home DIR whoami [--json]");
+    if (!arg_count_ok(o, 0, 0, "whoami [--json]"))
         return 2;
-    }
     parley *p = open_profile(o);
     if (!p)
         return 1;
