@@ -33,6 +33,14 @@ uint64_t wall_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+void new_message_id(uint8_t id[PARLEY_ID_LEN])
+{
+    uint64_t ms = wall_ms();
+    for (int i = 0; i < 6; i++)
+        id[i] = (uint8_t)(ms >> (8 * (5 - i)));
+    randombytes_buf(id + 6, PARLEY_ID_LEN - 6);
+}
+
 int set_err(parley *p, int status, const char *fmt, ...)
 {
     va_list ap;
@@ -788,7 +796,7 @@ int parley_send_text(parley *p, const char *phone, const char *text, uint8_t id_
         return set_err(p, PARLEY_ERR_INVALID, "the message is not valid UTF-8");
     db_message m;
     memset(&m, 0, sizeof m);
-    randombytes_buf(m.id, sizeof m.id);
+    new_message_id(m.id);
     m.outgoing = true;
     snprintf(m.peer_phone, sizeof m.peer_phone, "%s", phone);
     m.text = text;

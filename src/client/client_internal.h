@@ -124,6 +124,10 @@ int db_err(parley *p);
 /* PARLEY_ERR_INVALID: "... is not a phone number in E.164 form" */
 int invalid_phone(parley *p, const char *phone);
 uint64_t wall_ms(void);
+/* A new message id: the time in ms (48 bits, big-endian), then 80 random bits. Ids that
+ * grow with time land at the end of the server's de-duplication index instead of at a
+ * random page of it, which is most of what a durable send writes (docs/storage.md). */
+void new_message_id(uint8_t id[PARLEY_ID_LEN]);
 /* The pause after the n-th transient error in a row: 1 s doubling to RETRY_MAX_MS. */
 uint32_t backoff_ms(unsigned errors);
 /* A reply that is a passing error (rate limited, storage full, internal, or no error at

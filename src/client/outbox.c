@@ -892,7 +892,7 @@ bool queue_resend(parley *p, const uint8_t id[PARLEY_ID_LEN], const uint8_t acco
         c.retry_of = (ProtobufCBinaryData){PARLEY_ID_LEN, src.original};
         size_t len = parley__content__get_packed_size(&c);
         uint8_t *body = malloc(len), new_id[PARLEY_ID_LEN];
-        randombytes_buf(new_id, sizeof new_id);
+        new_message_id(new_id);
         /* only for the device and identity the message was sealed for (a RETRY from a
          * new install, or a forged one, changes nothing); then a new session, the old
          * one archived: messages the reader already has from it still decrypt */

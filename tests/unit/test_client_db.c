@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "client_internal.h"
 #include "db.h"
 
 static char dir[256];
@@ -848,8 +849,27 @@ static void test_newer_schema_refused(void)
     CHECK(d == NULL && strstr(err, "newer") != NULL);
 }
 
+/* Message ids start with the time in ms, so that they grow (the server's de-duplication
+ * index appends them), and end with 80 random bits. */
+static void test_message_ids(void)
+{
+    uint8_t a[PARLEY_ID_LEN], b[PARLEY_ID_LEN];
+    uint64_t before = wall_ms();
+    new_message_id(a);
+    struct timespec pause = {0, 3 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    new_message_id(b);
+    uint64_t after = wall_ms(), ms = 0;
+    for (int i = 0; i < 6; i++)
+        ms = ms << 8 | a[i];
+    CHECK(ms >= before && ms <= after);
+    CHECK(memcmp(a, b, 6) < 0);
+    CHECK(memcmp(a + 6, b + 6, PARLEY_ID_LEN - 6) != 0);
+}
+
 int main(void)
 {
+    test_message_ids();
     snprintf(dir, sizeof dir, "/tmp/parley-test-client-db-%d/profile", (int)getpid());
     remove_tree(dir);
     test_files_and_identity();
