@@ -208,6 +208,7 @@ int main(int argc, char **argv)
     sigwait(&sigs, &sig);
     fprintf(stderr, "parleyd: signal %d: closing connections\n", sig);
     io_stop(&srv);       /* no more input is read, so no more writes come */
+    writer_stats ws = writer_get_stats(srv.wr);
     writer_stop(srv.wr); /* commits what is queued */
     io_finish(&srv);     /* the threads send the last answers and end */
     io_join(&srv);
@@ -221,6 +222,8 @@ int main(int argc, char **argv)
         sodium_memzero(e, sizeof *e);
         free(e);
     }
-    fprintf(stderr, "parleyd: stopped\n");
+    /* how well commits were grouped: parley-bench reads this line */
+    fprintf(stderr, "parleyd: stopped after %llu commits of %llu writes\n", (unsigned long long)ws.batches,
+            (unsigned long long)ws.jobs);
     return 0;
 }

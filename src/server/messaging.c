@@ -395,28 +395,79 @@ typedef struct {
     bool failed;
 } delivered_list;
 
+/* Reads a varint at *p (before end); false if it is cut off or too long. */
+static bool get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    *v = 0;
+    for (unsigned shift = 0; *p < end && shift < 64; shift += 7) {
+        uint8_t b = *(*p)++;
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80))
+            return true;
+    }
+    return false;
+}
+
+/* The author and message id of a stored envelope, read straight from its bytes: an ack
+ * deletes a window of envelopes in the writer thread, where unpacking each one (with its
+ * allocations and body copy) was a visible cost. False for receipts and notices. */
+static bool envelope_author(const uint8_t *p, size_t len, const uint8_t **account, const uint8_t **id)
+{
+    const uint8_t *end = p + len;
+    *account = *id = NULL;
+    while (p < end) {
+        uint64_t key, n;
+        if (!get_varint(&p, end, &key))
+            return false;
+        switch (key & 7) { /* the wire type: how long the value is */
+        case 0:
+            if (!get_varint(&p, end, &n))
+                return false;
+            continue;
+        case 1:
+            n = 8;
+            break;
+        case 5:
+            n = 4;
+            break;
+        case 2:
+            if (!get_varint(&p, end, &n))
+                return false;
+            break;
+        default:
+            return false;
+        }
+        if (n > (uint64_t)(end - p))
+            return false;
+        if (key >> 3 == 2 && n == STORE_ACCOUNT_ID_LEN)
+            *account = p;
+        else if (key >> 3 == 4 && n == STORE_MESSAGE_ID_LEN)
+            *id = p;
+        else if (key >> 3 == 8) /* a receipt: no one to tell */
+            return false;
+        p += n;
+    }
+    return *account && *id;
+}
+
 /* Notes the author and id of each message envelope an ack deletes (not receipts, and
  * not the copies a device's own account sent it). */
 static bool collect_delivered(void *ctx, uint64_t seq, uint64_t stored_ms, const uint8_t *data, size_t len)
 {
     delivered_list *l = ctx;
+    const uint8_t *account, *id;
     (void)seq, (void)stored_ms;
-    Parley__Envelope *e = parley__envelope__unpack(NULL, len, data);
-    if (e && !e->receipt && e->has_message_id && e->message_id.len == STORE_MESSAGE_ID_LEN &&
-        e->has_sender_account && e->sender_account.len == STORE_ACCOUNT_ID_LEN &&
-        !same_account(e->sender_account.data, l->acker)) {
-        size_t bytes = l->cap * sizeof *l->items;
-        if (buf_grow(&l->items, &bytes, (l->n + 1) * sizeof *l->items, 64 * sizeof *l->items)) {
-            l->cap = bytes / sizeof *l->items;
-            memcpy(l->items[l->n].account, e->sender_account.data, STORE_ACCOUNT_ID_LEN);
-            memcpy(l->items[l->n].id, e->message_id.data, STORE_MESSAGE_ID_LEN);
-            l->n++;
-        } else {
-            l->failed = true;
-        }
+    if (!envelope_author(data, len, &account, &id) || same_account(account, l->acker))
+        return true;
+    size_t bytes = l->cap * sizeof *l->items;
+    if (!buf_grow(&l->items, &bytes, (l->n + 1) * sizeof *l->items, 64 * sizeof *l->items)) {
+        l->failed = true;
+        return true;
     }
-    if (e)
-        parley__envelope__free_unpacked(e, NULL);
+    l->cap = bytes / sizeof *l->items;
+    memcpy(l->items[l->n].account, account, STORE_ACCOUNT_ID_LEN);
+    memcpy(l->items[l->n].id, id, STORE_MESSAGE_ID_LEN);
+    l->n++;
     return true;
 }
 
