@@ -660,12 +660,12 @@ void messaging_pump(peer *p)
     uint64_t in_flight = p->delivered_seq - p->acked_seq; /* seq distance: never less than the count */
     if (in_flight >= cfg->deliver_window)
         return; /* the next ack resumes */
-    if (c->tcp.write_queue_size >= WRITE_QUEUE_HIGH) {
+    if (ws_conn_queued(c) >= WRITE_QUEUE_HIGH) {
         p->pump_blocked = true; /* the write queue emptying resumes */
         return;
     }
     size_t want = cfg->deliver_window - in_flight;
-    deliver_batch d = {.p = p, .t = t, .budget = WRITE_QUEUE_HIGH - c->tcp.write_queue_size,
+    deliver_batch d = {.p = p, .t = t, .budget = WRITE_QUEUE_HIGH - ws_conn_queued(c),
                        .frame_target = cfg->max_frame_bytes < DELIVER_FRAME_TARGET ? cfg->max_frame_bytes
                                                                                  : DELIVER_FRAME_TARGET};
     if (!reserve(t, FRAME_HEAD_ROOM + 2))

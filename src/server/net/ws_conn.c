@@ -15,12 +15,51 @@
 #define SWEEP_MS 250
 #define WRITE_QUEUE_MAX (16u << 20) /* a peer this far behind in reading is cut off */
 
-typedef struct {
+/* One write handed to libuv; while c->out points to it, frames are still added. */
+typedef struct ws_out {
     uv_write_t req;
     ws_conn *c;
+    uint32_t len, cap;
     bool hang_up_after;
     uint8_t data[];
 } write_req;
+
+static void on_written(uv_write_t *req, int status);
+
+/* Hands the gathered frames to libuv. */
+static void flush_out(ws_conn *c)
+{
+    write_req *w = c->out;
+    if (!w)
+        return;
+    c->out = NULL;
+    uv_buf_t buf = uv_buf_init((char *)w->data, w->len);
+    if (uv_is_closing((uv_handle_t *)&c->tcp) ||
+        uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, on_written) != 0) {
+        free(w);
+        ws_conn_abort(c);
+    }
+}
+
+static void on_flush(uv_prepare_t *h)
+{
+    ws_thread *t = h->data;
+    for (size_t i = 0; i < t->ndirty; i++)
+        flush_out(t->dirty[i]);
+    t->ndirty = 0;
+}
+
+/* The thread's handles go once it is stopping and has no connections left. */
+static void release_thread(ws_thread *t)
+{
+    if (!uv_is_closing((uv_handle_t *)&t->sweep)) {
+        uv_close((uv_handle_t *)&t->sweep, NULL);
+        uv_close((uv_handle_t *)&t->flush, NULL);
+        free(t->dirty);
+        t->dirty = NULL;
+        t->ndirty = t->dirty_cap = 0;
+    }
+}
 
 static void on_handle_closed(uv_handle_t *h)
 {
@@ -29,7 +68,16 @@ static void on_handle_closed(uv_handle_t *h)
     if (c->upgraded && t->cb->on_closed)
         t->cb->on_closed(c);
     ws_reader_free(&c->reader);
-    free(c->head);
+    if (c->upgraded && c->out) { /* gathered frames that will never go */
+        for (size_t i = 0; i < t->ndirty; i++)
+            if (t->dirty[i] == c) {
+                t->dirty[i] = t->dirty[--t->ndirty];
+                break;
+            }
+        free(c->out);
+    } else if (!c->upgraded) {
+        free(c->head);
+    }
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -38,8 +86,8 @@ static void on_handle_closed(uv_handle_t *h)
         c->next->prev = c->prev;
     t->nconns--;
     free(c);
-    if (t->stopping && !t->conns && !uv_is_closing((uv_handle_t *)&t->sweep))
-        uv_close((uv_handle_t *)&t->sweep, NULL);
+    if (t->stopping && !t->conns)
+        release_thread(t);
 }
 
 void ws_conn_abort(ws_conn *c)
@@ -79,26 +127,68 @@ static void on_written(uv_write_t *req, int status)
     free(w);
 }
 
+size_t ws_conn_queued(const ws_conn *c)
+{
+    return c->tcp.write_queue_size + (c->upgraded && c->out ? c->out->len : 0);
+}
+
+/* Adds bytes to what the connection sends at the end of this turn of the loop; a
+ * frame that hangs up goes at once, after what was gathered. */
 static bool send_bytes(ws_conn *c, const uint8_t *hdr, size_t hlen, const uint8_t *body,
                        size_t blen, bool hang_up_after)
 {
     if (uv_is_closing((uv_handle_t *)&c->tcp))
         return false;
-    if (c->tcp.write_queue_size > WRITE_QUEUE_MAX) { /* a slow reader does not hold our memory */
+    if (ws_conn_queued(c) > WRITE_QUEUE_MAX) { /* a slow reader does not hold our memory */
         ws_conn_abort(c);
         return false;
     }
-    write_req *w = malloc(sizeof *w + hlen + blen);
-    if (!w) {
-        ws_conn_abort(c);
-        return false;
+    ws_thread *t = c->thread;
+    size_t need = hlen + blen;
+    bool gather = c->upgraded && !hang_up_after;
+    write_req *w = gather ? c->out : NULL;
+    if (c->upgraded && !gather) {
+        flush_out(c); /* what was gathered goes first */
+    } else if (gather && !w && t->ndirty == t->dirty_cap) { /* room to list it before anything changes */
+        size_t cap = t->dirty_cap ? 2 * t->dirty_cap : 64;
+        ws_conn **grown = realloc(t->dirty, cap * sizeof *grown);
+        if (!grown) {
+            ws_conn_abort(c);
+            return false;
+        }
+        t->dirty = grown;
+        t->dirty_cap = cap;
     }
-    memcpy(w->data, hdr, hlen);
+    if (!w || w->len + need > w->cap) {
+        size_t cap = w ? 2 * (size_t)w->cap : 0;
+        if (cap < (w ? w->len : 0) + need)
+            cap = (w ? w->len : 0) + need;
+        if (gather && cap < 1024)
+            cap = 1024; /* room for the next few acks */
+        write_req *grown = realloc(w, sizeof *grown + cap);
+        if (!grown) {
+            ws_conn_abort(c); /* what was gathered is freed when the handle closes */
+            return false;
+        }
+        if (!w) {
+            grown->len = 0;
+            grown->c = c;
+            grown->hang_up_after = hang_up_after;
+        }
+        grown->cap = (uint32_t)cap;
+        w = grown;
+    }
+    memcpy(w->data + w->len, hdr, hlen);
     if (blen)
-        memcpy(w->data + hlen, body, blen);
-    w->c = c;
-    w->hang_up_after = hang_up_after;
-    uv_buf_t buf = uv_buf_init((char *)w->data, (unsigned)(hlen + blen));
+        memcpy(w->data + w->len + hlen, body, blen);
+    w->len += (uint32_t)need;
+    if (gather) {
+        if (!c->out)
+            t->dirty[t->ndirty++] = c;
+        c->out = w;
+        return true;
+    }
+    uv_buf_t buf = uv_buf_init((char *)w->data, w->len);
     if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, on_written) != 0) {
         free(w);
         ws_conn_abort(c);
@@ -190,6 +280,8 @@ static void on_handshake_bytes(ws_conn *c, char *data, size_t len)
     size_t head_len = ws_handshake_head_len(c->head, c->head_len);
     if (!head_len) {
         if (c->head_len == WS_HANDSHAKE_MAX_HEAD) {
+            free(c->head);
+            c->head = NULL;
             resp_len = ws_handshake_too_large(resp);
             refuse(c, resp, resp_len);
         }
@@ -197,7 +289,7 @@ static void on_handshake_bytes(ws_conn *c, char *data, size_t len)
     }
     int status = ws_handshake_answer(c->head, head_len, resp, &resp_len);
     free(c->head);
-    c->head = NULL;
+    c->head = NULL; /* and so c->out, once upgraded, is NULL */
     if (status != 101) {
         refuse(c, resp, resp_len);
         return;
@@ -260,9 +352,14 @@ void ws_thread_init(ws_thread *t, uv_loop_t *loop, const ws_conn_callbacks *cb,
     t->conns = NULL;
     t->nconns = 0;
     t->stopping = false;
+    t->dirty = NULL;
+    t->ndirty = t->dirty_cap = 0;
     uv_timer_init(loop, &t->sweep);
     t->sweep.data = t;
     uv_timer_start(&t->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+    uv_prepare_init(loop, &t->flush);
+    t->flush.data = t;
+    uv_prepare_start(&t->flush, on_flush);
 }
 
 void ws_thread_accept(ws_thread *t, uv_stream_t *server)
@@ -295,6 +392,6 @@ void ws_thread_stop(ws_thread *t)
         else if (!c->closing)
             ws_conn_abort(c);
     }
-    if (!t->conns && !uv_is_closing((uv_handle_t *)&t->sweep))
-        uv_close((uv_handle_t *)&t->sweep, NULL);
+    if (!t->conns)
+        release_thread(t);
 }

@@ -4,6 +4,9 @@
  * One ws_thread per I/O thread owns a read buffer shared by all its connections
  * (an idle connection holds none), the list of its connections and one timer that
  * sweeps them for heartbeat and linger deadlines (no timer per connection).
+ * Frames a connection sends during one turn of the loop are gathered and go out in one
+ * write just before the loop polls again: a commit that acks 30 sends of a connection
+ * costs one system call, not 30.
  * The user of this module sees only complete messages and lifecycle events. */
 #ifndef PARLEY_NET_WS_CONN_H
 #define PARLEY_NET_WS_CONN_H
@@ -37,6 +40,9 @@ struct ws_thread {
     const ws_conn_callbacks *cb;
     uint32_t idle_timeout_ms;  /* close a connection silent this long (0: never) */
     uv_timer_t sweep;          /* the one timer: heartbeat and linger deadlines */
+    uv_prepare_t flush;        /* before each poll: writes what connections gathered */
+    ws_conn **dirty;           /* connections with gathered frames */
+    size_t ndirty, dirty_cap;
     ws_conn *conns;
     size_t nconns;
     bool stopping;
@@ -48,7 +54,10 @@ struct ws_conn {
     ws_reader reader;
     ws_thread *thread;
     ws_conn *prev, *next;
-    char *head;              /* the HTTP request head until the upgrade */
+    union {                  /* one pointer, as the two never live at once: */
+        char *head;          /* until the upgrade, the HTTP request head */
+        struct ws_out *out;  /* after it, frames gathered this turn of the loop, or NULL */
+    };
     uint32_t head_len;
     bool upgraded;
     bool closing;            /* input is read and dropped until FIN or the deadline */
@@ -68,6 +77,10 @@ void ws_thread_stop(ws_thread *t);
 
 /* Sends one unfragmented data or control frame. Returns false if it could not. */
 bool ws_conn_send(ws_conn *c, int opcode, const uint8_t *payload, size_t len);
+
+/* Bytes sent and not yet taken by the kernel: a sender that should not run ahead of a
+ * slow reader checks this. */
+size_t ws_conn_queued(const ws_conn *c);
 
 /* Sends a close frame with code and reason, then hangs up politely. */
 void ws_conn_close(ws_conn *c, uint16_t code, const char *reason);
