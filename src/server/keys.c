@@ -172,6 +172,7 @@ void on_upload_keys(ws_conn *c, peer *p, uint64_t rid, const Parley__UploadKeys 
     }
     job_origin_init(&j->from, c, p, rid);
     j->job.apply = upload_apply;
+    j->job.isolated = true; /* refuses after writing (too many prekeys, an id in use) */
     j->job.done = upload_done;
     peer_submit(p, &j->job);
 }

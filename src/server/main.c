@@ -194,7 +194,7 @@ int main(int argc, char **argv)
         store_close(srv.st);
         return 1;
     }
-    if ((rc = writer_start(&srv.wr, srv.st, 1024)) != STORE_OK || io_start(&srv) != 0) {
+    if ((rc = writer_start(&srv.wr, srv.st, 4096)) != STORE_OK || io_start(&srv) != 0) {
         if (rc == STORE_OK)
             writer_stop(srv.wr);
         store_close(srv.st);
@@ -208,8 +208,7 @@ int main(int argc, char **argv)
     sigwait(&sigs, &sig);
     fprintf(stderr, "parleyd: signal %d: closing connections\n", sig);
     io_stop(&srv);       /* no more input is read, so no more writes come */
-    writer_stats ws = writer_get_stats(srv.wr);
-    writer_stop(srv.wr); /* commits what is queued */
+    writer_stats ws = writer_stop(srv.wr); /* commits what is queued */
     io_finish(&srv);     /* the threads send the last answers and end */
     io_join(&srv);
     store_close(srv.st);

@@ -31,7 +31,8 @@ typedef struct {
     job_origin from;                      /* the sending device */
     uint8_t message_id[STORE_MESSAGE_ID_LEN];
     uint8_t recipient[STORE_ACCOUNT_ID_LEN];
-    uint64_t server_ms;                   /* on a duplicate: the first acceptance's */
+    uint64_t accepted_ms;                 /* when the I/O thread took it (in its envelopes) */
+    uint64_t server_ms;                   /* for the ack: accepted_ms, or a duplicate's first */
     bool duplicate;
     bool resend;                          /* to the listed devices only */
     target_list targets;
@@ -86,6 +87,8 @@ static int send_apply(store_batch *b, writer_job *job)
 {
     send_job *j = (send_job *)job;
     uint64_t first;
+    j->duplicate = false; /* a batch may run twice (writer.h): nothing kept from a first run */
+    j->server_ms = j->accepted_ms;
     int rc = job_origin_current(b, &j->from);
     if (rc != STORE_OK)
         return rc;
@@ -182,7 +185,7 @@ void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m)
     memcpy(j->message_id, m->message_id.data, STORE_MESSAGE_ID_LEN);
     memcpy(j->recipient, m->recipient_account.data, STORE_ACCOUNT_ID_LEN);
     j->resend = m->has_resend && m->resend;
-    j->server_ms = now_ms();
+    j->accepted_ms = j->server_ms = now_ms();
     Parley__Envelope e = PARLEY__ENVELOPE__INIT;
     e.has_sender_account = e.has_sender_device = e.has_message_id = e.has_server_time_ms = 1;
     e.sender_account = (ProtobufCBinaryData){STORE_ACCOUNT_ID_LEN, p->device.account};

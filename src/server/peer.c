@@ -267,7 +267,7 @@ static void on_request_code(ws_conn *c, peer *p, uint64_t rid, const Parley__Req
     j->request_id = rid;
     snprintf(j->phone, sizeof j->phone, "%s", m->phone);
     p->pending_work++;
-    if (uv_queue_work(c->thread->loop, &j->work, sms_job_run, sms_job_done) != 0) {
+    if (uv_queue_work(c->tcp.loop, &j->work, sms_job_run, sms_job_done) != 0) {
         p->pending_work--;
         free(j);
         peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "the code could not be sent");
@@ -403,6 +403,7 @@ static void on_register(ws_conn *c, peer *p, uint64_t rid, const Parley__Registe
         return;
     }
     j->job.apply = register_apply;
+    j->job.isolated = true; /* its keys may be refused after the account is written */
     j->job.done = register_done;
     j->srv = srv;
     j->p = p;

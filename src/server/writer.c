@@ -58,25 +58,49 @@ static void send_home(writer_job *j)
     uv_async_send(&h->async); /* coalesces: one wake-up drains them all */
 }
 
-/* Runs one batch: each job in its own nested batch, one commit for all. */
+/* Applies job in a nested batch of its own: if it fails, it alone is rolled back. */
+static int apply_isolated(store_batch *b, writer_job *j)
+{
+    store_batch *child = NULL;
+    int rc = store_batch_nest(b, &child);
+    if (rc == STORE_OK)
+        rc = j->apply(child, j);
+    if (rc == STORE_OK)
+        rc = store_batch_commit(child);
+    else if (child)
+        store_batch_abort(child);
+    return rc;
+}
+
+/* Runs one batch, one commit for all its jobs. Jobs run straight in the batch's
+ * transaction: a nested transaction per job made LMDB copy every page the job touched
+ * and merge its page lists, about a third of the writer's time (docs/storage.md).
+ * Isolated jobs, and every job once a storage error spoiled the transaction, run in a
+ * nested batch of their own; after such an error the whole batch runs again that way,
+ * so the failing job alone is rolled back. */
 static void run_batch(writer *w, writer_job *jobs)
 {
-    store_batch *b = NULL;
-    int rc = store_batch_begin(w->st, &b);
-    size_t n = 0;
+    bool careful = false;
+    store_batch *b;
+    int rc;
+    size_t n;
+again:
+    b = NULL;
+    rc = store_batch_begin(w->st, &b);
+    n = 0;
     for (writer_job *j = jobs; j; j = j->next, n++) {
         if (rc != STORE_OK) {
             j->status = rc;
-            continue;
+        } else if (careful || j->isolated) {
+            j->status = apply_isolated(b, j);
+        } else if ((j->status = j->apply(b, j)) < 0) { /* a storage error: the batch is spoilt */
+            store_batch_abort(b);
+            careful = true;
+            pthread_mutex_lock(&w->lock);
+            w->stats.retries++;
+            pthread_mutex_unlock(&w->lock);
+            goto again;
         }
-        store_batch *child = NULL;
-        j->status = store_batch_nest(b, &child);
-        if (j->status == STORE_OK)
-            j->status = j->apply(child, j);
-        if (j->status == STORE_OK)
-            j->status = store_batch_commit(child);
-        else if (child)
-            store_batch_abort(child);
     }
     if (rc == STORE_OK && w->commit_delay_ms) { /* tests: widen the window before durability */
         struct timespec ts = {w->commit_delay_ms / 1000, (long)(w->commit_delay_ms % 1000) * 1000000};
@@ -154,16 +178,18 @@ void writer_submit(writer *w, writer_home *home, writer_job *job)
     pthread_mutex_unlock(&w->lock);
 }
 
-void writer_stop(writer *w)
+writer_stats writer_stop(writer *w)
 {
     pthread_mutex_lock(&w->lock);
     w->stopping = true;
     pthread_cond_signal(&w->wake);
     pthread_mutex_unlock(&w->lock);
     pthread_join(w->tid, NULL);
+    writer_stats stats = w->stats;
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->wake);
     free(w);
+    return stats;
 }
 
 writer_stats writer_get_stats(writer *w)

@@ -463,10 +463,67 @@ static void test_older_directory(void)
     remove_dir();
 }
 
+/* A data directory from before the id-first de-duplication tables: its records (sender
+ * before id, in "dedup" and "dedup_time") still catch a resend until swept. */
+static void test_legacy_dedup(void)
+{
+    fresh_dir("legacy-dedup");
+    store *s;
+    store_batch *b;
+    uint64_t ts = 0;
+    size_t inbox_removed, dedup_removed;
+    uint8_t id[16], other[16];
+    memset(id, 0x5a, 16);
+    memset(other, 0x5b, 16);
+    store_device sender = dev(4, 2);
+    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
+    store_close(s);
+    /* one record as the previous version wrote it */
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dedup, dedup_time;
+    uint8_t k[36], tk[44], v[8] = {0, 0, 0, 0, 0, 0, 0x13, 0x88}; /* accepted at 5000 ms */
+    memcpy(k, sender.account, 16);
+    k[16] = k[17] = k[18] = 0, k[19] = 2;
+    memcpy(k + 20, id, 16);
+    memcpy(tk, v, 8);
+    memcpy(tk + 8, k, 36);
+    CHECK(mdb_env_create(&env) == 0 && mdb_env_set_maxdbs(env, 16) == 0 &&
+          mdb_env_open(env, dir, 0, 0600) == 0 && mdb_txn_begin(env, NULL, 0, &txn) == 0);
+    CHECK(mdb_dbi_open(txn, "dedup", 0, &dedup) == 0 && mdb_dbi_open(txn, "dedup_time", 0, &dedup_time) == 0);
+    MDB_val key = {sizeof k, k}, val = {sizeof v, v}, tkey = {sizeof tk, tk}, empty = {0, ""};
+    CHECK(mdb_put(txn, dedup, &key, &val, 0) == 0 && mdb_put(txn, dedup_time, &tkey, &empty, 0) == 0);
+    CHECK(mdb_txn_commit(txn) == 0);
+    mdb_env_close(env);
+
+    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_dedup_get(b, &sender, id, &ts), STORE_OK); /* the resend is recognised */
+    CHECK(ts == 5000);
+    CHECK_RC(store_dedup_get(b, &sender, other, &ts), STORE_NOT_FOUND);
+    CHECK_RC(store_dedup_put(b, &sender, other, 7000), STORE_OK);
+    CHECK_RC(store_dedup_get(b, &sender, other, &ts), STORE_OK);
+    CHECK(ts == 7000);
+    store_stats st;
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK_RC(store_get_stats(s, &st), STORE_OK);
+    CHECK(st.dedup_records == 2); /* both tables counted */
+    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(store_sweep(b, 0, 6000, 100, &inbox_removed, &dedup_removed), STORE_OK);
+    CHECK(dedup_removed == 1);
+    CHECK_RC(store_dedup_get(b, &sender, id, &ts), STORE_NOT_FOUND); /* swept from the old table */
+    CHECK_RC(store_dedup_get(b, &sender, other, &ts), STORE_OK);
+    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK_RC(store_get_stats(s, &st), STORE_OK);
+    CHECK(st.dedup_records == 1);
+    store_close(s);
+}
+
 int main(void)
 {
     test_inbox();
     test_dedup_and_sweep();
+    test_legacy_dedup();
     test_full();
     test_accounts();
     test_prekeys();

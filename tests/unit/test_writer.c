@@ -1,7 +1,9 @@
 /* test_writer.c - group commit: jobs submitted from a loop are applied in batches of
  * many with one commit each, every done callback runs on the loop after its data is
  * durable and visible, and a job that fails is rolled back without touching the
- * others in its batch. */
+ * others in its batch: one with a storage error (its batch runs again, every job
+ * isolated), an isolated one that refuses after writing, and one that refuses before
+ * writing (no second run). */
 #include <unistd.h>
 
 #include "check.h"
@@ -12,12 +14,17 @@
 typedef struct {
     writer_job job;
     int n;
+    int runs; /* times apply ran */
 } append_job;
+
+#define REFUSED 100 /* a refusal, as a JOB_* code is */
 
 static store *st;
 static writer *w;
 static writer_home home;
-static int done_ok, done_failed, visible_when_done;
+static int done_ok, done_failed, visible_when_done, refused_once, failed_alone;
+/* Batches hold at most 256 jobs, in order: from here on none has a storage error. */
+#define CLEAN_FROM (JOBS / 2 + 300)
 static store_device dev = {{7}, 1};
 
 static int apply_append(store_batch *b, writer_job *job)
@@ -25,10 +32,15 @@ static int apply_append(store_batch *b, writer_job *job)
     append_job *a = (append_job *)job;
     char text[32];
     uint64_t seq;
+    a->runs++;
+    if (a->n % 100 == 74)
+        return REFUSED; /* before writing, as a job that is not isolated must */
     snprintf(text, sizeof text, "job %d", a->n);
     int rc = store_inbox_append(b, &dev, 1, (const uint8_t *)text, strlen(text), &seq);
-    if (rc == STORE_OK && a->n % 100 == 99)
-        return STORE_INVALID; /* fails after writing: its append must be rolled back */
+    if (rc == STORE_OK && a->n % 100 == 99 && a->n < JOBS / 2)
+        return STORE_INVALID; /* a storage error after writing: its append must be rolled back */
+    if (rc == STORE_OK && a->n % 100 == 49)
+        return REFUSED; /* isolated, so it may refuse after writing */
     return rc;
 }
 
@@ -56,6 +68,9 @@ static void on_done(writer_job *job, int status)
         }
     } else {
         done_failed++;
+        refused_once += status == REFUSED && a->runs == 1 && a->n >= CLEAN_FROM; /* no second run */
+        /* at most once in the batch (if no earlier job spoilt it first), then once alone */
+        failed_alone += status == STORE_INVALID && a->runs <= 2;
     }
     free(a);
     if (done_ok + done_failed == JOBS)
@@ -70,6 +85,7 @@ static void submit_some(uv_idle_t *idle)
         append_job *a = calloc(1, sizeof *a);
         a->n = submitted++;
         a->job.apply = apply_append;
+        a->job.isolated = a->n % 100 == 49;
         a->job.done = on_done;
         writer_submit(w, &home, &a->job);
     }
@@ -98,14 +114,19 @@ int main(void)
     writer_stats stats = writer_get_stats(w);
     writer_stop(w);
 
-    CHECK(done_ok == JOBS - JOBS / 100 && done_failed == JOBS / 100);
+    int failing = JOBS / 200 + 2 * JOBS / 100;
+    CHECK(done_ok == JOBS - failing && done_failed == failing);
+    CHECK(failed_alone == JOBS / 200);
+    CHECK(refused_once == 2 * (JOBS - CLEAN_FROM) / 100);
     CHECK(visible_when_done == JOBS / 250);
-    CHECK(stats.jobs == JOBS);
+    CHECK(stats.jobs >= JOBS);
+    CHECK(stats.retries > 0);
     CHECK(stats.batches > 0 && stats.batches < JOBS / 4); /* grouped: far fewer commits than jobs */
     uint64_t count = 0;
     CHECK_RC(store_inbox_count(st, &dev, &count), STORE_OK);
-    CHECK(count == (uint64_t)(JOBS - JOBS / 100)); /* the failed jobs left nothing */
-    printf("writer: %d jobs in %llu commits\n", JOBS, (unsigned long long)stats.batches);
+    CHECK(count == (uint64_t)(JOBS - failing)); /* the failed jobs left nothing */
+    printf("writer: %d jobs in %llu commits, %llu batches run again\n", JOBS,
+           (unsigned long long)stats.batches, (unsigned long long)stats.retries);
     store_close(st);
     uv_loop_close(loop);
     if (system(cmd) != 0)

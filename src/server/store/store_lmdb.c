@@ -4,8 +4,10 @@
  *   inbox       device(20) seq(8)            -> stored_ms(8) envelope
  *   inbox_next  device(20)                   -> next seq(8)
  *   inbox_time  stored_ms(8) device(20) seq(8) -> ""    (retention sweeps in time order)
- *   dedup       id(16) sender(20)            -> accepted_ms(8)
- *   dedup_time  accepted_ms(8) id(16) sender(20) -> ""
+ *   dedup_by_id id(16) sender(20)            -> accepted_ms(8)
+ *   dedup_by_id_time accepted_ms(8) id(16) sender(20) -> ""
+ *   dedup, dedup_time: the same with sender(20) before id(16), written before the id
+ *               came first; only read and swept now, until they are empty
  *   phones      phone (E.164 text)           -> account(16)
  *   accounts    account(16)                  -> phone (E.164 text)
  *   devices     device(20)                   -> identity key(32) registration id(4)
@@ -28,7 +30,7 @@
 struct store {
     MDB_env *env;
     MDB_dbi inbox, inbox_next, inbox_time, dedup, dedup_time, phones, accounts, devices;
-    MDB_dbi signed_prekeys, prekeys, prekey_meta;
+    MDB_dbi signed_prekeys, prekeys, prekey_meta, dedup_by_id, dedup_by_id_time;
     unsigned missing;   /* read-only on an older data directory: tables it lacks (bits) */
 };
 
@@ -95,16 +97,19 @@ const char *store_strerror(int rc)
 static const char *const table_names[] = {"inbox",   "inbox_next", "inbox_time",
                                           "dedup",   "dedup_time", "phones",
                                           "accounts", "devices",   "signed_prekeys",
-                                          "prekeys",  "prekey_meta"};
+                                          "prekeys",  "prekey_meta", "dedup_by_id",
+                                          "dedup_by_id_time"};
 #define NTABLES (sizeof table_names / sizeof *table_names)
 #define FIRST_OPTIONAL 8 /* tables from here on came later: an older directory may lack them */
 #define TABLE_PREKEYS 9
+#define TABLE_DEDUP_BY_ID 11
 
 static MDB_dbi *table_dbi(store *s, size_t i)
 {
     MDB_dbi *dbis[] = {&s->inbox,    &s->inbox_next, &s->inbox_time,     &s->dedup,
                        &s->dedup_time, &s->phones,   &s->accounts,       &s->devices,
-                       &s->signed_prekeys, &s->prekeys, &s->prekey_meta};
+                       &s->signed_prekeys, &s->prekeys, &s->prekey_meta, &s->dedup_by_id,
+                       &s->dedup_by_id_time};
     return dbis[i];
 }
 
@@ -178,13 +183,16 @@ int store_get_stats(store *s, store_stats *out)
     if (rc != 0)
         return map_error(rc);
     MDB_stat st;
+    uint64_t by_id_records = 0; /* the id-first table, added to the legacy one */
     struct { MDB_dbi dbi; uint64_t *count; bool missing; } counts[] = {
         {s->inbox, &out->inbox_envelopes, false}, {s->dedup, &out->dedup_records, false},
+        {s->dedup_by_id, &by_id_records, (s->missing & 1u << TABLE_DEDUP_BY_ID) != 0},
         {s->accounts, &out->accounts, false}, {s->devices, &out->devices, false},
         {s->prekeys, &out->prekeys, (s->missing & 1u << TABLE_PREKEYS) != 0}};
     for (size_t i = 0; rc == 0 && i < sizeof counts / sizeof *counts; i++)
         if (!counts[i].missing && (rc = mdb_stat(txn, counts[i].dbi, &st)) == 0)
             *counts[i].count = st.ms_entries;
+    out->dedup_records += by_id_records;
     /* the free list (dbi 0 of LMDB's own) holds page-number lists of freed pages */
     MDB_cursor *c;
     if (rc == 0 && (rc = mdb_cursor_open(txn, 0, &c)) == 0) {
@@ -362,8 +370,8 @@ int store_inbox_drop(store_batch *b, const store_device *d, size_t *deleted)
 
 /* The message id first: clients make ids that grow with time (48-bit ms, then random),
  * so the inserts of all senders meet at the end of the table and share its last pages.
- * Keyed by sender first, every send dirtied a random leaf of a table holding 30 days of
- * ids: 23 of the 30 KB a durable send wrote (docs/storage.md, "Write cost"). */
+ * Keyed by sender first (the legacy tables), every send dirtied a random leaf of a table
+ * holding 30 days of ids: 23 of the 30 KB a durable send wrote (docs/storage.md). */
 static void dedup_key(uint8_t out[STORE_MESSAGE_ID_LEN + DEVICE_KEY_LEN], const store_device *sender,
                       const uint8_t id[STORE_MESSAGE_ID_LEN])
 {
@@ -371,19 +379,32 @@ static void dedup_key(uint8_t out[STORE_MESSAGE_ID_LEN + DEVICE_KEY_LEN], const 
     device_key(out + STORE_MESSAGE_ID_LEN, sender);
 }
 
-int store_dedup_get(store_batch *b, const store_device *sender,
-                    const uint8_t id[STORE_MESSAGE_ID_LEN], uint64_t *accepted_ms)
+static int dedup_lookup(MDB_txn *txn, MDB_dbi dbi, const uint8_t *k, uint64_t *accepted_ms)
 {
-    uint8_t k[STORE_MESSAGE_ID_LEN + DEVICE_KEY_LEN];
-    dedup_key(k, sender, id);
-    MDB_val key = {sizeof k, k}, val;
-    int rc = mdb_get(b->txn, b->s->dedup, &key, &val);
+    MDB_val key = {STORE_MESSAGE_ID_LEN + DEVICE_KEY_LEN, (void *)k}, val;
+    int rc = mdb_get(txn, dbi, &key, &val);
     if (rc != 0)
         return map_error(rc);
     if (val.mv_size != 8)
         return STORE_INVALID;
     *accepted_ms = get_be64(val.mv_data);
     return STORE_OK;
+}
+
+int store_dedup_get(store_batch *b, const store_device *sender,
+                    const uint8_t id[STORE_MESSAGE_ID_LEN], uint64_t *accepted_ms)
+{
+    uint8_t k[STORE_MESSAGE_ID_LEN + DEVICE_KEY_LEN];
+    dedup_key(k, sender, id);
+    int rc = dedup_lookup(b->txn, b->s->dedup_by_id, k, accepted_ms);
+    MDB_stat legacy;
+    if (rc == STORE_NOT_FOUND && mdb_stat(b->txn, b->s->dedup, &legacy) == 0 && legacy.ms_entries) {
+        /* ids accepted before the upgrade, within their 30 days */
+        device_key(k, sender);
+        memcpy(k + DEVICE_KEY_LEN, id, STORE_MESSAGE_ID_LEN);
+        rc = dedup_lookup(b->txn, b->s->dedup, k, accepted_ms);
+    }
+    return rc;
 }
 
 int store_dedup_put(store_batch *b, const store_device *sender,
@@ -394,8 +415,8 @@ int store_dedup_put(store_batch *b, const store_device *sender,
     put_be64(v, accepted_ms);
     put_be64(tk, accepted_ms);
     memcpy(tk + 8, k, sizeof k);
-    int rc = put(b->txn, b->s->dedup, k, sizeof k, v, sizeof v);
-    return rc != STORE_OK ? rc : put(b->txn, b->s->dedup_time, tk, sizeof tk, "", 0);
+    int rc = put(b->txn, b->s->dedup_by_id, k, sizeof k, v, sizeof v);
+    return rc != STORE_OK ? rc : put(b->txn, b->s->dedup_by_id_time, tk, sizeof tk, "", 0);
 }
 
 /* Walks a time index from its start, deleting entries older than cutoff and the
@@ -430,10 +451,14 @@ static int sweep_index(store_batch *b, MDB_dbi index, MDB_dbi target, uint64_t c
 int store_sweep(store_batch *b, uint64_t inbox_cutoff_ms, uint64_t dedup_cutoff_ms, size_t max,
                 size_t *inbox_removed, size_t *dedup_removed)
 {
+    size_t legacy = 0;
     int rc = sweep_index(b, b->s->inbox_time, b->s->inbox, inbox_cutoff_ms, max, inbox_removed);
-    if (rc != STORE_OK)
-        return rc;
-    return sweep_index(b, b->s->dedup_time, b->s->dedup, dedup_cutoff_ms, max, dedup_removed);
+    if (rc == STORE_OK)
+        rc = sweep_index(b, b->s->dedup_by_id_time, b->s->dedup_by_id, dedup_cutoff_ms, max, dedup_removed);
+    if (rc == STORE_OK)
+        rc = sweep_index(b, b->s->dedup_time, b->s->dedup, dedup_cutoff_ms, max, &legacy);
+    *dedup_removed += legacy;
+    return rc;
 }
 
 int store_inbox_read(store *s, const store_device *d, uint64_t after, size_t max,
