@@ -13,27 +13,30 @@
 enum { PEER_NEW, PEER_CHALLENGED, PEER_AUTHENTICATED };
 
 typedef struct peer peer;
+/* Every connection has one, so it is kept to 88 bytes (flags as bits, fields in an
+ * order that needs no padding): with malloc's header, a 96-byte chunk. */
 struct peer {
-    uint8_t state;
-    bool receive;                 /* the device's receiving connection (routed deliveries) */
-    bool routed;                  /* in the routing table */
-    bool drained_sent;            /* Deliver{drained} went out on this connection */
-    bool pump_blocked;            /* deliveries wait for the write queue to empty */
     uint32_t pending_work;        /* SMS sends and store writes in flight for it */
+    uint8_t state;
+    bool receive : 1;             /* the device's receiving connection (routed deliveries) */
+    bool routed : 1;              /* in the routing table */
+    bool drained_sent : 1;        /* Deliver{drained} went out on this connection */
+    bool pump_blocked : 1;        /* deliveries wait for the write queue to empty */
     ws_conn *conn;                /* NULL once the connection is gone */
     store_device device;          /* claimed in Connect, proven by Authenticate */
+    uint8_t key_prefix[8];        /* of the identity key it proved: a re-registration changes it */
     uint8_t *nonce;               /* only while challenged */
     /* delivery window: seqs handed out and acknowledged on this connection */
     uint64_t delivered_seq;
     uint64_t acked_seq;
     uint64_t route_id;            /* newest authenticated connection of a device wins */
-    uint8_t key_prefix[8];        /* of the identity key it proved: a re-registration changes it */
     peer *route_next;             /* routing table chain */
 };
+_Static_assert(sizeof(struct peer) <= 88, "peer grew: that is memory per idle connection");
 
 static inline io_thread *thread_of(ws_conn *c)
 {
-    return (io_thread *)c->thread->loop->data;
+    return (io_thread *)c->tcp.loop->data;
 }
 
 static inline server *server_of(ws_conn *c)

@@ -63,30 +63,24 @@ static void release_thread(ws_thread *t)
 
 static void on_handle_closed(uv_handle_t *h)
 {
-    ws_conn *c = h->data;
-    ws_thread *t = c->thread;
+    ws_conn *c = (ws_conn *)h;
+    ws_thread *t = ws_conn_thread(c);
     if (c->upgraded && t->cb->on_closed)
         t->cb->on_closed(c);
     ws_reader_free(&c->reader);
-    if (c->upgraded && c->out) { /* gathered frames that will never go */
+    if (c->upgraded) { /* still listed even if a hang-up flushed it: unlist, drop the rest */
         for (size_t i = 0; i < t->ndirty; i++)
             if (t->dirty[i] == c) {
                 t->dirty[i] = t->dirty[--t->ndirty];
                 break;
             }
         free(c->out);
-    } else if (!c->upgraded) {
+    } else {
         free(c->head);
     }
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        t->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
     t->nconns--;
     free(c);
-    if (t->stopping && !t->conns)
+    if (t->stopping && !t->nconns)
         release_thread(t);
 }
 
@@ -121,8 +115,8 @@ static void on_written(uv_write_t *req, int status)
                 ws_conn_abort(c);
             }
         }
-    } else if (c->tcp.write_queue_size == 0 && !c->closing && c->thread->cb->on_writable) {
-        c->thread->cb->on_writable(c);
+    } else if (c->tcp.write_queue_size == 0 && !c->closing && ws_conn_thread(c)->cb->on_writable) {
+        ws_conn_thread(c)->cb->on_writable(c);
     }
     free(w);
 }
@@ -143,7 +137,7 @@ static bool send_bytes(ws_conn *c, const uint8_t *hdr, size_t hlen, const uint8_
         ws_conn_abort(c);
         return false;
     }
-    ws_thread *t = c->thread;
+    ws_thread *t = ws_conn_thread(c);
     size_t need = hlen + blen;
     bool gather = c->upgraded && !hang_up_after;
     write_req *w = gather ? c->out : NULL;
@@ -163,8 +157,6 @@ static bool send_bytes(ws_conn *c, const uint8_t *hdr, size_t hlen, const uint8_
         size_t cap = w ? 2 * (size_t)w->cap : 0;
         if (cap < (w ? w->len : 0) + need)
             cap = (w ? w->len : 0) + need;
-        if (gather && cap < 1024)
-            cap = 1024; /* room for the next few acks */
         write_req *grown = realloc(w, sizeof *grown + cap);
         if (!grown) {
             ws_conn_abort(c); /* what was gathered is freed when the handle closes */
@@ -213,7 +205,7 @@ bool ws_conn_send(ws_conn *c, int opcode, const uint8_t *payload, size_t len)
 static void start_closing(ws_conn *c)
 {
     c->closing = true;
-    c->deadline_ms = uv_now(c->thread->loop) + LINGER_MS;
+    c->deadline_ms = uv_now(c->tcp.loop) + LINGER_MS;
 }
 
 void ws_conn_close(ws_conn *c, uint16_t code, const char *reason)
@@ -229,7 +221,7 @@ void ws_conn_close(ws_conn *c, uint16_t code, const char *reason)
 static bool on_frame_message(void *ctx, int opcode, uint8_t *data, size_t len)
 {
     ws_conn *c = ctx;
-    return c->thread->cb->on_message(c, opcode, data, len) && !c->closing;
+    return ws_conn_thread(c)->cb->on_message(c, opcode, data, len) && !c->closing;
 }
 
 static bool on_frame_control(void *ctx, int opcode, const uint8_t *data, size_t len)
@@ -249,7 +241,7 @@ static const ws_handlers frame_handlers = {on_frame_message, on_frame_control};
 
 static void feed(ws_conn *c, uint8_t *data, size_t len)
 {
-    int code = ws_reader_feed(&c->reader, data, len, &c->thread->limits, &frame_handlers, c);
+    int code = ws_reader_feed(&c->reader, data, len, &ws_conn_thread(c)->limits, &frame_handlers, c);
     if (code)
         ws_conn_close(c, (uint16_t)code, code == WS_CLOSE_TOO_BIG      ? "message too big"
                                          : code == WS_CLOSE_INVALID_DATA ? "invalid UTF-8"
@@ -295,10 +287,11 @@ static void on_handshake_bytes(ws_conn *c, char *data, size_t len)
         return;
     }
     c->upgraded = true;
-    c->deadline_ms = c->thread->idle_timeout_ms ? uv_now(c->thread->loop) + c->thread->idle_timeout_ms : 0;
+    ws_thread *t = ws_conn_thread(c);
+    c->deadline_ms = t->idle_timeout_ms ? uv_now(t->loop) + t->idle_timeout_ms : 0;
     send_bytes(c, (const uint8_t *)resp, resp_len, NULL, 0, false);
-    if (c->thread->cb->on_open)
-        c->thread->cb->on_open(c);
+    if (t->cb->on_open)
+        t->cb->on_open(c);
     size_t used = head_len - before; /* bytes of this read that belonged to the head */
     if (used < len && !c->closing)
         feed(c, (uint8_t *)data + used, len - used);
@@ -306,40 +299,52 @@ static void on_handshake_bytes(ws_conn *c, char *data, size_t len)
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    ws_conn *c = h->data;
+    ws_thread *t = ws_conn_thread((ws_conn *)h);
     (void)suggested;
-    *buf = uv_buf_init(c->thread->read_buf, sizeof c->thread->read_buf);
+    *buf = uv_buf_init(t->read_buf, sizeof t->read_buf);
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
-    ws_conn *c = s->data;
+    ws_conn *c = (ws_conn *)s;
+    ws_thread *t = ws_conn_thread(c);
     if (n < 0) {
         ws_conn_abort(c);
         return;
     }
     if (n == 0 || c->closing)
         return;
-    if (c->thread->idle_timeout_ms && c->upgraded)
-        c->deadline_ms = uv_now(c->thread->loop) + c->thread->idle_timeout_ms;
+    if (t->idle_timeout_ms && c->upgraded)
+        c->deadline_ms = uv_now(t->loop) + t->idle_timeout_ms;
     if (!c->upgraded)
         on_handshake_bytes(c, buf->base, (size_t)n);
     else
         feed(c, (uint8_t *)buf->base, (size_t)n);
 }
 
+/* The connection behind a handle of t's loop, or NULL for the loop's other handles. */
+static ws_conn *conn_of(uv_handle_t *h, ws_thread *t)
+{
+    return h->type == UV_TCP && h->data == &t->conn_mark && !uv_is_closing(h) ? (ws_conn *)h : NULL;
+}
+
+static void sweep_one(uv_handle_t *h, void *arg)
+{
+    ws_thread *t = arg;
+    ws_conn *c = conn_of(h, t);
+    uint64_t now = uv_now(t->loop);
+    if (!c || !c->deadline_ms || now < c->deadline_ms)
+        return;
+    if (c->closing || !c->upgraded)
+        ws_conn_abort(c);
+    else
+        ws_conn_close(c, WS_CLOSE_GOING_AWAY, "idle timeout");
+}
+
 static void on_sweep(uv_timer_t *timer)
 {
     ws_thread *t = timer->data;
-    uint64_t now = uv_now(t->loop);
-    for (ws_conn *c = t->conns; c; c = c->next) {
-        if (!c->deadline_ms || now < c->deadline_ms)
-            continue;
-        if (c->closing || !c->upgraded)
-            ws_conn_abort(c);
-        else
-            ws_conn_close(c, WS_CLOSE_GOING_AWAY, "idle timeout");
-    }
+    uv_walk(t->loop, sweep_one, t);
 }
 
 void ws_thread_init(ws_thread *t, uv_loop_t *loop, const ws_conn_callbacks *cb,
@@ -349,7 +354,6 @@ void ws_thread_init(ws_thread *t, uv_loop_t *loop, const ws_conn_callbacks *cb,
     t->cb = cb;
     t->limits = limits;
     t->idle_timeout_ms = idle_timeout_ms;
-    t->conns = NULL;
     t->nconns = 0;
     t->stopping = false;
     t->dirty = NULL;
@@ -368,30 +372,29 @@ void ws_thread_accept(ws_thread *t, uv_stream_t *server)
     if (!c)
         return;
     uv_tcp_init(t->loop, &c->tcp);
-    c->tcp.data = c;
-    c->thread = t;
+    c->tcp.data = &t->conn_mark;
     ws_reader_init(&c->reader, true);
     /* Until the upgrade, the idle deadline bounds a slow or silent handshake too. */
     c->deadline_ms = uv_now(t->loop) + (t->idle_timeout_ms ? t->idle_timeout_ms : 10000);
-    c->next = t->conns;
-    if (t->conns)
-        t->conns->prev = c;
-    t->conns = c;
     t->nconns++;
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
         ws_conn_abort(c);
 }
 
+static void stop_one(uv_handle_t *h, void *arg)
+{
+    ws_conn *c = conn_of(h, arg);
+    if (c && c->upgraded && !c->closing)
+        ws_conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
+    else if (c && !c->closing)
+        ws_conn_abort(c);
+}
+
 void ws_thread_stop(ws_thread *t)
 {
     t->stopping = true;
-    for (ws_conn *c = t->conns; c; c = c->next) {
-        if (c->upgraded && !c->closing)
-            ws_conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
-        else if (!c->closing)
-            ws_conn_abort(c);
-    }
-    if (!t->conns)
+    uv_walk(t->loop, stop_one, t);
+    if (!t->nconns)
         release_thread(t);
 }

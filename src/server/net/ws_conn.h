@@ -43,17 +43,19 @@ struct ws_thread {
     uv_prepare_t flush;        /* before each poll: writes what connections gathered */
     ws_conn **dirty;           /* connections with gathered frames */
     size_t ndirty, dirty_cap;
-    ws_conn *conns;
     size_t nconns;
+    /* Only its address is used: every connection's tcp.data points here, which names the
+     * thread and tells its connections from the loop's other handles (uv_walk). */
+    char conn_mark;
     bool stopping;
     char read_buf[64 * 1024];
 };
 
+/* An idle connection costs this struct and nothing else, so it carries no list links
+ * or thread pointer: tcp (first, so a handle is its connection) has the thread in data. */
 struct ws_conn {
     uv_tcp_t tcp;
     ws_reader reader;
-    ws_thread *thread;
-    ws_conn *prev, *next;
     union {                  /* one pointer, as the two never live at once: */
         char *head;          /* until the upgrade, the HTTP request head */
         struct ws_out *out;  /* after it, frames gathered this turn of the loop, or NULL */
@@ -64,6 +66,11 @@ struct ws_conn {
     uint64_t deadline_ms;    /* idle deadline; when closing, the linger deadline */
     void *user;
 };
+
+static inline ws_thread *ws_conn_thread(const ws_conn *c)
+{
+    return (ws_thread *)((char *)c->tcp.data - offsetof(ws_thread, conn_mark));
+}
 
 /* Sets up a thread's state on loop and starts its sweep timer. */
 void ws_thread_init(ws_thread *t, uv_loop_t *loop, const ws_conn_callbacks *cb,

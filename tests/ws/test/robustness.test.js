@@ -11,7 +11,8 @@ import crypto from 'node:crypto';
 import { useServer, TEST_TIMEOUT_MS } from '../lib/server.js';
 import { WsClient } from '../lib/wsclient.js';
 import {
-  OP, RawConn, text, binary, cont, handshakeRequest, openRaw, expectEcho, expectClose, assertServes, randomKey,
+  OP, RawConn, text, binary, cont, close as closeFrame, handshakeRequest, openRaw, expectEcho, expectClose, assertServes,
+  randomKey,
 } from '../lib/raw.js';
 import { makeRng } from '../lib/rng.js';
 
@@ -190,6 +191,19 @@ test('a connection that keeps sending while the server closes it (close + pipeli
   } finally {
     c.destroy();
   }
+  await assertServes(srv.port);
+});
+
+// The echo is gathered for the end of the loop turn; the close answer flushes it and
+// goes at once; the reset then ends the connection in that same turn. A connection
+// freed while still listed for the end-of-turn write was a use-after-free.
+test('a message, a close and a reset in one write (the connection ends in the turn its frames were gathered)', { timeout: TEST_TIMEOUT_MS }, async () => {
+  for (let i = 0; i < 30; i++) {
+    const c = await openRaw(srv.port);
+    await c.write(Buffer.concat([binary(crypto.randomBytes(1 + i)), closeFrame(1000)]));
+    c.sock.resetAndDestroy();
+  }
+  await new Promise((r) => setTimeout(r, 100));
   await assertServes(srv.port);
 });
 
