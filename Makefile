@@ -4,7 +4,7 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
 
-.PHONY: all deps build run test test-unit test-asan test-fuzz interop-deps bench-crypto bench-client clean
+.PHONY: all deps build run test test-unit test-asan test-fuzz interop-deps bench-crypto bench-client bench clean
 
 all: build
 
@@ -54,6 +54,11 @@ bench-crypto: build interop-deps
 # The client's cost of end-to-end encryption, with its SQLite store (no network).
 bench-client: build
 	@$(BUILD)/parley-bench-client
+
+# parleyd under load (parley-bench's standard suite, docs/bench.md): about 2 minutes;
+# writes bench/results/<date>-<commit>.json, fails if any run does.
+bench: build
+	@scripts/bench.sh $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
