@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pbwire.h"
 #include "peer.h"
 #include "targets.h"
 
@@ -398,59 +399,24 @@ typedef struct {
     bool failed;
 } delivered_list;
 
-/* Reads a varint at *p (before end); false if it is cut off or too long. */
-static bool get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-    *v = 0;
-    for (unsigned shift = 0; *p < end && shift < 64; shift += 7) {
-        uint8_t b = *(*p)++;
-        *v |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80))
-            return true;
-    }
-    return false;
-}
-
 /* The author and message id of a stored envelope, read straight from its bytes: an ack
  * deletes a window of envelopes in the writer thread, where unpacking each one (with its
  * allocations and body copy) was a visible cost. False for receipts and notices. */
 static bool envelope_author(const uint8_t *p, size_t len, const uint8_t **account, const uint8_t **id)
 {
     const uint8_t *end = p + len;
+    pbw_field f;
+    bool bad = false;
     *account = *id = NULL;
-    while (p < end) {
-        uint64_t key, n;
-        if (!get_varint(&p, end, &key))
+    while (pbw_next_field(&p, end, &f, &bad)) {
+        if (f.field == 2 && f.wire == 2 && f.len == STORE_ACCOUNT_ID_LEN)
+            *account = f.data;
+        else if (f.field == 4 && f.wire == 2 && f.len == STORE_MESSAGE_ID_LEN)
+            *id = f.data;
+        else if (f.field == 8) /* a receipt: no one to tell */
             return false;
-        switch (key & 7) { /* the wire type: how long the value is */
-        case 0:
-            if (!get_varint(&p, end, &n))
-                return false;
-            continue;
-        case 1:
-            n = 8;
-            break;
-        case 5:
-            n = 4;
-            break;
-        case 2:
-            if (!get_varint(&p, end, &n))
-                return false;
-            break;
-        default:
-            return false;
-        }
-        if (n > (uint64_t)(end - p))
-            return false;
-        if (key >> 3 == 2 && n == STORE_ACCOUNT_ID_LEN)
-            *account = p;
-        else if (key >> 3 == 4 && n == STORE_MESSAGE_ID_LEN)
-            *id = p;
-        else if (key >> 3 == 8) /* a receipt: no one to tell */
-            return false;
-        p += n;
     }
-    return *account && *id;
+    return !bad && *account && *id;
 }
 
 /* Notes the author and id of each message envelope an ack deletes (not receipts, and
@@ -567,24 +533,6 @@ void on_deliver_ack(ws_conn *c, peer *p, const Parley__DeliverAck *m)
  *   Deliver { 1: Envelope (repeated), 2: drained } */
 #define FRAME_HEAD_ROOM 16
 
-static size_t varint_len(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80)
-        v >>= 7, n++;
-    return n;
-}
-
-static uint8_t *put_varint(uint8_t *p, uint64_t v)
-{
-    while (v >= 0x80) {
-        *p++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (uint8_t)v;
-    return p;
-}
-
 typedef struct {
     peer *p;
     io_thread *t;
@@ -616,7 +564,7 @@ static void flush_deliver(deliver_batch *d, bool drained)
     *h++ = PARLEY_PROTOCOL_VERSION;
     *h++ = 0xF2; /* Frame.deliver: field 30, length-delimited, as a two-byte varint tag */
     *h++ = 0x01;
-    h = put_varint(h, len);
+    h = pbw_put_varint(h, len);
     size_t hlen = (size_t)(h - head);
     memcpy(content - hlen, head, hlen);
     ws_conn_send(d->p->conn, WS_OP_BINARY, content - hlen, hlen + len);
@@ -627,8 +575,8 @@ static bool add_envelope(void *ctx, uint64_t seq, uint64_t stored_ms, const uint
 {
     deliver_batch *d = ctx;
     (void)stored_ms;
-    size_t item = 1 + varint_len(seq) + len;
-    size_t need = 1 + varint_len(item) + item;
+    size_t item = 1 + pbw_varint_len(seq) + len;
+    size_t need = 1 + pbw_varint_len(item) + item;
     if (d->count && d->produced + need > d->budget) { /* the first always goes: progress */
         d->full = true;
         return false;
@@ -642,9 +590,9 @@ static bool add_envelope(void *ctx, uint64_t seq, uint64_t stored_ms, const uint
     }
     uint8_t *w = d->t->deliver_buf + FRAME_HEAD_ROOM + d->len;
     *w++ = 0x0A; /* Deliver.envelopes */
-    w = put_varint(w, item);
+    w = pbw_put_varint(w, item);
     *w++ = 0x08; /* Envelope.seq */
-    w = put_varint(w, seq);
+    w = pbw_put_varint(w, seq);
     memcpy(w, data, len);
     d->len += need;
     if (!d->count++)

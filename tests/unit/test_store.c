@@ -479,22 +479,38 @@ static void test_legacy_dedup(void)
     CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
     store_close(s);
     /* one record as the previous version wrote it */
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dedup, dedup_time;
+    MDB_env *env = NULL;
+    MDB_txn *txn = NULL;
+    MDB_dbi dedup = 0, dedup_time = 0;
     uint8_t k[36], tk[44], v[8] = {0, 0, 0, 0, 0, 0, 0x13, 0x88}; /* accepted at 5000 ms */
     memcpy(k, sender.account, 16);
     k[16] = k[17] = k[18] = 0, k[19] = 2;
     memcpy(k + 20, id, 16);
     memcpy(tk, v, 8);
     memcpy(tk + 8, k, 36);
-    CHECK(mdb_env_create(&env) == 0 && mdb_env_set_maxdbs(env, 16) == 0 &&
-          mdb_env_open(env, dir, 0, 0600) == 0 && mdb_txn_begin(env, NULL, 0, &txn) == 0);
-    CHECK(mdb_dbi_open(txn, "dedup", 0, &dedup) == 0 && mdb_dbi_open(txn, "dedup_time", 0, &dedup_time) == 0);
     MDB_val key = {sizeof k, k}, val = {sizeof v, v}, tkey = {sizeof tk, tk}, empty = {0, ""};
-    CHECK(mdb_put(txn, dedup, &key, &val, 0) == 0 && mdb_put(txn, dedup_time, &tkey, &empty, 0) == 0);
-    CHECK(mdb_txn_commit(txn) == 0);
-    mdb_env_close(env);
+    int rc = mdb_env_create(&env);
+    if (rc == 0)
+        rc = mdb_env_set_maxdbs(env, 16);
+    if (rc == 0)
+        rc = mdb_env_open(env, dir, 0, 0600);
+    if (rc == 0)
+        rc = mdb_txn_begin(env, NULL, 0, &txn);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, "dedup", 0, &dedup);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, "dedup_time", 0, &dedup_time);
+    if (rc == 0)
+        rc = mdb_put(txn, dedup, &key, &val, 0);
+    if (rc == 0)
+        rc = mdb_put(txn, dedup_time, &tkey, &empty, 0);
+    if (rc == 0)
+        rc = mdb_txn_commit(txn);
+    else if (txn)
+        mdb_txn_abort(txn);
+    CHECK(rc == 0);
+    if (env)
+        mdb_env_close(env);
 
     CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
     CHECK_RC(store_batch_begin(s, &b), STORE_OK);

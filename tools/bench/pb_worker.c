@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "parley.pb-c.h"
+#include "pbwire.h"
 #include "pb.h"
 #include "primitives.h"
 #include "ws.h"
@@ -230,88 +231,6 @@ static bool own_message_id(const uint8_t *id, uint32_t dev, uint64_t *j)
     return (uint16_t)(id[6] << 8 | id[7]) == (uint16_t)W.cfg->run_id && get_u32(id + 8) == dev;
 }
 
-static size_t varint_len(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80)
-        v >>= 7, n++;
-    return n;
-}
-
-static uint8_t *put_varint(uint8_t *p, uint64_t v)
-{
-    while (v >= 0x80) {
-        *p++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (uint8_t)v;
-    return p;
-}
-
-/* ---- protobuf reading: just enough for the frames the bench receives --------------- */
-
-typedef struct {
-    uint32_t field;
-    uint32_t wire;
-    uint64_t v;         /* varint value */
-    const uint8_t *data; /* length-delimited bytes */
-    size_t len;
-} pbf;
-
-static bool get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-    uint64_t r = 0;
-    for (int shift = 0; shift < 64 && *p < end; shift += 7) {
-        uint8_t b = *(*p)++;
-        r |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) {
-            *v = r;
-            return true;
-        }
-    }
-    return false;
-}
-
-/* The next field of a message; false at the end (*p == end) or on malformed input (*bad). */
-static bool next_field(const uint8_t **p, const uint8_t *end, pbf *f, bool *bad)
-{
-    uint64_t key;
-    if (*p >= end)
-        return false;
-    if (!get_varint(p, end, &key))
-        goto malformed;
-    f->field = (uint32_t)(key >> 3);
-    f->wire = key & 7;
-    switch (f->wire) {
-    case 0:
-        if (!get_varint(p, end, &f->v))
-            goto malformed;
-        return true;
-    case 1:
-        if (end - *p < 8)
-            goto malformed;
-        *p += 8;
-        return true;
-    case 2:
-        if (!get_varint(p, end, &f->v) || f->v > (uint64_t)(end - *p))
-            goto malformed;
-        f->data = *p;
-        f->len = (size_t)f->v;
-        *p += f->len;
-        return true;
-    case 5:
-        if (end - *p < 4)
-            goto malformed;
-        *p += 4;
-        return true;
-    default:
-        goto malformed;
-    }
-malformed:
-    *bad = true;
-    return false;
-}
-
 /* ---- connections: output ---------------------------------------------------------- */
 
 static uint32_t now_s(void)
@@ -476,9 +395,9 @@ static void send_deliver_ack(conn *c, uint64_t seq)
     uint8_t f[24], *q = f;
     *q++ = 0x08, *q++ = 1;
     *q++ = 0xFA, *q++ = 0x01; /* Frame.deliver_ack (31) */
-    *q++ = (uint8_t)(1 + varint_len(seq));
+    *q++ = (uint8_t)(1 + pbw_varint_len(seq));
     *q++ = 0x08; /* up_to_seq */
-    q = put_varint(q, seq);
+    q = pbw_put_varint(q, seq);
     put_ws(c, WS_OP_BINARY, f, (size_t)(q - f));
 }
 
@@ -495,18 +414,18 @@ static void send_ping(conn *c)
 static void send_message(conn *c, uint32_t to, uint32_t stream, uint32_t seq, uint64_t j)
 {
     size_t body = W.cfg->payload;
-    size_t dm_len = 2 + 2 + 1 + varint_len(body) + body;
-    size_t send_len = 18 + 18 + 1 + varint_len(dm_len) + dm_len;
+    size_t dm_len = 2 + 2 + 1 + pbw_varint_len(body) + body;
+    size_t send_len = 18 + 18 + 1 + pbw_varint_len(dm_len) + dm_len;
     uint64_t rid = REQ_SEND_BASE + j;
-    size_t frame_len = 2 + 1 + varint_len(rid) + 2 + varint_len(send_len) + send_len;
+    size_t frame_len = 2 + 1 + pbw_varint_len(rid) + 2 + pbw_varint_len(send_len) + send_len;
     uint8_t *p = out_reserve(c, WS_MAX_HEADER + frame_len);
     size_t h = ws_frame_header(p, true, WS_OP_BINARY, frame_len, W.mask);
     uint8_t *start = p + h, *q = start;
     *q++ = 0x08, *q++ = 1;
     *q++ = 0x10;
-    q = put_varint(q, rid);
+    q = pbw_put_varint(q, rid);
     *q++ = 0xE2, *q++ = 0x01; /* Frame.send (28) */
-    q = put_varint(q, send_len);
+    q = pbw_put_varint(q, send_len);
     *q++ = 0x0A, *q++ = 16; /* message_id */
     put_message_id(q, c->dev, j);
     q += 16;
@@ -514,11 +433,11 @@ static void send_message(conn *c, uint32_t to, uint32_t stream, uint32_t seq, ui
     memcpy(q, pb_keys[to].account, 16);
     q += 16;
     *q++ = 0x1A; /* messages */
-    q = put_varint(q, dm_len);
+    q = pbw_put_varint(q, dm_len);
     *q++ = 0x10, *q++ = 1; /* device_id */
     *q++ = 0x18, *q++ = 2; /* type: SignalMessage */
     *q++ = 0x22;           /* body */
-    q = put_varint(q, body);
+    q = pbw_put_varint(q, body);
     put_u32(q, W.cfg->run_id);
     put_u32(q + 4, stream);
     put_u32(q + 8, seq);
@@ -674,8 +593,8 @@ static bool on_envelope(conn *c, const uint8_t *p, size_t len)
     size_t body_len = 0, receipt_len = 0;
     uint64_t seq = 0;
     bool bad = false, has_seq = false, has_notice = false;
-    pbf f;
-    while (next_field(&p, end, &f, &bad)) {
+    pbw_field f;
+    while (pbw_next_field(&p, end, &f, &bad)) {
         if (f.field == 1 && f.wire == 0)
             seq = f.v, has_seq = true;
         else if (f.field == 2 && f.wire == 2 && f.len == 16)
@@ -698,7 +617,7 @@ static bool on_envelope(conn *c, const uint8_t *p, size_t len)
     if (receipt) {
         const uint8_t *rp = receipt, *rend = receipt + receipt_len;
         uint64_t status = 0;
-        while (next_field(&rp, rend, &f, &bad)) {
+        while (pbw_next_field(&rp, rend, &f, &bad)) {
             if (f.field == 1 && f.wire == 0)
                 status = f.v;
             else if (f.field == 4 && f.wire == 2)
@@ -723,13 +642,13 @@ static void on_deliver(conn *c, const uint8_t *p, size_t len)
 {
     const uint8_t *end = p + len;
     bool bad = false, drained = false, any = false;
-    pbf f;
+    pbw_field f;
     if (c->state != C_READY) {
         W.st.protocol_errors++;
         kill_conn(c, "Deliver before authentication");
         return;
     }
-    while (next_field(&p, end, &f, &bad)) {
+    while (pbw_next_field(&p, end, &f, &bad)) {
         if (f.field == 1 && f.wire == 2) {
             if (!on_envelope(c, f.data, f.len))
                 return;
@@ -756,8 +675,8 @@ static void on_send_ack(conn *c, const uint8_t *p, size_t len)
 {
     const uint8_t *end = p + len, *id = NULL;
     bool bad = false;
-    pbf f;
-    while (next_field(&p, end, &f, &bad))
+    pbw_field f;
+    while (pbw_next_field(&p, end, &f, &bad))
         if (f.field == 1 && f.wire == 2 && f.len == 16)
             id = f.data;
     sender *s = c->role == PB_ROLE_SENDER ? &W.snd[c->slot] : NULL;
@@ -780,8 +699,8 @@ static void on_error_frame(conn *c, uint64_t rid, const uint8_t *p, size_t len)
     bool bad = false;
     uint64_t code = 0;
     char reason[96] = "";
-    pbf f;
-    while (next_field(&p, end, &f, &bad)) {
+    pbw_field f;
+    while (pbw_next_field(&p, end, &f, &bad)) {
         if (f.field == 1 && f.wire == 0)
             code = f.v;
         else if (f.field == 2 && f.wire == 2)
@@ -814,8 +733,8 @@ static bool on_ws_message(void *ctx, int opcode, uint8_t *data, size_t len)
     uint32_t which = 0;
     uint64_t rid = 0;
     bool bad = false;
-    pbf f;
-    while (next_field(&p, end, &f, &bad)) {
+    pbw_field f;
+    while (pbw_next_field(&p, end, &f, &bad)) {
         if (f.field == 2 && f.wire == 0)
             rid = f.v;
         else if (f.field >= 16 && f.wire == 2)
@@ -832,7 +751,7 @@ static bool on_ws_message(void *ctx, int opcode, uint8_t *data, size_t len)
         break;
     case 17: { /* Hello */
         const uint8_t *q = body, *qend = body + body_len;
-        while (next_field(&q, qend, &f, &bad))
+        while (pbw_next_field(&q, qend, &f, &bad))
             if (f.field == 2 && f.wire == 0 && f.v > 0)
                 W.heartbeat = (uint32_t)f.v;
         if (c->state != C_HELLO) {
@@ -847,7 +766,7 @@ static bool on_ws_message(void *ctx, int opcode, uint8_t *data, size_t len)
     }
     case 23: { /* Challenge */
         const uint8_t *q = body, *qend = body + body_len, *nonce = NULL;
-        while (next_field(&q, qend, &f, &bad))
+        while (pbw_next_field(&q, qend, &f, &bad))
             if (f.field == 1 && f.wire == 2 && f.len == 32)
                 nonce = f.data;
         if (c->state != C_CHALLENGE || !nonce || rid != REQ_CONNECT) {
