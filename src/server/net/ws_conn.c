@@ -6,6 +6,7 @@
  * still writing a large message would lose our close frame (it would see 1006). */
 #include "ws_conn.h"
 
+#include <sanitizer/asan_interface.h> /* no-ops unless built with AddressSanitizer */
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,58 @@
 #define LINGER_MS 1000
 #define SWEEP_MS 250
 #define WRITE_QUEUE_MAX (16u << 20) /* a peer this far behind in reading is cut off */
+
+/* Connections come from slabs of the thread, not one malloc each: no allocator header
+ * or size-class rounding per connection, and no long-lived connections scattered among
+ * the short-lived buffers of the heap (idle memory per connection, docs/bench.md). A
+ * freed slot is reused by the next connection; slabs go when the thread stops. */
+#define SLAB_SLOTS 64
+
+typedef union conn_slot {
+    union conn_slot *next_free;
+    ws_conn c;
+} conn_slot;
+
+struct conn_slab {
+    struct conn_slab *next;
+    conn_slot slots[SLAB_SLOTS];
+};
+
+/* A free slot is poisoned for AddressSanitizer (all but its link), so a connection used
+ * after it was closed is still reported, as it was when each came from malloc. */
+static void slot_poison(conn_slot *slot)
+{
+    ASAN_POISON_MEMORY_REGION((char *)slot + sizeof slot->next_free, sizeof *slot - sizeof slot->next_free);
+}
+
+static ws_conn *conn_alloc(ws_thread *t)
+{
+    if (!t->free_slots) {
+        struct conn_slab *slab = malloc(sizeof *slab);
+        if (!slab)
+            return NULL;
+        slab->next = t->slabs;
+        t->slabs = slab;
+        for (size_t i = 0; i < SLAB_SLOTS; i++) {
+            slab->slots[i].next_free = t->free_slots;
+            t->free_slots = &slab->slots[i];
+            slot_poison(&slab->slots[i]);
+        }
+    }
+    conn_slot *slot = t->free_slots;
+    t->free_slots = slot->next_free;
+    ASAN_UNPOISON_MEMORY_REGION(slot, sizeof *slot);
+    memset(&slot->c, 0, sizeof slot->c);
+    return &slot->c;
+}
+
+static void conn_free(ws_thread *t, ws_conn *c)
+{
+    conn_slot *slot = (conn_slot *)c;
+    slot->next_free = t->free_slots;
+    t->free_slots = slot;
+    slot_poison(slot);
+}
 
 /* One write handed to libuv; while c->out points to it, frames are still added. */
 typedef struct ws_out {
@@ -58,6 +111,13 @@ static void release_thread(ws_thread *t)
         free(t->dirty);
         t->dirty = NULL;
         t->ndirty = t->dirty_cap = 0;
+        while (t->slabs) { /* no connection is left in them */
+            struct conn_slab *next = t->slabs->next;
+            ASAN_UNPOISON_MEMORY_REGION(t->slabs, sizeof *t->slabs);
+            free(t->slabs);
+            t->slabs = next;
+        }
+        t->free_slots = NULL;
     }
 }
 
@@ -79,7 +139,7 @@ static void on_handle_closed(uv_handle_t *h)
         free(c->head);
     }
     t->nconns--;
-    free(c);
+    conn_free(t, c);
     if (t->stopping && !t->nconns)
         release_thread(t);
 }
@@ -358,6 +418,8 @@ void ws_thread_init(ws_thread *t, uv_loop_t *loop, const ws_conn_callbacks *cb,
     t->stopping = false;
     t->dirty = NULL;
     t->ndirty = t->dirty_cap = 0;
+    t->slabs = NULL;
+    t->free_slots = NULL;
     uv_timer_init(loop, &t->sweep);
     t->sweep.data = t;
     uv_timer_start(&t->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
@@ -368,7 +430,7 @@ void ws_thread_init(ws_thread *t, uv_loop_t *loop, const ws_conn_callbacks *cb,
 
 void ws_thread_accept(ws_thread *t, uv_stream_t *server)
 {
-    ws_conn *c = calloc(1, sizeof *c);
+    ws_conn *c = conn_alloc(t);
     if (!c)
         return;
     uv_tcp_init(t->loop, &c->tcp);

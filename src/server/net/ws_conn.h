@@ -44,6 +44,8 @@ struct ws_thread {
     ws_conn **dirty;           /* connections with gathered frames */
     size_t ndirty, dirty_cap;
     size_t nconns;
+    struct conn_slab *slabs;   /* where connections come from (ws_conn.c) */
+    union conn_slot *free_slots;
     /* Only its address is used: every connection's tcp.data points here, which names the
      * thread and tells its connections from the loop's other handles (uv_walk). */
     char conn_mark;
