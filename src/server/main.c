@@ -221,7 +221,7 @@ int main(int argc, char **argv)
         sodium_memzero(e, sizeof *e);
         free(e);
     }
-    /* how well commits were grouped: parley-bench reads this line */
+    /* how well commits were grouped (what a benchmark run wants to know) */
     fprintf(stderr, "parleyd: stopped after %llu commits of %llu writes\n", (unsigned long long)ws.batches,
             (unsigned long long)ws.jobs);
     return 0;

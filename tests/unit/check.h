@@ -34,6 +34,15 @@ static int checks_passed, checks_failed;
 
 #define CHECK_MEM(a, b, n) CHECK(memcmp((a), (b), (n)) == 0)
 
+/* Removes a test's scratch directory (and everything in it); a failure ends the test. */
+static inline void remove_tree(const char *path)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
+    if (system(cmd) != 0)
+        exit(2);
+}
+
 static inline size_t hex_to_bin(uint8_t *out, size_t max, const char *hex)
 {
     size_t n = 0;

@@ -15,14 +15,6 @@
 
 static char dir[256];
 
-static void remove_tree(const char *path)
-{
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
-    if (system(cmd) != 0)
-        exit(2);
-}
-
 static db *open_db(void)
 {
     db *d = NULL;

@@ -17,18 +17,7 @@ static char dir[256];
 static void fresh_dir(const char *name)
 {
     snprintf(dir, sizeof dir, "/tmp/parley-test-store-%d-%s", (int)getpid(), name);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        exit(2);
-}
-
-static void remove_dir(void)
-{
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        exit(2);
+    remove_tree(dir);
 }
 
 static store_device dev(uint8_t account_byte, uint32_t device)
@@ -136,7 +125,7 @@ static void test_inbox(void)
     CHECK_RC(store_inbox_count(s, &d1, &count), STORE_OK);
     CHECK(count == 1);
     store_close(s);
-    remove_dir();
+    remove_tree(dir);
 }
 
 static void test_dedup_and_sweep(void)
@@ -181,7 +170,7 @@ static void test_dedup_and_sweep(void)
     CHECK(inbox_removed == 0);
     CHECK_RC(store_batch_commit(b), STORE_OK);
     store_close(s);
-    remove_dir();
+    remove_tree(dir);
 }
 
 static void test_full(void)
@@ -209,7 +198,7 @@ static void test_full(void)
     CHECK_RC(store_batch_commit(b), STORE_OK);
     CHECK(seq == 2);
     store_close(s);
-    remove_dir();
+    remove_tree(dir);
 }
 
 /* A child writes batches and reports each committed one on a pipe; we kill -9 it
@@ -292,7 +281,7 @@ static void test_kill9(void)
     CHECK(rounds_ok == rounds);
     printf("kill -9: %d rounds, %llu acked envelopes checked\n", rounds,
            (unsigned long long)total_reported);
-    remove_dir();
+    remove_tree(dir);
 }
 
 static void test_accounts(void)
@@ -353,7 +342,7 @@ static void test_accounts(void)
     d1.device = 2;
     CHECK_RC(store_device_get(s, &d1, &got), STORE_NOT_FOUND);
     store_close(s);
-    remove_dir();
+    remove_tree(dir);
 }
 
 /* One-time prekeys: the lowest id goes first, each once; re-uploads are harmless, a
@@ -429,7 +418,7 @@ static void test_prekeys(void)
     CHECK(n == 1 && recs[0].device == 1 && recs[0].registration_id == 7);
     CHECK_RC(store_batch_commit(b), STORE_OK);
     store_close(s);
-    remove_dir();
+    remove_tree(dir);
 }
 
 /* A data directory from before the keys directory (8 tables): parleyctl reads it
@@ -460,7 +449,7 @@ static void test_older_directory(void)
     store_close(s);
     CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
     store_close(s);
-    remove_dir();
+    remove_tree(dir);
 }
 
 /* A data directory from before the id-first de-duplication tables: its records (sender

@@ -99,10 +99,7 @@ int main(void)
 {
     char dir[128];
     snprintf(dir, sizeof dir, "/tmp/parley-test-writer-%d", (int)getpid());
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        return 2;
+    remove_tree(dir);
     CHECK_RC(store_open(&st, dir, 64 << 20), STORE_OK);
     CHECK_RC(writer_start(&w, st, 256), STORE_OK);
     uv_loop_t *loop = uv_default_loop();
@@ -129,7 +126,6 @@ int main(void)
            (unsigned long long)stats.batches, (unsigned long long)stats.retries);
     store_close(st);
     uv_loop_close(loop);
-    if (system(cmd) != 0)
-        return 2;
+    remove_tree(dir);
     return check_summary("writer");
 }

@@ -183,7 +183,7 @@ int store_get_stats(store *s, store_stats *out)
     if (rc != 0)
         return map_error(rc);
     MDB_stat st;
-    uint64_t by_id_records = 0; /* the id-first table, added to the legacy one */
+    uint64_t by_id_records = 0; /* dedup_records counts both de-duplication tables */
     struct { MDB_dbi dbi; uint64_t *count; bool missing; } counts[] = {
         {s->inbox, &out->inbox_envelopes, false}, {s->dedup, &out->dedup_records, false},
         {s->dedup_by_id, &by_id_records, (s->missing & 1u << TABLE_DEDUP_BY_ID) != 0},
