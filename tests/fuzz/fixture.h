@@ -1,5 +1,5 @@
 /* fixture.h - deterministic Signal state for the fuzz targets: the two parties of
- * the seeded reference transcript (../shared/vectors) part-way through their
+ * the seeded reference transcript (tests/vectors) part-way through their
  * conversation, and a sender-key pair from a seeded generator. The seed corpus
  * in seeds/ holds real messages for exactly this state (make_seeds.c). */
 #ifndef PARLEY_FUZZ_FIXTURE_H
