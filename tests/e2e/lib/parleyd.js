@@ -5,7 +5,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
-const SANITIZER = /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:/;
+export const SANITIZER = /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:/;
 
 export function binary() {
   const p = process.env.PARLEYD;
@@ -36,14 +36,16 @@ export async function freePort() {
 export class Parleyd {
   // extra: more flags, e.g. ['--send-rate', '5'].
   // env: more environment variables, e.g. { PARLEYD_COMMIT_DELAY_MS: '30' }.
-  static async start({ dataDir, sms, heartbeat, threads = 2, maxFrame, extra = [], port, env = {} } = {}) {
+  // detached: parleyd in a process group of its own, for tests that stop it with SIGSTOP
+  // (a stopped process in a group that becomes orphaned is sent SIGHUP by the kernel).
+  static async start({ dataDir, sms, heartbeat, threads = 2, maxFrame, extra = [], port, env = {}, detached = false } = {}) {
     port = port ?? await freePort();
     const args = ['--listen', `127.0.0.1:${port}`, '--data', dataDir, '--threads', String(threads)];
     if (sms) args.push('--sms', sms);
     if (heartbeat) args.push('--heartbeat', String(heartbeat));
     if (maxFrame) args.push('--max-frame', String(maxFrame));
     args.push(...extra);
-    const child = spawn(binary(), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    const child = spawn(binary(), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env }, detached });
     const d = new Parleyd(child, port, dataDir);
     await d.ready();
     return d;
