@@ -10,10 +10,9 @@ import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
 import protobuf from 'protobufjs';
-import { Parleyd, tempDir, removeDir } from './parleyd.js';
+import { Parleyd, SANITIZER, tempDir, removeDir } from './parleyd.js';
 import { Frame, lastCode } from './client.js';
 
-export const SANITIZER = /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:/;
 export const HEX_ID = /^[0-9a-f]{32}$/;
 
 const contentRoot = protobuf.parse(
