@@ -20,22 +20,16 @@
 #include <time.h>
 
 #include "client_internal.h"
+#include "clock.h"
 #include "content.pb-c.h"
 #include "primitives.h"
 #include "utf8.h"
 
 /* ---- small things ------------------------------------------------------------------ */
 
-uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 void new_message_id(uint8_t id[PARLEY_ID_LEN])
 {
-    uint64_t ms = wall_ms();
+    uint64_t ms = clock_wall_ms();
     for (int i = 0; i < 6; i++)
         id[i] = (uint8_t)(ms >> (8 * (5 - i)));
     randombytes_buf(id + 6, PARLEY_ID_LEN - 6);
@@ -160,13 +154,13 @@ uint32_t backoff_ms(unsigned errors)
 bool pause_after_passing_error(const Parley__Frame *f, unsigned *errors, uint64_t *pause_until)
 {
     uint32_t code = f->body_case == PARLEY__FRAME__BODY_ERROR ? f->error->code : 0;
-    if (code != PARLEY__ERROR_CODE__RATE_LIMITED && code != PARLEY__ERROR_CODE__STORAGE_FULL &&
-        code != PARLEY__ERROR_CODE__INTERNAL && code != 0)
+    if (code != PERR_RATE_LIMITED && code != PERR_STORAGE_FULL &&
+        code != PERR_INTERNAL && code != 0)
         return false;
-    uint32_t ms = code == PARLEY__ERROR_CODE__RATE_LIMITED && f->error->retry_after_ms
+    uint32_t ms = code == PERR_RATE_LIMITED && f->error->retry_after_ms
                       ? f->error->retry_after_ms
                       : backoff_ms((*errors)++);
-    *pause_until = conn_now() + (ms < 60000 ? ms : 60000);
+    *pause_until = clock_mono_ms() + (ms < 60000 ? ms : 60000);
     return true;
 }
 
@@ -330,7 +324,7 @@ static void on_conn_ready(void *ctx)
     if (r)
         req_send(p, r, &f);
     p->keys_wanted = true; /* our key status, and a top-up if needed */
-    p->keys_next_check = conn_now() + KEYS_CHECK_MS;
+    p->keys_next_check = clock_mono_ms() + KEYS_CHECK_MS;
     keys_check(p);
     pump_receipts(p);
 }
@@ -487,7 +481,7 @@ int parley_timeout_ms(const parley *p)
 {
     if (!p->conn_used)
         return -1;
-    uint64_t now = conn_now();
+    uint64_t now = clock_mono_ms();
     int t = conn_timeout(&p->conn, now);
     uint64_t c = client_deadline(p);
     if (c != UINT64_MAX) {
@@ -502,15 +496,15 @@ int parley_dispatch(parley *p, short revents)
 {
     if (!p->conn_used)
         return PARLEY_OK;
-    conn_process(&p->conn, revents, conn_now());
-    client_timers(p, conn_now());
+    conn_process(&p->conn, revents, clock_mono_ms());
+    client_timers(p, clock_mono_ms());
     return p->conn.phase == CONN_OFF && p->fatal_status ? p->fatal_status : PARLEY_OK;
 }
 
 /* One poll round, waiting at most until deadline. Returns -1 if a signal interrupted. */
 static int loop_once(parley *p, uint64_t deadline)
 {
-    uint64_t now = conn_now();
+    uint64_t now = clock_mono_ms();
     int t = parley_timeout_ms(p);
     uint64_t left = deadline > now ? deadline - now : 0;
     if (deadline != UINT64_MAX && (t < 0 || (uint64_t)t > left))
@@ -529,11 +523,11 @@ int parley_run(parley *p, int timeout_ms)
     if (p->in_callback)
         return set_err(p, PARLEY_ERR_STATE, "parley_run cannot be called from the event callback");
     p->stop = false;
-    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : conn_now() + (uint64_t)timeout_ms;
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : clock_mono_ms() + (uint64_t)timeout_ms;
     while (!p->stop) {
         if (!p->conn_used || p->conn.phase == CONN_OFF)
             return p->fatal_status;
-        if (deadline != UINT64_MAX && conn_now() >= deadline)
+        if (deadline != UINT64_MAX && clock_mono_ms() >= deadline)
             break;
         if (loop_once(p, deadline) < 0)
             break;
@@ -594,8 +588,8 @@ static void shut_down(parley *p)
     if (!p->conn_used)
         return;
     conn_stop(&p->conn);
-    uint64_t deadline = conn_now() + CONN_CLOSE_TIMEOUT_MS + 500;
-    while (p->conn.phase != CONN_OFF && conn_now() < deadline)
+    uint64_t deadline = clock_mono_ms() + CONN_CLOSE_TIMEOUT_MS + 500;
+    while (p->conn.phase != CONN_OFF && clock_mono_ms() < deadline)
         loop_once(p, deadline);
     conn_reset(&p->conn);
     session_reset(p);
@@ -644,9 +638,9 @@ static int oneshot(parley *p, const char *url, Parley__Frame *req, Parley__Frame
     memset(&p->one, 0, sizeof p->one);
     p->one.active = true;
     p->one.req = req;
-    uint64_t deadline = conn_now() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 30000);
+    uint64_t deadline = clock_mono_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 30000);
     conn_start(&p->conn);
-    while (!p->one.reply && p->conn.phase != CONN_OFF && conn_now() < deadline)
+    while (!p->one.reply && p->conn.phase != CONN_OFF && clock_mono_ms() < deadline)
         if (loop_once(p, deadline) < 0)
             break;
     int rc = PARLEY_OK;
@@ -654,7 +648,7 @@ static int oneshot(parley *p, const char *url, Parley__Frame *req, Parley__Frame
         *reply = p->one.reply;
     else if (p->conn.phase == CONN_OFF)
         rc = set_err(p, PARLEY_ERR_NETWORK, "%s", p->conn.last_reason[0] ? p->conn.last_reason : "cannot reach the server");
-    else if (conn_now() >= deadline)
+    else if (clock_mono_ms() >= deadline)
         rc = set_err(p, PARLEY_ERR_TIMEOUT, "no answer from %s within %d s", url, (timeout_ms > 0 ? timeout_ms : 30000) / 1000);
     else
         rc = set_err(p, PARLEY_ERR_TIMEOUT, "interrupted");
@@ -763,9 +757,9 @@ int parley_verify(parley *p, const char *code, int timeout_ms)
                  : (db_rollback(p->db), db_err(p));
     } else if (reply->body_case == PARLEY__FRAME__BODY_ERROR) {
         const Parley__Error *e = reply->error;
-        const char *what = e->code == PARLEY__ERROR_CODE__WRONG_CODE          ? "wrong code"
-                           : e->code == PARLEY__ERROR_CODE__CODE_EXPIRED      ? "the code expired; run register again for a new one"
-                           : e->code == PARLEY__ERROR_CODE__TOO_MANY_ATTEMPTS ? "too many wrong codes; run register again for a new one"
+        const char *what = e->code == PERR_WRONG_CODE          ? "wrong code"
+                           : e->code == PERR_CODE_EXPIRED      ? "the code expired; run register again for a new one"
+                           : e->code == PERR_TOO_MANY_ATTEMPTS ? "too many wrong codes; run register again for a new one"
                                                                               : server_reason(e);
         rc = set_err(p, PARLEY_ERR_REFUSED, "the server did not accept the code: %s", what);
     } else {
@@ -801,7 +795,7 @@ int parley_send_text(parley *p, const char *phone, const char *text, uint8_t id_
     snprintf(m.peer_phone, sizeof m.peer_phone, "%s", phone);
     m.text = text;
     m.text_len = len;
-    m.sent_ms = wall_ms();
+    m.sent_ms = clock_wall_ms();
     Parley__Content c = PARLEY__CONTENT__INIT;
     c.text = (char *)text;
     c.has_sent_ms = 1;

@@ -21,6 +21,7 @@
 #include "conn.h"
 #include "db.h"
 #include "e2e.h"
+#include "errors.h"
 #include "parley.h"
 
 #define MAX_REQUESTS 64          /* requests in flight on one connection */
@@ -123,7 +124,6 @@ int set_err(parley *p, int status, const char *fmt, ...) __attribute__((format(p
 int db_err(parley *p);
 /* PARLEY_ERR_INVALID: "... is not a phone number in E.164 form" */
 int invalid_phone(parley *p, const char *phone);
-uint64_t wall_ms(void);
 /* A new message id: the time in ms (48 bits, big-endian), then 80 random bits. Ids that
  * grow with time land at the end of the server's de-duplication index instead of at a
  * random page of it, which is most of what a durable send writes (docs/storage.md). */

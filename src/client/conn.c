@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "clock.h"
 
 #define AUTH_CONTEXT "parley-auth-v1"
 
@@ -47,7 +48,7 @@ static void attempt(conn *c, uint64_t now)
 void conn_start(conn *c)
 {
     if (c->phase == CONN_OFF || c->phase == CONN_WAIT)
-        attempt(c, conn_now());
+        attempt(c, clock_mono_ms());
 }
 
 void conn_stop(conn *c)
@@ -57,7 +58,7 @@ void conn_stop(conn *c)
     case CONN_AUTH:
     case CONN_READY:
         c->phase = CONN_CLOSING;
-        c->deadline = conn_now() + CONN_CLOSE_TIMEOUT_MS;
+        c->deadline = clock_mono_ms() + CONN_CLOSE_TIMEOUT_MS;
         wsc_close(&c->ws, WS_CLOSE_NORMAL, "bye");
         break;
     case CONN_OPENING:
@@ -231,7 +232,7 @@ static void on_hello(conn *c, const Parley__Frame *f)
     if (c->max_frame > WSC_MAX_MESSAGE)
         c->max_frame = WSC_MAX_MESSAGE;
     wsc_set_max_message(&c->ws, (size_t)c->max_frame + 4096); /* what the server promised, and a margin */
-    uint64_t now = conn_now();
+    uint64_t now = clock_mono_ms();
     c->next_ping = now + c->heartbeat_ms / 2;
     if (!c->cfg.authenticate) {
         c->phase = CONN_READY;
@@ -287,14 +288,14 @@ static void on_auth(conn *c, const Parley__Frame *f)
     }
     if (f->body_case == PARLEY__FRAME__BODY_AUTHENTICATED) {
         c->phase = CONN_READY;
-        c->ready_since = conn_now();
+        c->ready_since = clock_mono_ms();
         c->auth_rid = 0;
         c->cb->state(c->ctx, PARLEY_CONN_READY, PARLEY_OK, NULL, 0);
         if (c->phase == CONN_READY)
             c->cb->ready(c->ctx);
         return;
     }
-    if (f->body_case == PARLEY__FRAME__BODY_ERROR && f->error->code == PARLEY__ERROR_CODE__AUTH_FAILED) {
+    if (f->body_case == PARLEY__FRAME__BODY_ERROR && f->error->code == PERR_AUTH_FAILED) {
         snprintf(reason, sizeof reason,
                  "the server does not accept this device (%s); was the number registered again elsewhere?",
                  f->error->reason ? f->error->reason : "authentication failed");
@@ -314,7 +315,7 @@ static void ws_open_cb(void *ctx)
     conn *c = ctx;
     if (c->phase == CONN_OPENING) {
         c->phase = CONN_HELLO;
-        c->last_rx = conn_now();
+        c->last_rx = clock_mono_ms();
         c->next_ping = 0;
     }
 }
@@ -322,7 +323,7 @@ static void ws_open_cb(void *ctx)
 static void ws_message_cb(void *ctx, uint8_t *data, size_t len)
 {
     conn *c = ctx;
-    c->last_rx = conn_now();
+    c->last_rx = clock_mono_ms();
     Parley__Frame *f = parley__frame__unpack(NULL, len, data);
     if (!f) {
         conn_fail(c, PARLEY_ERR_NETWORK, false, "the server sent a frame this client cannot read");
@@ -350,7 +351,7 @@ static void ws_message_cb(void *ctx, uint8_t *data, size_t len)
 static void ws_closed_cb(void *ctx, int code, const char *reason, bool fatal)
 {
     conn *c = ctx;
-    uint64_t now = conn_now();
+    uint64_t now = clock_mono_ms();
     conn_phase was = c->phase;
     int status = c->fail_status ? c->fail_status : PARLEY_ERR_NETWORK;
     fatal = fatal || c->fail_fatal;
@@ -400,7 +401,7 @@ void conn_process(conn *c, short revents, uint64_t now)
 {
     if (wsc_fd(&c->ws) >= 0)
         wsc_process(&c->ws, revents);
-    now = conn_now() > now ? conn_now() : now;
+    now = clock_mono_ms() > now ? clock_mono_ms() : now;
     char reason[PARLEY_URL_MAX + 64];
     switch (c->phase) {
     case CONN_WAIT:

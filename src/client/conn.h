@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "errors.h"
 #include "parley.h"
 #include "parley.pb-c.h"
 #include "ws_client.h"
@@ -77,14 +78,6 @@ typedef struct conn {
     int last_status;          /* why the last session ended */
     char last_reason[320];
 } conn;
-
-/* Milliseconds on the monotonic clock. */
-static inline uint64_t conn_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 void conn_init(conn *c, const conn_config *cfg, const conn_callbacks *cb, void *ctx);
 

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include "clock.h"
 
 enum { DIR_IN = 0, DIR_OUT = 1 };
 
@@ -351,13 +352,6 @@ struct db {
     bool doomed;        /* an inner part failed: the outermost commit rolls back */
     char err[256];
 };
-
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 const char *db_errmsg(const db *d)
 {
@@ -763,7 +757,7 @@ int db_contact_put(db *d, const db_contact *c)
     sqlite3_bind_blob(st, 1, c->account, DB_ID_LEN, SQLITE_TRANSIENT);
     bind_text_or_null(st, 2, c->phone);
     sqlite3_bind_blob(st, 3, devs, (int)(4 * n), SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 4, (sqlite3_int64)wall_ms());
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)clock_wall_ms());
     if (run(d, st, "storing a contact") != DB_OK)
         goto fail;
     return db_commit(d);
@@ -843,7 +837,7 @@ static int message_insert(db *d, const db_message *m, int state, bool *inserted)
     sqlite3_bind_int64(st, 8, (sqlite3_int64)m->sent_ms);
     sqlite3_bind_int64(st, 9, (sqlite3_int64)m->server_time_ms);
     sqlite3_bind_int(st, 10, state);
-    sqlite3_bind_int64(st, 11, (sqlite3_int64)wall_ms());
+    sqlite3_bind_int64(st, 11, (sqlite3_int64)clock_wall_ms());
     int rc = run(d, st, "storing a message");
     if (rc == DB_OK)
         *inserted = sqlite3_changes(d->sql) > 0;
@@ -867,7 +861,7 @@ int db_outgoing_add(db *d, const db_message *m, const uint8_t *body, size_t body
     sqlite3_bind_blob(st, 1, m->id, DB_ID_LEN, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, m->peer_phone, -1, SQLITE_TRANSIENT);
     sqlite3_bind_blob(st, 3, body, (int)body_len, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 4, (sqlite3_int64)wall_ms());
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)clock_wall_ms());
     if (run(d, st, "queueing a message") != DB_OK)
         goto fail;
     return db_commit(d);
@@ -1322,7 +1316,7 @@ int db_incoming_absorb(db *d, const uint8_t account[DB_ID_LEN], uint32_t device,
     if (!st)
         return DB_ERROR;
     bind_key3(st, account, device, id);
-    sqlite3_bind_int64(st, 4, (sqlite3_int64)wall_ms());
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)clock_wall_ms());
     return run(d, st, "recording a resend");
 }
 
@@ -1365,7 +1359,7 @@ int db_notice_add(db *d, int kind, const char *phone, const uint8_t account[DB_I
     sqlite3_bind_blob(st, 4, account, DB_ID_LEN, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 5, device);
     sqlite3_bind_text(st, 6, text, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 7, (sqlite3_int64)wall_ms());
+    sqlite3_bind_int64(st, 7, (sqlite3_int64)clock_wall_ms());
     return run(d, st, "recording a notice");
 }
 
@@ -1377,7 +1371,7 @@ int db_retry_add(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const
     if (!st)
         return DB_ERROR;
     bind_key3(st, account, device, id);
-    sqlite3_bind_int64(st, 4, (sqlite3_int64)wall_ms());
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)clock_wall_ms());
     return run(d, st, "queueing a retry receipt");
 }
 
@@ -1536,7 +1530,7 @@ int db_resend_add(db *d, const uint8_t new_id[DB_ID_LEN], const uint8_t original
 {
     if (db_begin(d) != DB_OK)
         return DB_ERROR;
-    uint64_t now = wall_ms();
+    uint64_t now = clock_wall_ms();
     sqlite3_stmt *st = q(d, Q_RESEND_ADD);
     if (!st)
         goto fail;
@@ -1684,7 +1678,7 @@ int db_prekey_add(db *d, uint32_t id, const uint8_t *record, size_t len)
         return DB_ERROR;
     sqlite3_bind_int64(st, 1, id);
     sqlite3_bind_blob(st, 2, record, (int)len, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)wall_ms());
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)clock_wall_ms());
     return run(d, st, "storing a prekey");
 }
 
@@ -1779,7 +1773,7 @@ int db_session_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, con
         return DB_ERROR;
     bind_device(st, account, device);
     sqlite3_bind_blob(st, 3, record, (int)len, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, (sqlite3_int64)wall_ms());
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)clock_wall_ms());
     return run(d, st, "storing a session");
 }
 
@@ -1882,7 +1876,7 @@ int db_peer_identity_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t devic
             goto fail;
         bind_device(st, account, device);
         sqlite3_bind_blob(st, 3, key, DB_KEY_LEN, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 4, (sqlite3_int64)wall_ms());
+        sqlite3_bind_int64(st, 4, (sqlite3_int64)clock_wall_ms());
         if (run(d, st, "storing an identity key") != DB_OK)
             goto fail;
     }
@@ -1893,7 +1887,7 @@ int db_peer_identity_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t devic
         sqlite3_bind_int64(st, 2, device);
         sqlite3_bind_blob(st, 3, account, DB_ID_LEN, SQLITE_TRANSIENT);
         sqlite3_bind_blob(st, 4, key, DB_KEY_LEN, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 5, (sqlite3_int64)wall_ms());
+        sqlite3_bind_int64(st, 5, (sqlite3_int64)clock_wall_ms());
         if (run(d, st, "storing an identity key") != DB_OK)
             goto fail;
     }

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "client_internal.h"
+#include "clock.h"
 #include "content.pb-c.h"
 #include "primitives.h"
 #include "utf8.h"
@@ -109,8 +110,8 @@ void on_lookup_account_reply(parley *p, request *r, const Parley__Frame *f)
         if (store_device_list(p, lr->devices, lr->phone))
             return;
     }
-    if (f->body_case == PARLEY__FRAME__BODY_ERROR && f->error->code != PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT &&
-        f->error->code != PARLEY__ERROR_CODE__MALFORMED_FRAME) {
+    if (f->body_case == PARLEY__FRAME__BODY_ERROR && f->error->code != PERR_UNKNOWN_ACCOUNT &&
+        f->error->code != PERR_MALFORMED_FRAME) {
         /* a passing trouble: nothing of the frame is acked; it comes again on the next
          * connection, and the sender is asked for again */
         conn_fail(&p->conn, PARLEY_ERR_NETWORK, false, "the server could not name a sender now; trying again");
@@ -504,7 +505,7 @@ void process_deliveries(parley *p)
 
 void pump_receipts(parley *p)
 {
-    if (!p->ready || p->receipts_disabled || conn_now() < p->receipt_pause_until ||
+    if (!p->ready || p->receipts_disabled || clock_mono_ms() < p->receipt_pause_until ||
         req_count(p, REQ_RECEIPT) + req_count(p, REQ_RETRY_RECEIPT) > 0)
         return;
     request *r = req_new(p, REQ_RECEIPT);
@@ -573,7 +574,7 @@ void on_receipt_reply(parley *p, request *r, const Parley__Frame *f)
         return;
     uint32_t code = f->body_case == PARLEY__FRAME__BODY_ERROR ? f->error->code : 0;
     if (r->kind == REQ_RETRY_RECEIPT &&
-        (code == PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT || code == PARLEY__ERROR_CODE__MALFORMED_FRAME)) {
+        (code == PERR_UNKNOWN_ACCOUNT || code == PERR_MALFORMED_FRAME)) {
         /* the sender's device is gone (or the server will never take these): given up,
          * so that they do not hold up the receipts behind them */
         if (receipts_done(p, r) != DB_OK)
@@ -583,5 +584,5 @@ void on_receipt_reply(parley *p, request *r, const Parley__Frame *f)
     p->receipts_disabled = true;
     snprintf(reason, sizeof reason, "the server does not accept %s receipts: %s",
              r->kind == REQ_RETRY_RECEIPT ? "retry" : "read", server_reason(f->error));
-    emit_error(p, code == PARLEY__ERROR_CODE__UNKNOWN_FRAME ? PARLEY_ERR_UNSUPPORTED : PARLEY_ERR_REFUSED, reason);
+    emit_error(p, code == PERR_UNKNOWN_FRAME ? PARLEY_ERR_UNSUPPORTED : PARLEY_ERR_REFUSED, reason);
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "client_internal.h"
+#include "clock.h"
 #include "primitives.h"
 
 /* The protobuf messages of an upload with room for their key bytes. */
@@ -94,7 +95,7 @@ int keys_for_registration(parley *p, Parley__UploadKeys *out, uint32_t **ids, si
     *n_ids = 0;
     int rc = e2e_signed_prekey_current(p->db, &spk);
     if (rc == PS_ERR_NO_PREKEY)
-        rc = e2e_signed_prekey_new(p->db, wall_ms(), &spk);
+        rc = e2e_signed_prekey_new(p->db, clock_wall_ms(), &spk);
     if (rc == E2E_OK)
         rc = e2e_prekeys_to_upload(p->db, E2E_PREKEY_BATCH, pks, &n);
     if (rc == E2E_ERR_STORAGE)
@@ -109,7 +110,7 @@ int keys_for_registration(parley *p, Parley__UploadKeys *out, uint32_t **ids, si
 
 void keys_check(parley *p)
 {
-    if (!p->ready || p->keys_disabled || !p->keys_wanted || conn_now() < p->keys_pause_until ||
+    if (!p->ready || p->keys_disabled || !p->keys_wanted || clock_mono_ms() < p->keys_pause_until ||
         req_count(p, REQ_KEYS_STATUS) || req_count(p, REQ_KEYS_UPLOAD))
         return;
     request *r = req_new(p, REQ_KEYS_STATUS);
@@ -127,7 +128,7 @@ void keys_check(parley *p)
  * signed prekey when ours is old or not the server's current one. */
 static void upload_what_is_missing(parley *p, const Parley__KeysUploaded *k)
 {
-    uint64_t now = wall_ms();
+    uint64_t now = clock_wall_ms();
     uint32_t left = k->has_prekeys_left ? k->prekeys_left : 0;
     uint32_t server_spk = k->has_signed_prekey_id ? k->signed_prekey_id : 0;
     e2e_signed_prekey spk;
@@ -192,10 +193,10 @@ void on_keys_reply(parley *p, request *r, const Parley__Frame *f)
     uint32_t code = f->error->code; /* not passing: an Error */
     p->keys_disabled = true; /* the same upload would be refused again on this connection */
     snprintf(reason, sizeof reason, "the server refused this device's keys (%s): %s",
-             code == PARLEY__ERROR_CODE__BAD_SIGNATURE      ? "bad signature"
-             : code == PARLEY__ERROR_CODE__INVALID_PREKEY   ? "invalid prekey"
-             : code == PARLEY__ERROR_CODE__TOO_MANY_PREKEYS ? "too many prekeys"
-             : code == PARLEY__ERROR_CODE__UNKNOWN_FRAME    ? "no keys directory"
+             code == PERR_BAD_SIGNATURE      ? "bad signature"
+             : code == PERR_INVALID_PREKEY   ? "invalid prekey"
+             : code == PERR_TOO_MANY_PREKEYS ? "too many prekeys"
+             : code == PERR_UNKNOWN_FRAME    ? "no keys directory"
                                                             : "error",
              f->body_case == PARLEY__FRAME__BODY_ERROR ? server_reason(f->error) : "unexpected answer");
     emit_error(p, PARLEY_ERR_KEYS, reason);

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "client_internal.h"
+#include "clock.h"
 #include "content.pb-c.h"
 
 #define OUTBOX_SCAN 256      /* outbox entries looked at per pass */
@@ -36,7 +37,7 @@ typedef struct {
 
 static void pause_sends(parley *p, uint32_t ms)
 {
-    uint64_t until = conn_now() + ms;
+    uint64_t until = clock_mono_ms() + ms;
     if (until > p->send_pause_until)
         p->send_pause_until = until;
 }
@@ -241,8 +242,8 @@ void on_lookup_phone_reply(parley *p, request *r, const Parley__Frame *f)
         return;
     }
     if (f->body_case == PARLEY__FRAME__BODY_LOOKUP_RESULT ||
-        (f->body_case == PARLEY__FRAME__BODY_ERROR && (f->error->code == PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT ||
-                                                      f->error->code == PARLEY__ERROR_CODE__INVALID_PHONE))) {
+        (f->body_case == PARLEY__FRAME__BODY_ERROR && (f->error->code == PERR_UNKNOWN_ACCOUNT ||
+                                                      f->error->code == PERR_INVALID_PHONE))) {
         snprintf(reason, sizeof reason, "no account has the number %s", r->phone);
         fail_phone(p, r->phone, reason);
         if (strcmp(p->want_identity, r->phone) == 0) {
@@ -337,11 +338,11 @@ void on_fetch_reply(parley *p, request *r, const Parley__Frame *f)
     const char *phone = own ? p->ident.phone : r->phone;
     if (f->body_case == PARLEY__FRAME__BODY_ERROR) {
         const Parley__Error *err = f->error;
-        if (err->code == PARLEY__ERROR_CODE__RATE_LIMITED) {
+        if (err->code == PERR_RATE_LIMITED) {
             pause_sends(p, err->retry_after_ms ? (err->retry_after_ms < 60000 ? err->retry_after_ms : 60000) : 1000);
-        } else if (err->code == PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT && !own) {
+        } else if (err->code == PERR_UNKNOWN_ACCOUNT && !own) {
             db_contact_forget_phone(p->db, r->phone); /* a new lookup decides */
-        } else if (err->code == PARLEY__ERROR_CODE__UNKNOWN_FRAME) {
+        } else if (err->code == PERR_UNKNOWN_FRAME) {
             p->sending_disabled = true; /* a server without a keys directory cannot carry our messages */
             emit_error(p, PARLEY_ERR_UNSUPPORTED, "the server has no keys directory (FetchBundles): it cannot carry "
                                                   "end-to-end encrypted messages");
@@ -646,7 +647,7 @@ out:
 static void note_to_self(parley *p, const db_outbox_entry *e, const uint8_t account[PARLEY_ID_LEN])
 {
     bool changed;
-    uint64_t now = wall_ms();
+    uint64_t now = clock_wall_ms();
     if (db_outgoing_sent(p->db, e->id, account, now, &changed) != DB_OK) {
         emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
         return;
@@ -730,7 +731,7 @@ static void pump_identity(parley *p)
 
 void pump_outbox(parley *p)
 {
-    if (!p->ready || !p->own_known || p->sending_disabled || conn_now() < p->send_pause_until)
+    if (!p->ready || !p->own_known || p->sending_disabled || clock_mono_ms() < p->send_pause_until)
         return;
     pump_identity(p);
     if (req_count(p, REQ_SEND) >= MAX_SENDS)
@@ -803,7 +804,7 @@ void on_send_reply(parley *p, request *r, const Parley__Frame *f)
     }
     const Parley__Error *err = f->error;
     switch (err->code) {
-    case PARLEY__ERROR_CODE__DEVICE_MISMATCH:
+    case PERR_DEVICE_MISMATCH:
         /* the lists we used are stale: take the server's, drop the sessions of devices
          * that left or were registered again, and encrypt again under the same id; all
          * in one transaction. Lists are taken only for the recipient's account or ours:
@@ -836,10 +837,10 @@ void on_send_reply(parley *p, request *r, const Parley__Frame *f)
             fail_message(p, r->id, r->phone, r->resend ? NULL : reason);
         }
         break;
-    case PARLEY__ERROR_CODE__RATE_LIMITED:
+    case PERR_RATE_LIMITED:
         pause_sends(p, err->retry_after_ms ? (err->retry_after_ms < 60000 ? err->retry_after_ms : 60000) : 1000);
         break;
-    case PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT:
+    case PERR_UNKNOWN_ACCOUNT:
         /* a new lookup decides; what was sealed for the old account goes again */
         db_contact_forget_phone(p->db, r->phone);
         if (r->resend)
@@ -847,15 +848,15 @@ void on_send_reply(parley *p, request *r, const Parley__Frame *f)
         else
             db_outbox_unseal(p->db, r->id, &count);
         break;
-    case PARLEY__ERROR_CODE__TOO_MANY_RECIPIENTS:
-    case PARLEY__ERROR_CODE__FRAME_TOO_LARGE:
-    case PARLEY__ERROR_CODE__PLAINTEXT_REFUSED:
-    case PARLEY__ERROR_CODE__MALFORMED_FRAME: /* this message; the next ones may be fine */
+    case PERR_TOO_MANY_RECIPIENTS:
+    case PERR_FRAME_TOO_LARGE:
+    case PERR_PLAINTEXT_REFUSED:
+    case PERR_MALFORMED_FRAME: /* this message; the next ones may be fine */
         snprintf(reason, sizeof reason, "the server refused the message: %s", server_reason(err));
         fail_message(p, r->id, r->phone, reason);
         break;
-    case PARLEY__ERROR_CODE__STORAGE_FULL:
-    case PARLEY__ERROR_CODE__INTERNAL:
+    case PERR_STORAGE_FULL:
+    case PERR_INTERNAL:
         transient_send_error(p);
         snprintf(reason, sizeof reason, "the server could not take a message now (%s); retrying",
                  server_reason(err));
@@ -866,7 +867,7 @@ void on_send_reply(parley *p, request *r, const Parley__Frame *f)
          * again on this connection would only repeat it */
         p->sending_disabled = true;
         snprintf(reason, sizeof reason, "the server does not accept messages: %s", server_reason(err));
-        emit_error(p, err->code == PARLEY__ERROR_CODE__UNKNOWN_FRAME ? PARLEY_ERR_UNSUPPORTED : PARLEY_ERR_REFUSED,
+        emit_error(p, err->code == PERR_UNKNOWN_FRAME ? PARLEY_ERR_UNSUPPORTED : PARLEY_ERR_REFUSED,
                    reason);
         break;
     }

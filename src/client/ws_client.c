@@ -280,19 +280,15 @@ void wsc_close(ws_client *c, uint16_t code, const char *reason)
 
 static void send_upgrade(ws_client *c)
 {
-    uint8_t raw[16];
-    randombytes_buf(raw, sizeof raw);
-    sodium_bin2base64(c->key, sizeof c->key, raw, sizeof raw, sodium_base64_VARIANT_ORIGINAL);
-    char req[WSC_HOST_MAX + WSC_PATH_MAX + 256];
+    ws_handshake_new_key(c->key);
+    char req[WSC_HOST_MAX + WSC_PATH_MAX + 256], host[WSC_HOST_MAX + 16];
     bool v6 = strchr(c->host, ':') != NULL;
-    int n = snprintf(req, sizeof req,
-                     "GET %s HTTP/1.1\r\nHost: %s%s%s:%s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nUser-Agent: libparley/1\r\n\r\n",
-                     c->path, v6 ? "[" : "", c->host, v6 ? "]" : "", c->port, c->key);
+    snprintf(host, sizeof host, "%s%s%s:%s", v6 ? "[" : "", c->host, v6 ? "]" : "", c->port);
+    size_t n = ws_handshake_request(req, sizeof req, host, c->path, c->key, "libparley/1");
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* small frames, now */
     c->state = WSC_HANDSHAKE;
-    if (n <= 0 || (size_t)n >= sizeof req || queue_bytes(c, req, (size_t)n) != 0) {
+    if (n == 0 || queue_bytes(c, req, n) != 0) {
         wsc_fail(c, WSC_ABNORMAL, "out of memory", false);
         return;
     }
@@ -390,46 +386,21 @@ static void check_connect(ws_client *c)
 
 /* ---- the upgrade response ------------------------------------------------------------ */
 
-/* The value of header name in head (CRLF lines), copied into out; false if absent. */
-static bool header_value(const char *head, const char *name, char *out, size_t cap)
-{
-    size_t nlen = strlen(name);
-    const char *line = strstr(head, "\r\n");
-    while (line && line[2] != '\r') {
-        line += 2;
-        const char *eol = strstr(line, "\r\n");
-        if (!eol)
-            break;
-        if ((size_t)(eol - line) > nlen && strncasecmp(line, name, nlen) == 0 && line[nlen] == ':') {
-            const char *v = line + nlen + 1;
-            while (v < eol && (*v == ' ' || *v == '\t'))
-                v++;
-            const char *e = eol;
-            while (e > v && (e[-1] == ' ' || e[-1] == '\t'))
-                e--;
-            size_t n = (size_t)(e - v) < cap - 1 ? (size_t)(e - v) : cap - 1;
-            memcpy(out, v, n);
-            out[n] = 0;
-            return true;
-        }
-        line = eol;
-    }
-    return false;
-}
-
 static void feed(ws_client *c, uint8_t *data, size_t len);
 
 /* Checks a complete response head; on success the connection is open. */
 static void check_response(ws_client *c, size_t head_end)
 {
-    char saved = c->head[head_end - 1];
-    c->head[head_end - 1] = 0; /* the last \n: header_value stops at the blank line */
     char reason[WSC_REASON_MAX];
-    int status = 0;
-    if (strncmp(c->head, "HTTP/1.1 ", 9) == 0 && isdigit((unsigned char)c->head[9]))
-        status = atoi(c->head + 9);
+    const char *why;
+    int status = ws_handshake_check_response(c->head, head_end, c->key, &why);
+    if (status == -1) {
+        snprintf(reason, sizeof reason, "%s answered the WebSocket upgrade wrongly (%s)", c->url, why);
+        wsc_fail(c, WSC_ABNORMAL, reason, true);
+        return;
+    }
     if (status != 101) {
-        const char *eol = strstr(c->head, "\r\n");
+        const char *eol = memchr(c->head, '\r', head_end);
         int line_len = eol ? (int)(eol - c->head) : 0;
         if (line_len > 80)
             line_len = 80;
@@ -439,20 +410,6 @@ static void check_response(ws_client *c, size_t head_end)
         wsc_fail(c, WSC_ABNORMAL, reason, !(status >= 500 && status <= 599));
         return;
     }
-    char upgrade[128] = "", connection[128] = "", accept[64] = "", want[29];
-    header_value(c->head, "Upgrade", upgrade, sizeof upgrade);
-    header_value(c->head, "Connection", connection, sizeof connection);
-    header_value(c->head, "Sec-WebSocket-Accept", accept, sizeof accept);
-    ws_handshake_accept_key(c->key, strlen(c->key), want);
-    if (!ws_handshake_has_token(upgrade, "websocket") || !ws_handshake_has_token(connection, "upgrade") ||
-        strcmp(accept, want) != 0) {
-        snprintf(reason, sizeof reason, "%s answered the WebSocket upgrade wrongly (%s)", c->url,
-                 strcmp(accept, want) != 0 ? "Sec-WebSocket-Accept does not match our key"
-                                           : "Upgrade/Connection headers missing");
-        wsc_fail(c, WSC_ABNORMAL, reason, true);
-        return;
-    }
-    c->head[head_end - 1] = saved;
     c->state = WSC_OPEN;
     c->h->open(c->ctx);
     if (c->fail_pending || c->state != WSC_OPEN)

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "ws.h"
+#include "ws_handshake.h"
 
 #define WSC_HOST_MAX 255
 #define WSC_PATH_MAX 255
@@ -56,7 +57,7 @@ typedef struct ws_client {
     struct addrinfo *addrs;     /* resolved addresses; cur is the one being tried */
     struct addrinfo *cur;
     int connect_errno;          /* the first address's failure, for the message */
-    char key[25];               /* Sec-WebSocket-Key we sent */
+    char key[WS_KEY_LEN + 1];   /* Sec-WebSocket-Key we sent */
     char *head;                 /* the response head so far (handshake only) */
     size_t head_len;
     ws_reader reader;

@@ -15,7 +15,7 @@
 static int open_listener(const server_config *cfg, uv_loop_t *loop, uv_tcp_t *tcp)
 {
     struct sockaddr_in addr;
-    int rc = uv_ip4_addr(cfg->host, cfg->port, &addr);
+    int rc = uv_ip4_addr(cfg->listen.host, cfg->listen.port, &addr);
     if (rc != 0)
         return rc;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -79,7 +79,7 @@ int io_start(server *srv)
     if (!srv->io)
         return UV_ENOMEM;
     ws_limits limits = {srv->cfg.max_frame_bytes, srv->cfg.max_frame_bytes};
-    for (int i = 0; i < srv->cfg.threads; i++) {
+    for (int i = 0; i < (int)srv->cfg.threads; i++) {
         io_thread *t = &srv->io[i];
         t->srv = srv;
         t->index = i;
@@ -88,7 +88,7 @@ int io_start(server *srv)
         if (rc == 0)
             rc = uv_listen((uv_stream_t *)&t->listener, 1024, on_connection);
         if (rc != 0) {
-            fprintf(stderr, "parleyd: cannot listen on %s:%d: %s\n", srv->cfg.host, srv->cfg.port,
+            fprintf(stderr, "parleyd: cannot listen on %s:%d: %s\n", srv->cfg.listen.host, srv->cfg.listen.port,
                     uv_strerror(rc));
             srv->nio = i;
             return rc;
@@ -106,7 +106,7 @@ int io_start(server *srv)
         if (i == 0)
             messaging_sweep_start(t);
     }
-    srv->nio = srv->cfg.threads;
+    srv->nio = (int)srv->cfg.threads;
     for (int i = 0; i < srv->nio; i++)
         if (pthread_create(&srv->io[i].tid, NULL, io_main, &srv->io[i]) != 0)
             return UV_EAGAIN;

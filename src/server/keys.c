@@ -35,12 +35,12 @@ uint32_t keys_upload_parse(struct keys_upload *out, const Parley__UploadKeys *m,
             !key_parse(out->signed_prekey.key, sp->has_public_key, &sp->public_key) ||
             !sp->has_signature || sp->signature.len != STORE_SIG_LEN) {
             *why = "a signed prekey needs an id (1 to 2^24-1), a 33-byte key (0x05 || u) and a 64-byte signature";
-            return PARLEY__ERROR_CODE__INVALID_PREKEY;
+            return PERR_INVALID_PREKEY;
         }
         /* the signature covers the key as it travels: 0x05 || u */
         if (!ps_xeddsa_verify(identity, sp->public_key.data, sp->public_key.len, sp->signature.data)) {
             *why = "the signed prekey's signature does not verify with the device's identity key";
-            return PARLEY__ERROR_CODE__BAD_SIGNATURE;
+            return PERR_BAD_SIGNATURE;
         }
         out->has_signed = true;
         out->signed_prekey.id = sp->id;
@@ -48,7 +48,7 @@ uint32_t keys_upload_parse(struct keys_upload *out, const Parley__UploadKeys *m,
     }
     if (m->n_prekeys > KEYS_MAX_UPLOAD) {
         *why = "at most 100 one-time prekeys per upload";
-        return PARLEY__ERROR_CODE__TOO_MANY_PREKEYS;
+        return PERR_TOO_MANY_PREKEYS;
     }
     for (size_t i = 0; i < m->n_prekeys; i++) {
         const Parley__PreKey *k = m->prekeys[i];
@@ -56,13 +56,13 @@ uint32_t keys_upload_parse(struct keys_upload *out, const Parley__UploadKeys *m,
         if (!k->has_id || k->id == 0 || k->id > KEYS_MAX_ID ||
             !key_parse(o->key, k->has_public_key, &k->public_key)) {
             *why = "a one-time prekey needs an id (1 to 2^24-1) and a 33-byte key (0x05 || u)";
-            return PARLEY__ERROR_CODE__INVALID_PREKEY;
+            return PERR_INVALID_PREKEY;
         }
         o->id = k->id;
         for (size_t e = 0; e < i; e++)
             if (out->prekeys[e].id == o->id) {
                 *why = "two one-time prekeys with the same id";
-                return PARLEY__ERROR_CODE__INVALID_PREKEY;
+                return PERR_INVALID_PREKEY;
             }
     }
     out->n = m->n_prekeys;
@@ -90,10 +90,10 @@ int keys_upload_apply(store_batch *b, const store_device *d, const struct keys_u
 void keys_job_error(ws_conn *c, uint64_t request_id, int status)
 {
     if (status == JOB_TOO_MANY_PREKEYS)
-        peer_error(c, request_id, PARLEY__ERROR_CODE__TOO_MANY_PREKEYS,
+        peer_error(c, request_id, PERR_TOO_MANY_PREKEYS,
                    "the device would hold more than 1000 one-time prekeys; nothing was stored");
     else if (status == JOB_PREKEY_CONFLICT)
-        peer_error(c, request_id, PARLEY__ERROR_CODE__INVALID_PREKEY,
+        peer_error(c, request_id, PERR_INVALID_PREKEY,
                    "a one-time prekey id is already in use with another key; nothing was stored");
     else
         peer_job_error(c, request_id, status);
@@ -113,7 +113,7 @@ static int upload_apply(store_batch *b, writer_job *job)
     upload_job *j = (upload_job *)job;
     int rc = job_origin_current(b, &j->from);
     if (rc == STORE_OK)
-        rc = keys_upload_apply(b, &j->from.device, &j->upload, now_ms(), &j->left);
+        rc = keys_upload_apply(b, &j->from.device, &j->upload, clock_wall_ms(), &j->left);
     store_signed_prekey sp;
     int src = rc == STORE_OK ? store_signed_prekey_get(b, &j->from.device, &sp) : rc;
     if (src == STORE_OK) {
@@ -159,7 +159,7 @@ void on_upload_keys(ws_conn *c, peer *p, uint64_t rid, const Parley__UploadKeys 
     }
     upload_job *j = malloc(sizeof *j);
     if (!j) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        peer_error(c, rid, PERR_INTERNAL, "out of memory");
         return;
     }
     memset(j, 0, sizeof *j);
@@ -221,7 +221,7 @@ static int fetch_apply(store_batch *b, writer_job *job)
         return rc;
     if (n == 0)
         return JOB_UNKNOWN_ACCOUNT;
-    uint64_t now = now_ms();
+    uint64_t now = clock_wall_ms();
     for (size_t i = 0; i < n && rc == STORE_OK; i++) {
         if (!wanted(j, recs[i].device))
             continue;
@@ -328,7 +328,7 @@ void on_fetch_bundles(ws_conn *c, peer *p, uint64_t rid, const Parley__FetchBund
     for (size_t i = 0; ok && i < m->n_device_ids; i++)
         ok = m->device_ids[i] != 0;
     if (!ok) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME,
+        peer_error(c, rid, PERR_MALFORMED_FRAME,
                    "FetchBundles needs account_id (16 bytes) and at most 64 device ids (not 0)");
         return;
     }
@@ -336,7 +336,7 @@ void on_fetch_bundles(ws_conn *c, peer *p, uint64_t rid, const Parley__FetchBund
         return;
     fetch_job *j = calloc(1, sizeof *j);
     if (!j) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        peer_error(c, rid, PERR_INTERNAL, "out of memory");
         return;
     }
     job_origin_init(&j->from, c, p, rid);

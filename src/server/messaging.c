@@ -139,7 +139,7 @@ static void send_done(writer_job *job, int status)
             stale.device_ids = j->stale_ids;
             Parley__Error e = PARLEY__ERROR__INIT;
             e.has_code = 1;
-            e.code = PARLEY__ERROR_CODE__DEVICE_MISMATCH;
+            e.code = PERR_DEVICE_MISMATCH;
             e.reason = j->stale_n ? "devices were registered again (new keys); encrypt for them anew and send again"
                                   : "the device list changed; encrypt for these devices and send again";
             e.devices = &devices;
@@ -167,26 +167,26 @@ void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m)
     server *srv = server_of(c);
     if (!m->has_message_id || m->message_id.len != STORE_MESSAGE_ID_LEN || !m->has_recipient_account ||
         m->recipient_account.len != STORE_ACCOUNT_ID_LEN || m->n_messages == 0) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME,
+        peer_error(c, rid, PERR_MALFORMED_FRAME,
                    "Send needs message_id (16 bytes), recipient_account (16 bytes) and messages");
         return;
     }
     if (m->n_messages > srv->cfg.max_recipients) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__TOO_MANY_RECIPIENTS, "too many device messages in one Send");
+        peer_error(c, rid, PERR_TOO_MANY_RECIPIENTS, "too many device messages in one Send");
         return;
     }
     if (!peer_take_token(c, p, rid, &srv->send_limit, "sends"))
         return;
     send_job *j = calloc(1, sizeof *j);
     if (!j) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        peer_error(c, rid, PERR_INTERNAL, "out of memory");
         return;
     }
     job_origin_init(&j->from, c, p, rid);
     memcpy(j->message_id, m->message_id.data, STORE_MESSAGE_ID_LEN);
     memcpy(j->recipient, m->recipient_account.data, STORE_ACCOUNT_ID_LEN);
     j->resend = m->has_resend && m->resend;
-    j->accepted_ms = j->server_ms = now_ms();
+    j->accepted_ms = j->server_ms = clock_wall_ms();
     Parley__Envelope e = PARLEY__ENVELOPE__INIT;
     e.has_sender_account = e.has_sender_device = e.has_message_id = e.has_server_time_ms = 1;
     e.sender_account = (ProtobufCBinaryData){STORE_ACCOUNT_ID_LEN, p->device.account};
@@ -237,10 +237,10 @@ void on_send(ws_conn *c, peer *p, uint64_t rid, const Parley__Send *m)
         bad = "a resend names at least one device of the recipient";
     if (bad || plaintext) {
         if (plaintext)
-            peer_error(c, rid, PARLEY__ERROR_CODE__PLAINTEXT_REFUSED,
+            peer_error(c, rid, PERR_PLAINTEXT_REFUSED,
                        "device messages must be end-to-end encrypted (type 2, 3 or 7)");
         else
-            peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, bad);
+            peer_error(c, rid, PERR_MALFORMED_FRAME, bad);
         targets_free(&j->targets);
         free(j);
         return;
@@ -344,13 +344,13 @@ void on_receipt(ws_conn *c, peer *p, uint64_t rid, const Parley__Receipt *m)
     bool read = m->has_status && m->status == PARLEY__RECEIPT_STATUS__READ;
     if (!(read || retry) || !m->has_to_account || m->to_account.len != STORE_ACCOUNT_ID_LEN || !ids_ok ||
         (m->n_message_ids == 0 && !m->has_up_to_server_ms)) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME,
+        peer_error(c, rid, PERR_MALFORMED_FRAME,
                    "Receipt needs status READ or RETRY, to_account (16 bytes) and up to 1000 message ids "
                    "(16 bytes each) or up_to_server_ms; delivered receipts come from the server");
         return;
     }
     if (retry != (m->has_to_device && m->to_device != 0) || (retry && (m->n_message_ids == 0 || m->has_up_to_server_ms))) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME,
+        peer_error(c, rid, PERR_MALFORMED_FRAME,
                    "a RETRY receipt names to_device and message ids; a READ receipt names no device");
         return;
     }
@@ -363,7 +363,7 @@ void on_receipt(ws_conn *c, peer *p, uint64_t rid, const Parley__Receipt *m)
     if (!j || (n && !ids)) {
         free(j);
         free(ids);
-        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        peer_error(c, rid, PERR_INTERNAL, "out of memory");
         return;
     }
     uint8_t *id_bytes = (uint8_t *)(ids + n);
@@ -374,7 +374,7 @@ void on_receipt(ws_conn *c, peer *p, uint64_t rid, const Parley__Receipt *m)
     job_origin_init(&j->from, c, p, rid);
     memcpy(j->to_account, m->to_account.data, STORE_ACCOUNT_ID_LEN);
     j->to_device = retry ? m->to_device : 0;
-    receipt_envelope_init(j, m->status, now_ms());
+    receipt_envelope_init(j, m->status, clock_wall_ms());
     j->ids = ids;
     j->body.n_message_ids = n;
     j->body.message_ids = ids;
@@ -517,7 +517,7 @@ void on_deliver_ack(ws_conn *c, peer *p, const Parley__DeliverAck *m)
     job_origin_init(&j->from, c, p, 0);
     j->from.p = NULL; /* nothing to answer, and p may go before the job returns */
     j->up_to_seq = up_to;
-    receipt_envelope_init(j, PARLEY__RECEIPT_STATUS__DELIVERED, now_ms());
+    receipt_envelope_init(j, PARLEY__RECEIPT_STATUS__DELIVERED, clock_wall_ms());
     j->job.apply = ack_apply;
     j->job.done = ack_done;
     writer_submit(j->from.srv->wr, &thread_of(c)->home, &j->job);
@@ -729,7 +729,7 @@ static void sweep_submit(io_thread *t)
     if (!j)
         return;
     const server_config *cfg = &t->srv->cfg;
-    uint64_t now = now_ms();
+    uint64_t now = clock_wall_ms();
     uint64_t dedup_keep = cfg->retention_ms > DEDUP_MIN_MS ? cfg->retention_ms : DEDUP_MIN_MS;
     j->t = t;
     j->inbox_cutoff = now > cfg->retention_ms ? now - cfg->retention_ms : 0;

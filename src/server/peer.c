@@ -10,21 +10,14 @@
 #include <string.h>
 #include <time.h>
 
-#include "peer.h"
 #include "keys.h"
+#include "peer.h"
 #include "primitives.h"
 
 #define CODE_TTL_MS (10 * 60 * 1000)
 #define CODE_ATTEMPTS 5
 #define CODES_PER_HOUR 5
 #define AUTH_CONTEXT "parley-auth-v1"
-
-uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 void peer_send_frame(ws_conn *c, Parley__Frame *f)
 {
@@ -73,10 +66,10 @@ void peer_error(ws_conn *c, uint64_t request_id, uint32_t code, const char *reas
 void peer_store_error(ws_conn *c, uint64_t request_id, int status)
 {
     if (status == STORE_FULL)
-        peer_error(c, request_id, PARLEY__ERROR_CODE__STORAGE_FULL,
+        peer_error(c, request_id, PERR_STORAGE_FULL,
                    "the server cannot store this now; nothing was stored, try again later");
     else
-        peer_error(c, request_id, PARLEY__ERROR_CODE__INTERNAL, store_strerror(status));
+        peer_error(c, request_id, PERR_INTERNAL, store_strerror(status));
 }
 
 void peer_submit(peer *p, writer_job *job)
@@ -106,10 +99,10 @@ int job_origin_current(store_batch *b, const job_origin *o)
 void peer_job_error(ws_conn *c, uint64_t request_id, int status)
 {
     if (status == JOB_UNKNOWN_ACCOUNT) {
-        peer_error(c, request_id, PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT, "no such account");
+        peer_error(c, request_id, PERR_UNKNOWN_ACCOUNT, "no such account");
     } else if (status == JOB_REPLACED) {
         const char *why = "this device was replaced by a new registration";
-        peer_error(c, request_id, PARLEY__ERROR_CODE__AUTH_FAILED, why);
+        peer_error(c, request_id, PERR_AUTH_FAILED, why);
         ws_conn_close(c, PARLEY_CLOSE_REPLACED, why);
     } else {
         peer_store_error(c, request_id, status);
@@ -122,15 +115,15 @@ bool peer_take_token(ws_conn *c, peer *p, uint64_t request_id, rate_table *limit
 {
     uint32_t retry = 0;
     if (p->pending_work >= MAX_IN_FLIGHT) {
-        peer_error_full(c, request_id, PARLEY__ERROR_CODE__RATE_LIMITED, "too many requests waiting for storage",
+        peer_error_full(c, request_id, PERR_RATE_LIMITED, "too many requests waiting for storage",
                         50, NULL);
         return false;
     }
-    if (rate_table_take(limit, &p->device, sizeof p->device, now_ms(), &retry))
+    if (rate_table_take(limit, &p->device, sizeof p->device, clock_wall_ms(), &retry))
         return true;
     char reason[128];
     snprintf(reason, sizeof reason, "too many %s from this device; slow down", what);
-    peer_error_full(c, request_id, PARLEY__ERROR_CODE__RATE_LIMITED, reason, retry ? retry : 1, NULL);
+    peer_error_full(c, request_id, PERR_RATE_LIMITED, reason, retry ? retry : 1, NULL);
     return false;
 }
 
@@ -162,7 +155,7 @@ static bool phone_valid(const char *p)
  * the last hour and cannot grow without bound. Called with codes_lock held. */
 static code_entry *find_code(server *srv, const char *phone, bool create)
 {
-    uint64_t now = now_ms();
+    uint64_t now = clock_wall_ms();
     code_entry *found = NULL;
     for (code_entry **link = &srv->codes; *link;) {
         code_entry *e = *link;
@@ -211,7 +204,7 @@ static void sms_job_done(uv_work_t *w, int status)
     if (peer_job_returned(p)) {
         if (status != 0 || j->rc != 0) {
             fprintf(stderr, "parleyd: SMS for %s failed: %s\n", j->phone, j->err);
-            peer_error(p->conn, j->request_id, PARLEY__ERROR_CODE__INTERNAL,
+            peer_error(p->conn, j->request_id, PERR_INTERNAL,
                        "the code could not be sent; try again later");
         } else {
             Parley__CodeRequested cr = PARLEY__CODE_REQUESTED__INIT;
@@ -231,13 +224,13 @@ static void on_request_code(ws_conn *c, peer *p, uint64_t rid, const Parley__Req
 {
     server *srv = server_of(c);
     if (!phone_valid(m->phone)) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__INVALID_PHONE, "not an E.164 phone number");
+        peer_error(c, rid, PERR_INVALID_PHONE, "not an E.164 phone number");
         return;
     }
-    uint64_t now = now_ms();
+    uint64_t now = clock_wall_ms();
     sms_job *j = calloc(1, sizeof *j);
     if (!j) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        peer_error(c, rid, PERR_INTERNAL, "out of memory");
         return;
     }
     pthread_mutex_lock(&srv->codes_lock);
@@ -257,7 +250,7 @@ static void on_request_code(ws_conn *c, peer *p, uint64_t rid, const Parley__Req
     pthread_mutex_unlock(&srv->codes_lock);
     if (!e || limited) {
         free(j);
-        peer_error(c, rid, e ? PARLEY__ERROR_CODE__CODE_RATE_LIMITED : PARLEY__ERROR_CODE__INTERNAL,
+        peer_error(c, rid, e ? PERR_CODE_RATE_LIMITED : PERR_INTERNAL,
                    e ? "too many codes for this number; try again within the hour" : "out of memory");
         return;
     }
@@ -270,7 +263,7 @@ static void on_request_code(ws_conn *c, peer *p, uint64_t rid, const Parley__Req
     if (uv_queue_work(c->tcp.loop, &j->work, sms_job_run, sms_job_done) != 0) {
         p->pending_work--;
         free(j);
-        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "the code could not be sent");
+        peer_error(c, rid, PERR_INTERNAL, "the code could not be sent");
     }
 }
 
@@ -292,14 +285,14 @@ static uint32_t check_code(server *srv, const char *phone, const char *code)
     pthread_mutex_lock(&srv->codes_lock);
     code_entry *e = find_code(srv, phone, false);
     if (!e || !e->code[0]) {
-        result = PARLEY__ERROR_CODE__WRONG_CODE;
-    } else if (now_ms() > e->expires_ms) {
-        result = PARLEY__ERROR_CODE__CODE_EXPIRED;
+        result = PERR_WRONG_CODE;
+    } else if (clock_wall_ms() > e->expires_ms) {
+        result = PERR_CODE_EXPIRED;
     } else if (e->attempts_left == 0) {
-        result = PARLEY__ERROR_CODE__TOO_MANY_ATTEMPTS;
+        result = PERR_TOO_MANY_ATTEMPTS;
     } else if (!code || strlen(code) != 6 || sodium_memcmp(code, e->code, 6) != 0) {
         e->attempts_left--;
-        result = e->attempts_left ? PARLEY__ERROR_CODE__WRONG_CODE : PARLEY__ERROR_CODE__TOO_MANY_ATTEMPTS;
+        result = e->attempts_left ? PERR_WRONG_CODE : PERR_TOO_MANY_ATTEMPTS;
     } else {
         sodium_memzero(e->code, sizeof e->code); /* one use */
         result = 0;
@@ -328,7 +321,7 @@ static int register_apply(store_batch *b, writer_job *job)
     store_device d = {.device = j->primary.device};
     memcpy(d.account, j->account, STORE_ACCOUNT_ID_LEN);
     size_t left;
-    return rc == STORE_OK ? keys_upload_apply(b, &d, &j->keys, now_ms(), &left) : rc;
+    return rc == STORE_OK ? keys_upload_apply(b, &d, &j->keys, clock_wall_ms(), &left) : rc;
 }
 
 /* Back on the connection's thread, after the commit: only now is the device durable. */
@@ -363,31 +356,31 @@ static void on_register(ws_conn *c, peer *p, uint64_t rid, const Parley__Registe
 {
     server *srv = server_of(c);
     if (!phone_valid(m->phone)) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__INVALID_PHONE, "not an E.164 phone number");
+        peer_error(c, rid, PERR_INVALID_PHONE, "not an E.164 phone number");
         return;
     }
     store_device_record primary = {.device = 1, .registration_id = m->registration_id};
     if (!m->has_identity_key ||
         ps_pubkey_parse(primary.identity_key, m->identity_key.data, m->identity_key.len) != PS_OK) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__INVALID_KEY,
+        peer_error(c, rid, PERR_INVALID_KEY,
                    "identity_key must be a 33-byte Curve25519 key (0x05 || u)");
         return;
     }
     if (!code_waiting(srv, m->phone)) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__WRONG_CODE, "no code was requested for this number");
+        peer_error(c, rid, PERR_WRONG_CODE, "no code was requested for this number");
         return;
     }
     register_job *j = malloc(sizeof *j);
     if (!j) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        peer_error(c, rid, PERR_INTERNAL, "out of memory");
         return;
     }
     memset(j, 0, sizeof *j);
     const char *why = "Register needs keys with a signed prekey";
     uint32_t key_error = m->keys ? keys_upload_parse(&j->keys, m->keys, primary.identity_key, &why)
-                                 : PARLEY__ERROR_CODE__INVALID_PREKEY;
+                                 : PERR_INVALID_PREKEY;
     if (!key_error && !j->keys.has_signed)
-        key_error = PARLEY__ERROR_CODE__INVALID_PREKEY;
+        key_error = PERR_INVALID_PREKEY;
     if (key_error) { /* before the code is checked: a bad upload costs no attempt */
         free(j);
         peer_error(c, rid, key_error, why);
@@ -395,8 +388,8 @@ static void on_register(ws_conn *c, peer *p, uint64_t rid, const Parley__Registe
     }
     uint32_t code_error = check_code(srv, m->phone, m->code);
     if (code_error) {
-        peer_error(c, rid, code_error, code_error == PARLEY__ERROR_CODE__WRONG_CODE ? "wrong code"
-                                       : code_error == PARLEY__ERROR_CODE__CODE_EXPIRED
+        peer_error(c, rid, code_error, code_error == PERR_WRONG_CODE ? "wrong code"
+                                       : code_error == PERR_CODE_EXPIRED
                                            ? "the code expired; request a new one"
                                            : "too many wrong codes; request a new one");
         free(j);
@@ -419,15 +412,15 @@ static void on_register(ws_conn *c, peer *p, uint64_t rid, const Parley__Registe
 static void on_connect(ws_conn *c, peer *p, uint64_t rid, const Parley__Connect *m)
 {
     if (p->state == PEER_AUTHENTICATED) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED, "already authenticated");
+        peer_error(c, rid, PERR_AUTH_FAILED, "already authenticated");
         return;
     }
     if (!m->has_account_id || m->account_id.len != STORE_ACCOUNT_ID_LEN || !m->has_device_id) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, "Connect needs account_id (16 bytes) and device_id");
+        peer_error(c, rid, PERR_MALFORMED_FRAME, "Connect needs account_id (16 bytes) and device_id");
         return;
     }
     if (!p->nonce && !(p->nonce = malloc(32))) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__INTERNAL, "out of memory");
+        peer_error(c, rid, PERR_INTERNAL, "out of memory");
         return;
     }
     randombytes_buf(p->nonce, 32);
@@ -448,7 +441,7 @@ static void on_authenticate(ws_conn *c, peer *p, uint64_t rid, const Parley__Aut
 {
     server *srv = server_of(c);
     if (p->state != PEER_CHALLENGED) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED, "send Connect first");
+        peer_error(c, rid, PERR_AUTH_FAILED, "send Connect first");
         return;
     }
     uint8_t msg[sizeof AUTH_CONTEXT - 1 + 32 + 16 + 4];
@@ -466,7 +459,7 @@ static void on_authenticate(ws_conn *c, peer *p, uint64_t rid, const Parley__Aut
     int rc = store_device_get(srv->st, &p->device, &rec);
     if (rc != STORE_OK || !m->has_signature || m->signature.len != PS_SIG_LEN ||
         !ps_xeddsa_verify(rec.identity_key, msg, sizeof msg, m->signature.data)) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__AUTH_FAILED,
+        peer_error(c, rid, PERR_AUTH_FAILED,
                    rc == STORE_NOT_FOUND ? "unknown device" : "the signature does not verify");
         return;
     }
@@ -475,7 +468,7 @@ static void on_authenticate(ws_conn *c, peer *p, uint64_t rid, const Parley__Aut
     memcpy(p->key_prefix, rec.identity_key, sizeof p->key_prefix);
     Parley__Authenticated a = PARLEY__AUTHENTICATED__INIT;
     a.has_server_time_ms = 1;
-    a.server_time_ms = now_ms();
+    a.server_time_ms = clock_wall_ms();
     Parley__Frame f = PARLEY__FRAME__INIT;
     f.body_case = PARLEY__FRAME__BODY_AUTHENTICATED;
     f.authenticated = &a;
@@ -495,7 +488,7 @@ static void on_lookup(ws_conn *c, uint64_t rid, const Parley__Lookup *m)
         memcpy(account, m->account_id.data, STORE_ACCOUNT_ID_LEN);
         rc = store_phone_by_account(srv->st, account, phone);
     } else if (m->has_account_id) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, "account_id must be 16 bytes");
+        peer_error(c, rid, PERR_MALFORMED_FRAME, "account_id must be 16 bytes");
         return;
     } else if (phone_valid(m->phone)) {
         rc = store_account_by_phone(srv->st, m->phone, account);
@@ -507,7 +500,7 @@ static void on_lookup(ws_conn *c, uint64_t rid, const Parley__Lookup *m)
         rc = STORE_NOT_FOUND;
     if (rc != STORE_OK) {
         if (rc == STORE_NOT_FOUND)
-            peer_error(c, rid, PARLEY__ERROR_CODE__UNKNOWN_ACCOUNT,
+            peer_error(c, rid, PERR_UNKNOWN_ACCOUNT,
                        m->has_account_id ? "no such account" : "no account has this number");
         else
             peer_store_error(c, rid, rc);
@@ -549,8 +542,8 @@ static void on_open(ws_conn *c)
         else if (addr.ss_family == AF_INET6)
             memcpy(key, &((const struct sockaddr_in6 *)&addr)->sin6_addr, 16);
     }
-    if (!rate_table_take(&srv->conn_limit, key, sizeof key, now_ms(), &retry)) {
-        peer_error_full(c, 0, PARLEY__ERROR_CODE__CONNECTION_RATE_LIMITED,
+    if (!rate_table_take(&srv->conn_limit, key, sizeof key, clock_wall_ms(), &retry)) {
+        peer_error_full(c, 0, PERR_CONNECTION_RATE_LIMITED,
                         "too many new connections from this address; try again later", retry ? retry : 1, NULL);
         ws_conn_close(c, WS_CLOSE_POLICY, "connection rate limited");
         return;
@@ -561,7 +554,7 @@ static void on_open(ws_conn *c)
     h.has_heartbeat_seconds = 1;
     h.heartbeat_seconds = srv->cfg.heartbeat_seconds;
     h.has_server_time_ms = 1;
-    h.server_time_ms = now_ms();
+    h.server_time_ms = clock_wall_ms();
     h.has_max_frame_bytes = 1;
     h.max_frame_bytes = srv->cfg.max_frame_bytes;
     Parley__Frame f = PARLEY__FRAME__INIT;
@@ -576,17 +569,17 @@ static bool on_message(ws_conn *c, int opcode, uint8_t *data, size_t len)
     if (!p)
         return false;
     if (opcode == WS_OP_TEXT) {
-        peer_error(c, 0, PARLEY__ERROR_CODE__TEXT_FRAME, "send binary frames: text frames are not part of the protocol");
+        peer_error(c, 0, PERR_TEXT_FRAME, "send binary frames: text frames are not part of the protocol");
         return true;
     }
     Parley__Frame *f = parley__frame__unpack(NULL, len, data);
     if (!f) {
-        peer_error(c, 0, PARLEY__ERROR_CODE__MALFORMED_FRAME, "not a Parley frame");
+        peer_error(c, 0, PERR_MALFORMED_FRAME, "not a Parley frame");
         return true;
     }
     uint64_t rid = f->has_request_id ? f->request_id : 0;
     if (f->has_version && f->version != PARLEY_PROTOCOL_VERSION) {
-        peer_error(c, rid, PARLEY__ERROR_CODE__UNSUPPORTED_VERSION, "this server speaks protocol version 1");
+        peer_error(c, rid, PERR_UNSUPPORTED_VERSION, "this server speaks protocol version 1");
         parley__frame__free_unpacked(f, NULL);
         return true;
     }
@@ -621,7 +614,7 @@ static bool on_message(ws_conn *c, int opcode, uint8_t *data, size_t len)
     case PARLEY__FRAME__BODY_UPLOAD_KEYS:
     case PARLEY__FRAME__BODY_FETCH_BUNDLES:
         if (!authed)
-            peer_error(c, rid, PARLEY__ERROR_CODE__NOT_AUTHENTICATED, "authenticate first");
+            peer_error(c, rid, PERR_NOT_AUTHENTICATED, "authenticate first");
         else if (f->body_case == PARLEY__FRAME__BODY_LOOKUP)
             on_lookup(c, rid, f->lookup);
         else if (f->body_case == PARLEY__FRAME__BODY_SEND)
@@ -637,12 +630,12 @@ static bool on_message(ws_conn *c, int opcode, uint8_t *data, size_t len)
         break;
     case PARLEY__FRAME__BODY__NOT_SET: /* a body from a newer protocol arrives as an unknown field */
         if (f->base.n_unknown_fields)
-            peer_error(c, rid, PARLEY__ERROR_CODE__UNKNOWN_FRAME, "a frame type this server does not know");
+            peer_error(c, rid, PERR_UNKNOWN_FRAME, "a frame type this server does not know");
         else
-            peer_error(c, rid, PARLEY__ERROR_CODE__MALFORMED_FRAME, "the frame has no body");
+            peer_error(c, rid, PERR_MALFORMED_FRAME, "the frame has no body");
         break;
     default:
-        peer_error(c, rid, PARLEY__ERROR_CODE__UNKNOWN_FRAME, "clients do not send this frame");
+        peer_error(c, rid, PERR_UNKNOWN_FRAME, "clients do not send this frame");
         break;
     }
     parley__frame__free_unpacked(f, NULL);

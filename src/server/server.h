@@ -8,6 +8,9 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "clock.h"
+#include "errors.h"
+#include "options.h"
 #include "rate_limit.h"
 #include "routes.h"
 #include "store.h"
@@ -21,10 +24,9 @@
 #define PARLEY_CLOSE_REPLACED 4000
 
 typedef struct {
-    char host[64];
-    int port;
+    opt_hostport listen;
     char data_dir[512];
-    int threads;
+    uint32_t threads;            /* 0 until parsed: one per core */
     char sms[1024];              /* "file:PATH" or "http://HOST[:PORT]/PATH" */
     uint64_t retention_ms;
     uint32_t heartbeat_seconds;
@@ -80,9 +82,6 @@ struct server {
     int nio;
     uv_sem_t stopped;             /* posted by each I/O thread when phase 1 is done */
 };
-
-/* Wall-clock milliseconds. */
-uint64_t now_ms(void);
 
 /* I/O threads (io.c): listen with SO_REUSEPORT on every thread, run, stop.
  * Shutdown: io_stop (no more input is read, so no more writes are submitted; returns

@@ -11,6 +11,7 @@
 
 #include "check.h"
 #include "client_internal.h"
+#include "clock.h"
 #include "db.h"
 
 static char dir[256];
@@ -846,12 +847,12 @@ static void test_newer_schema_refused(void)
 static void test_message_ids(void)
 {
     uint8_t a[PARLEY_ID_LEN], b[PARLEY_ID_LEN];
-    uint64_t before = wall_ms();
+    uint64_t before = clock_wall_ms();
     new_message_id(a);
     struct timespec pause = {0, 3 * 1000 * 1000};
     nanosleep(&pause, NULL);
     new_message_id(b);
-    uint64_t after = wall_ms(), ms = 0;
+    uint64_t after = clock_wall_ms(), ms = 0;
     for (int i = 0; i < 6; i++)
         ms = ms << 8 | a[i];
     CHECK(ms >= before && ms <= after);

@@ -3,8 +3,8 @@
  * protocol error with its close code, limits checked from the header, and the
  * opening handshake (RFC 6455's own example key). */
 #include "check.h"
+#include "upgrade.h"
 #include "ws.h"
-#include "ws_handshake.h"
 
 typedef struct {
     int events;
@@ -230,31 +230,60 @@ static void test_handshake(void)
                      "Sec-WebSocket-Version: 13\r\n\r\n";
     CHECK(ws_handshake_head_len(ok, strlen(ok)) == strlen(ok));
     CHECK(ws_handshake_head_len(ok, strlen(ok) - 1) == 0);
-    CHECK(ws_handshake_answer(ok, strlen(ok), out, &n) == 101);
+    CHECK(upgrade_answer(ok, strlen(ok), out, &n) == 101);
     CHECK(strstr(out, "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n") != NULL);
     CHECK(strncmp(out, "HTTP/1.1 101 ", 13) == 0 && n == strlen(out));
 
     const char *v8 = "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n";
-    CHECK(ws_handshake_answer(v8, strlen(v8), out, &n) == 426);
+    CHECK(upgrade_answer(v8, strlen(v8), out, &n) == 426);
     CHECK(strstr(out, "Sec-WebSocket-Version: 13\r\n") != NULL);
     const char *post = "POST / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
                        "Content-Length: 0\r\n\r\n";
-    CHECK(ws_handshake_answer(post, strlen(post), out, &n) == 405);
+    CHECK(upgrade_answer(post, strlen(post), out, &n) == 405);
     const char *nokey = "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                         "Sec-WebSocket-Version: 13\r\n\r\n";
-    CHECK(ws_handshake_answer(nokey, strlen(nokey), out, &n) == 400);
+    CHECK(upgrade_answer(nokey, strlen(nokey), out, &n) == 400);
     const char *shortkey = "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                            "Sec-WebSocket-Key: AAAA\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    CHECK(ws_handshake_answer(shortkey, strlen(shortkey), out, &n) == 400);
+    CHECK(upgrade_answer(shortkey, strlen(shortkey), out, &n) == 400);
     const char *plain = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-    CHECK(ws_handshake_answer(plain, strlen(plain), out, &n) == 400);
+    CHECK(upgrade_answer(plain, strlen(plain), out, &n) == 400);
     const char *junk = "\x16\x03\x01garbage\r\n\r\n";
-    CHECK(ws_handshake_answer(junk, strlen(junk), out, &n) == 400);
+    CHECK(upgrade_answer(junk, strlen(junk), out, &n) == 400);
     CHECK(strncmp(out, "HTTP/1.1 400 ", 13) == 0);
-    n = ws_handshake_too_large(out);
+    n = ws_handshake_error(out, 431);
     CHECK(n > 0 && strncmp(out, "HTTP/1.1 431 ", 13) == 0);
+}
+
+/* The client end against the server end: our request is accepted, and the check of the
+ * response tells a good 101 from a wrong key, a refusal and something that is not HTTP. */
+static void test_client_handshake(void)
+{
+    char key[WS_KEY_LEN + 1], other[WS_KEY_LEN + 1], req[512], out[WS_HANDSHAKE_MAX_RESPONSE];
+    const char *why;
+    size_t n;
+    ws_handshake_new_key(key);
+    ws_handshake_new_key(other);
+    CHECK(strlen(key) == WS_KEY_LEN && strcmp(key, other) != 0);
+    size_t len = ws_handshake_request(req, sizeof req, "[::1]:7443", "/v1", key, "test/1");
+    CHECK(len == strlen(req) && strncmp(req, "GET /v1 HTTP/1.1\r\nHost: [::1]:7443\r\n", 36) == 0);
+    CHECK(strstr(req, "\r\nUser-Agent: test/1\r\n\r\n") != NULL);
+    CHECK(ws_handshake_request(req, 40, "h", "/", key, NULL) == 0); /* does not fit */
+    len = ws_handshake_request(req, sizeof req, "h:1", "/", key, NULL);
+    CHECK(strstr(req, "User-Agent") == NULL && ws_handshake_head_len(req, len) == len);
+    CHECK(upgrade_answer(req, len, out, &n) == 101);
+    CHECK(ws_handshake_check_response(out, n, key, &why) == 101 && why == NULL);
+    CHECK(ws_handshake_check_response(out, n, other, &why) == -1 && strstr(why, "Accept"));
+    const char *no_upgrade = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n";
+    CHECK(ws_handshake_check_response(no_upgrade, strlen(no_upgrade), key, &why) == -1 && strstr(why, "Upgrade"));
+    n = ws_handshake_error(out, 400);
+    CHECK(ws_handshake_check_response(out, n, key, &why) == 400);
+    const char *busy = "HTTP/1.1 503 Service Unavailable\r\n\r\n";
+    CHECK(ws_handshake_check_response(busy, strlen(busy), key, &why) == 503);
+    const char *ssh = "SSH-2.0-OpenSSH_9.2\r\n\r\n";
+    CHECK(ws_handshake_check_response(ssh, strlen(ssh), key, &why) == 0);
 }
 
 int main(void)
@@ -266,5 +295,6 @@ int main(void)
     test_errors();
     test_writer();
     test_handshake();
+    test_client_handshake();
     return check_summary("ws_codec");
 }

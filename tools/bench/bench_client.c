@@ -20,17 +20,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "e2e.h"
 #include "primitives.h"
 
 #define TEXT_LEN 100
-
-static double now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
 
 static void die(const char *what, int rc)
 {
@@ -157,7 +151,7 @@ static double setup_once(profile *a, profile *b, const uint8_t *text)
     must(db_session_delete(a->d, b->account, 1), "delete");
     must(db_session_delete(b->d, a->account, 1), "delete");
     next_bundle(b, &bundle);
-    double t0 = now_us();
+    double t0 = clock_mono_us();
     int rc = e2e_session_from_bundle(a->d, b->account, &bundle, &rec);
     if (rc)
         die("initiate", rc);
@@ -173,7 +167,7 @@ static double setup_once(profile *a, profile *b, const uint8_t *text)
         die("setup", PS_ERR_INTERNAL);
     open_and_store(b, a, &s);
     e2e_sealed_clear(&s);
-    return now_us() - t0;
+    return clock_mono_us() - t0;
 }
 
 typedef struct {
@@ -190,12 +184,12 @@ static void bench_store(profile *a, profile *b, double seconds, results *r)
     uint8_t text[TEXT_LEN];
     randombytes_buf(text, sizeof text);
     setup_once(a, b, text); /* warm up */
-    double start = now_us(), end = start + seconds * 1e6, total = 0;
+    double start = clock_mono_us(), end = start + seconds * 1e6, total = 0;
     long n = 0;
     do {
         total += setup_once(a, b, text);
         n++;
-    } while (now_us() < end);
+    } while (clock_mono_us() < end);
     r->setup_us = total / (double)n;
     r->setups = n;
 
@@ -206,19 +200,19 @@ static void bench_store(profile *a, profile *b, double seconds, results *r)
     e2e_sealed_clear(&s);
     double enc = 0, dec = 0;
     n = 0;
-    start = now_us();
+    start = clock_mono_us();
     end = start + seconds * 1e6;
     do {
-        double t0 = now_us();
+        double t0 = clock_mono_us();
         seal(a, b, text, sizeof text, &s);
-        double t1 = now_us();
+        double t1 = clock_mono_us();
         open_and_store(b, a, &s);
-        double t2 = now_us();
+        double t2 = clock_mono_us();
         e2e_sealed_clear(&s);
         enc += t1 - t0;
         dec += t2 - t1;
         n++;
-    } while (now_us() < end);
+    } while (clock_mono_us() < end);
     r->enc_us = enc / (double)n;
     r->dec_us = dec / (double)n;
     r->messages = n;
@@ -275,10 +269,10 @@ static void bench_memory(double seconds, bool serialize, double *enc_us, double 
     ps_bytes sa = {0}, sb = {0};
     if (serialize && ((rc = ps_session_record_serialize(&ra, &sa)) || (rc = ps_session_record_serialize(&rb, &sb))))
         die("serialize", rc);
-    double enc = 0, dec = 0, start = now_us(), end = start + seconds * 1e6;
+    double enc = 0, dec = 0, start = clock_mono_us(), end = start + seconds * 1e6;
     long n = 0;
     do {
-        double t0 = now_us();
+        double t0 = clock_mono_us();
         if (serialize) {
             ps_session_record_clear(&ra);
             if ((rc = ps_session_record_deserialize(&ra, sa.data, sa.len)))
@@ -289,7 +283,7 @@ static void bench_memory(double seconds, bool serialize, double *enc_us, double 
             die("encrypt", rc);
         if (serialize && (rc = ps_session_record_serialize(&ra, &sa)))
             die("serialize", rc);
-        double t1 = now_us();
+        double t1 = clock_mono_us();
         if (serialize) {
             ps_session_record_clear(&rb);
             if ((rc = ps_session_record_deserialize(&rb, sb.data, sb.len)))
@@ -300,13 +294,13 @@ static void bench_memory(double seconds, bool serialize, double *enc_us, double 
             die("decrypt", rc);
         if (serialize && (rc = ps_session_record_serialize(&rb, &sb)))
             die("serialize", rc);
-        double t2 = now_us();
+        double t2 = clock_mono_us();
         ps_bytes_free(&body);
         ps_bytes_free(&pt);
         enc += t1 - t0;
         dec += t2 - t1;
         n++;
-    } while (now_us() < end);
+    } while (clock_mono_us() < end);
     ps_bytes_free(&sa);
     ps_bytes_free(&sb);
     ps_session_record_clear(&ra);

@@ -8,16 +8,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "primitives.h"
 #include "sender_key.h"
 #include "session.h"
-
-static double now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
 
 typedef struct {
     ps_local_identity me;
@@ -105,7 +99,7 @@ static double bench_messages(size_t size, bool alternate, double seconds, long *
     send_one(&a, &b, msg, size);
     send_one(&b, &a, msg, size);
     long n = 0;
-    double start = now_us(), end = start + seconds * 1e6, t;
+    double start = clock_mono_us(), end = start + seconds * 1e6, t;
     do {
         for (int i = 0; i < 64; i++, n++) {
             if (alternate && (n & 1))
@@ -113,7 +107,7 @@ static double bench_messages(size_t size, bool alternate, double seconds, long *
             else
                 send_one(&a, &b, msg, size);
         }
-    } while ((t = now_us()) < end);
+    } while ((t = clock_mono_us()) < end);
     free(msg);
     ps_session_record_clear(&a.rec);
     ps_session_record_clear(&b.rec);
@@ -130,7 +124,7 @@ static double bench_setup(double seconds, long *count)
     ps_bundle bb;
     bundle_of(&b, &bb);
     long n = 0;
-    double start = now_us(), end = start + seconds * 1e6, t;
+    double start = clock_mono_us(), end = start + seconds * 1e6, t;
     do {
         for (int i = 0; i < 16; i++, n++) {
             ps_session_record ra = {0}, rb = {0};
@@ -143,7 +137,7 @@ static double bench_setup(double seconds, long *count)
             ps_session_record_clear(&a.rec);
             ps_session_record_clear(&b.rec);
         }
-    } while ((t = now_us()) < end);
+    } while ((t = clock_mono_us()) < end);
     *count = n;
     return (t - start) / (double)n;
 }
@@ -157,7 +151,7 @@ static double bench_xeddsa(bool verify, double seconds, long *count)
     if (ps_xeddsa_sign(sig, k.priv, msg, sizeof msg, NULL))
         die("sign", PS_ERR_INTERNAL);
     long n = 0, bad = 0;
-    double start = now_us(), end = start + seconds * 1e6, t;
+    double start = clock_mono_us(), end = start + seconds * 1e6, t;
     do {
         for (int i = 0; i < 32; i++, n++) {
             if (verify)
@@ -165,7 +159,7 @@ static double bench_xeddsa(bool verify, double seconds, long *count)
             else
                 bad += ps_xeddsa_sign(sig, k.priv, msg, sizeof msg, NULL) != PS_OK;
         }
-    } while ((t = now_us()) < end);
+    } while ((t = clock_mono_us()) < end);
     if (bad)
         die("xeddsa", PS_ERR_BAD_SIGNATURE);
     *count = n;
@@ -189,7 +183,7 @@ static double bench_group(size_t size, double seconds, long *count)
     uint8_t *msg = malloc(size);
     randombytes_buf(msg, size);
     long n = 0;
-    double start = now_us(), end = start + seconds * 1e6, t;
+    double start = clock_mono_us(), end = start + seconds * 1e6, t;
     do {
         for (int i = 0; i < 32; i++, n++) {
             if ((rc = ps_sender_key_encrypt(&mine, msg, size, NULL, &body)) ||
@@ -198,7 +192,7 @@ static double bench_group(size_t size, double seconds, long *count)
             ps_bytes_free(&body);
             ps_bytes_free(&pt);
         }
-    } while ((t = now_us()) < end);
+    } while ((t = clock_mono_us()) < end);
     free(msg);
     ps_sender_key_record_clear(&mine);
     ps_sender_key_record_clear(&theirs);

@@ -268,7 +268,7 @@ static void sleep_ms(unsigned ms)
 static void sleep_until(uint64_t t)
 {
     while (!interrupted) {
-        uint64_t now = pb_now_ns();
+        uint64_t now = clock_mono_ns();
         if (now >= t)
             return;
         uint64_t ms = (t - now) / 1000000u;
@@ -637,13 +637,13 @@ static int run_tool(char *const argv[], const char *out_path, double timeout_s)
         fprintf(stderr, "parley-bench: cannot run %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
-    uint64_t deadline = pb_now_ns() + (uint64_t)(timeout_s * 1e9);
+    uint64_t deadline = clock_mono_ns() + (uint64_t)(timeout_s * 1e9);
     for (;;) {
         int st;
         pid_t r = waitpid(pid, &st, WNOHANG);
         if (r == pid)
             return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        if (pb_now_ns() > deadline || interrupted) {
+        if (clock_mono_ns() > deadline || interrupted) {
             kill(pid, SIGKILL);
             waitpid(pid, &st, 0);
             return -1;
@@ -674,9 +674,9 @@ static bool provision(uint32_t n, double *took)
         return false;
     }
     char *argv[] = {exe, "provision", "--data", data, "--count", count, "--keys", keys, NULL};
-    uint64_t t = pb_now_ns();
+    uint64_t t = clock_mono_ns();
     int rc = run_tool(argv, out, 60 + n / 1000.0);
-    *took = secs(pb_now_ns() - t);
+    *took = secs(clock_mono_ns() - t);
     if (rc != 0) {
         fail("parleyctl provision of %u devices failed (status %d)", n, rc);
         return false;
@@ -772,8 +772,8 @@ static bool start_server(void)
         char line[512];
         size_t len = 0;
         bool ready = false;
-        uint64_t deadline = pb_now_ns() + 15000000000ull;
-        while (!ready && !interrupted && pb_now_ns() < deadline) {
+        uint64_t deadline = clock_mono_ns() + 15000000000ull;
+        while (!ready && !interrupted && clock_mono_ns() < deadline) {
             struct pollfd p = {pfd[0], POLLIN, 0};
             if (poll(&p, 1, 100) <= 0)
                 continue;
@@ -816,14 +816,14 @@ static bool stop_server(double *took)
 {
     if (server_pid <= 0)
         return true;
-    uint64_t t = pb_now_ns();
+    uint64_t t = clock_mono_ns();
     bool ok = true;
     if (!server_gone) {
         kill(server_pid, SIGTERM);
         uint64_t deadline = t + 30000000000ull;
         int st = 0;
         pid_t r = 0;
-        while ((r = waitpid(server_pid, &st, WNOHANG)) == 0 && pb_now_ns() < deadline)
+        while ((r = waitpid(server_pid, &st, WNOHANG)) == 0 && clock_mono_ns() < deadline)
             sleep_ms(10);
         if (r != server_pid) {
             kill(server_pid, SIGKILL);
@@ -838,7 +838,7 @@ static bool stop_server(double *took)
         server_status = st;
         server_gone = true;
     }
-    *took = secs(pb_now_ns() - t);
+    *took = secs(clock_mono_ns() - t);
     if (server_out >= 0)
         close(server_out);
     server_out = -1;
@@ -963,11 +963,11 @@ static void stop_workers(void)
     pb_cmd c = {PB_CMD_QUIT, 0, 0, 0, 0};
     for (uint32_t i = 0; i < nstarted; i++)
         send(worker_ctl[i], &c, sizeof c, MSG_NOSIGNAL);
-    uint64_t deadline = pb_now_ns() + 10000000000ull;
+    uint64_t deadline = clock_mono_ns() + 10000000000ull;
     for (uint32_t i = 0; i < nstarted; i++) {
         int st;
         while (waitpid(worker_pid[i], &st, WNOHANG) == 0) {
-            if (pb_now_ns() > deadline) {
+            if (clock_mono_ns() > deadline) {
                 kill(worker_pid[i], SIGKILL);
                 waitpid(worker_pid[i], &st, 0);
                 break;
@@ -1043,7 +1043,7 @@ static bool wait_phase(const char *phase, const goal *g, double timeout_s, doubl
 {
     if (O.timeout > 0)
         timeout_s = stall_s = O.timeout;
-    uint64_t start = pb_now_ns(), moved = start, last_sig = UINT64_MAX;
+    uint64_t start = clock_mono_ns(), moved = start, last_sig = UINT64_MAX;
     for (;;) {
         if (!query_all(s, false, NULL))
             return false;
@@ -1055,7 +1055,7 @@ static bool wait_phase(const char *phase, const goal *g, double timeout_s, doubl
             return true;
         if (!server_alive())
             return false;
-        uint64_t now = pb_now_ns(), sig = s->authed + s->drained + s->acked + s->delivered + s->receipts + s->sent;
+        uint64_t now = clock_mono_ns(), sig = s->authed + s->drained + s->acked + s->delivered + s->receipts + s->sent;
         if (sig != last_sig)
             moved = now, last_sig = sig;
         bool timed_out = secs(now - start) > timeout_s, stalled = secs(now - moved) > stall_s;
@@ -1138,7 +1138,7 @@ typedef struct {
 static void take_snap(snap *s, const pb_stats *q)
 {
     memset(s, 0, sizeof *s);
-    s->t = pb_now_ns();
+    s->t = clock_mono_ns();
     s->loadgen = secs(q->cpu_ns);
     s->server = server_cpu();
     s->written = server_alive() ? read_proc_written(server_pid) : NAN;
@@ -1231,9 +1231,9 @@ static void run_idle(pb_stats *fin, char *summary, size_t cap)
     take_snap(&b, &s);
     double conn_s = s.last_auth > s.first_connect ? secs(s.last_auth - s.first_connect) : NAN;
     if (ok) { /* hold, watching for connections that end */
-        uint64_t end = pb_now_ns() + (uint64_t)(O.hold * 1e9);
-        while (ok && pb_now_ns() < end && !interrupted) {
-            sleep_until(pb_now_ns() + 250000000u < end ? pb_now_ns() + 250000000u : end);
+        uint64_t end = clock_mono_ns() + (uint64_t)(O.hold * 1e9);
+        while (ok && clock_mono_ns() < end && !interrupted) {
+            sleep_until(clock_mono_ns() + 250000000u < end ? clock_mono_ns() + 250000000u : end);
             ok = query_all(&s, false, NULL) && server_alive();
             if (ok && fatal_count(&s)) {
                 fail("hold: %s", s.first_error);
@@ -1326,7 +1326,7 @@ static void run_pairs(pb_stats *fin, char *summary, size_t cap)
               wait_phase("connect", &g, scaled(60, 2.0 * p, 250), 30, &s);
     double conn_s = s.last_auth > s.first_connect ? secs(s.last_auth - s.first_connect) : NAN;
     if (ok) {
-        t_start = pb_now_ns() + 100000000u;
+        t_start = clock_mono_ns() + 100000000u;
         t0 = t_start + (uint64_t)(O.warmup * 1e9);
         t1 = t0 + (uint64_t)(O.seconds * 1e9);
         ok = command_all(PB_CMD_SEND, 0, t_start, t0, t1);
@@ -1342,12 +1342,12 @@ static void run_pairs(pb_stats *fin, char *summary, size_t cap)
         }
         if (interrupted)
             fail("interrupted while sending");
-        uint64_t ts = pb_now_ns();
+        uint64_t ts = clock_mono_ns();
         goal settle = no_goal;
         settle.settle = true;
         ok = ok && wait_phase("settle (after the stop: every acked message delivered, every receipt in)", &settle,
                               15, 15, &s);
-        settle_s = secs(pb_now_ns() - ts);
+        settle_s = secs(clock_mono_ns() - ts);
     }
     query_all(fin, true, &h);
     uint64_t measured = fin->delivered_measured;
@@ -1438,7 +1438,7 @@ static void run_stored(bool storm, pb_stats *fin, char *summary, size_t cap)
         goal drain = connect_goal((uint64_t)S + R, true);
         drain.delivered = M;
         drain.receipts = M;
-        tc = pb_now_ns();
+        tc = clock_mono_ns();
         ok = command_all(PB_CMD_CONNECT, PB_ROLE_RECEIVER, 0, 0, 0) &&
              wait_phase("drain (recipients connecting and receiving)", &drain,
                         scaled(60, (double)M / 2000 + R / 250.0, 1), 30, &s);

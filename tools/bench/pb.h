@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "clock.h"
+
 enum { PB_IDLE, PB_PAIRS, PB_OFFLINE, PB_STORM };
 
 /* A device's part in the run. */
@@ -113,7 +115,6 @@ typedef struct {
     uint64_t t_start, t0, t1;
 } pb_cmd;
 
-uint64_t pb_now_ns(void);
 
 /* The worker process: serves commands on ctl until PB_CMD_QUIT or the parent goes. */
 void pb_worker_main(const pb_config *cfg, uint32_t index, int ctl) __attribute__((noreturn));

@@ -26,8 +26,8 @@
 #include <unistd.h>
 
 #include "parley.pb-c.h"
-#include "pbwire.h"
 #include "pb.h"
+#include "pbwire.h"
 #include "primitives.h"
 #include "ws.h"
 #include "ws_handshake.h"
@@ -213,9 +213,7 @@ static uint64_t get_u64(const uint8_t *p)
  * (32), which is what the bench reads back from acks and receipts. */
 static void put_message_id(uint8_t *id, uint32_t dev, uint64_t j)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    uint64_t ms = clock_wall_ms();
     for (int i = 0; i < 6; i++)
         id[i] = (uint8_t)(ms >> (8 * (5 - i)));
     id[6] = (uint8_t)(W.cfg->run_id >> 8);
@@ -824,12 +822,12 @@ static const ws_handlers handlers = {on_ws_message, on_ws_control};
 
 /* ---- connecting --------------------------------------------------------------------- */
 
-static void ws_key(const conn *c, char out[25])
+static void ws_key(const conn *c, char out[WS_KEY_LEN + 1])
 {
     uint8_t raw[16];
     memcpy(raw, W.key_seed, 12);
     put_u32(raw + 12, (uint32_t)(c - W.c));
-    sodium_bin2base64(out, 25, raw, sizeof raw, sodium_base64_VARIANT_ORIGINAL);
+    sodium_bin2base64(out, WS_KEY_LEN + 1, raw, sizeof raw, sodium_base64_VARIANT_ORIGINAL);
 }
 
 static void start_connect(conn *c)
@@ -882,37 +880,23 @@ static void connected(conn *c)
         drop(c);
         return;
     }
-    char key[25];
+    char key[WS_KEY_LEN + 1], host[32], req[320];
     ws_key(c, key);
-    char req[320];
-    int n = snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: 127.0.0.1:%u\r\nUpgrade: websocket\r\n"
-                                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                                      "Sec-WebSocket-Version: 13\r\n\r\n",
-                     W.cfg->port, key);
+    snprintf(host, sizeof host, "127.0.0.1:%u", W.cfg->port);
+    size_t n = ws_handshake_request(req, sizeof req, host, "/", key, NULL);
     c->state = C_UPGRADING;
-    memcpy(out_reserve(c, (size_t)n), req, (size_t)n);
+    memcpy(out_reserve(c, n), req, n);
     c->out_len += (uint32_t)n;
     set_events(c, false); /* flush sets EPOLLOUT again if the request does not go at once */
 }
 
-/* The 101 response: status, and Sec-WebSocket-Accept for our key. */
+/* The 101 response, checked against our key. */
 static bool response_ok(const conn *c, const char *head, size_t len)
 {
-    if (len < 12 || memcmp(head, "HTTP/1.1 101", 12) != 0)
-        return false;
-    char key[25], want[29];
+    char key[WS_KEY_LEN + 1];
+    const char *why;
     ws_key(c, key);
-    ws_handshake_accept_key(key, 24, want);
-    static const char name[] = "\r\nSec-WebSocket-Accept:";
-    for (size_t i = 0; i + sizeof name - 1 + 28 <= len; i++) {
-        if (strncasecmp(head + i, name, sizeof name - 1) != 0)
-            continue;
-        const char *v = head + i + sizeof name - 1, *vend = head + len;
-        while (v < vend && *v == ' ')
-            v++;
-        return vend - v >= 28 && memcmp(v, want, 28) == 0;
-    }
-    return false;
+    return ws_handshake_check_response(head, len, key, &why) == 101;
 }
 
 static void on_handshake_bytes(conn *c, uint8_t *data, size_t len)
@@ -963,7 +947,7 @@ static void on_readable(conn *c)
     } else if (n == 0) {
         kill_conn(c, "the server closed the connection");
     } else {
-        W.now = pb_now_ns();
+        W.now = clock_mono_ns();
         if (c->state == C_UPGRADING) {
             on_handshake_bytes(c, W.rbuf, (size_t)n);
         } else {
@@ -1105,7 +1089,7 @@ static void setup(const pb_config *cfg, uint32_t index, int ctl)
     W.index = index;
     W.ctl = ctl;
     W.heartbeat = 30;
-    W.epoch = W.now = pb_now_ns();
+    W.epoch = W.now = clock_mono_ns();
     W.next_sweep = W.now + 1000000000u;
     W.lim = (ws_limits){.max_frame = 64u << 20, .max_message = 64u << 20};
     W.rbuf = xcalloc(1, READ_BUF);
@@ -1179,14 +1163,14 @@ void pb_worker_main(const pb_config *cfg, uint32_t index, int ctl)
             fprintf(stderr, "parley-bench: worker %u: epoll_wait: %s\n", index, strerror(errno));
             _exit(3);
         }
-        W.now = pb_now_ns();
+        W.now = clock_mono_ns();
         for (int i = 0; i < n; i++) {
             if (evs[i].data.u64 == CTL_EVENT)
                 on_command();
             else
                 on_conn_event(&W.c[evs[i].data.u64], evs[i].events);
         }
-        W.now = pb_now_ns();
+        W.now = clock_mono_ns();
         tick();
         flush_all();
     }

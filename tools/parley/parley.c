@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "parley.h"
 
 #define DEFAULT_TIMEOUT_S 30
@@ -71,13 +72,6 @@ static void fail_msg(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
-}
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static void hex_id(char out[2 * PARLEY_ID_LEN + 1], const uint8_t id[PARLEY_ID_LEN])
@@ -426,7 +420,7 @@ static void on_event(void *ctx, const parley_event *ev)
     char id[2 * PARLEY_ID_LEN + 1];
     switch (ev->type) {
     case PARLEY_EVENT_MESSAGE:
-        s->last_activity = now_ms();
+        s->last_activity = clock_mono_ms();
         s->unshown = s->mode == MODE_RECV || s->mode == MODE_LISTEN; /* printed from the database */
         break;
     case PARLEY_EVENT_RECEIPT:
@@ -460,7 +454,7 @@ static void on_event(void *ctx, const parley_event *ev)
         break;
     case PARLEY_EVENT_DRAINED:
         s->drained = true;
-        s->last_activity = now_ms();
+        s->last_activity = clock_mono_ms();
         parley_stop(s->p);
         break;
     case PARLEY_EVENT_CONNECTION:
@@ -535,7 +529,7 @@ static void install_signals(void)
 static bool loop_until(session *s, bool (*done)(session *), uint64_t deadline)
 {
     while (!got_signal && !s->fatal && !done(s)) {
-        uint64_t now = now_ms();
+        uint64_t now = clock_mono_ms();
         if (deadline && now >= deadline)
             return false;
         struct pollfd fds[2];
@@ -643,13 +637,13 @@ static int send_lines(session *s, const char *to)
         snprintf(s->problem, sizeof s->problem, "%s", parley_errmsg(s->p));
         s->fatal = PARLEY_ERR_STATE;
     }
-    uint64_t deadline = now_ms() + (uint64_t)s->o->timeout_s * 1000;
+    uint64_t deadline = clock_mono_ms() + (uint64_t)s->o->timeout_s * 1000;
     while (status == 0 && s->n_batch && !s->acked && !s->failed && !got_signal && !s->fatal) {
         s->progress_mark = s->next_print;
         loop_until(s, batch_moved, deadline);
         if (s->next_print != s->progress_mark)
-            deadline = now_ms() + (uint64_t)s->o->timeout_s * 1000;
-        else if (now_ms() >= deadline)
+            deadline = clock_mono_ms() + (uint64_t)s->o->timeout_s * 1000;
+        else if (clock_mono_ms() >= deadline)
             break;
     }
     if (status == 0 && s->next_print < s->n_batch) {
@@ -684,7 +678,7 @@ static int cmd_send(const options *o)
     }
     s.have_id = true;
     install_signals();
-    run_until(&s, PARLEY_SEND_ONLY, send_done, now_ms() + (uint64_t)o->timeout_s * 1000);
+    run_until(&s, PARLEY_SEND_ONLY, send_done, clock_mono_ms() + (uint64_t)o->timeout_s * 1000);
     parley_state st = PARLEY_STATE_PENDING;
     parley_message_state(p, s.id, &st); /* the database is the truth (another process may have sent it) */
     char id[2 * PARLEY_ID_LEN + 1], why[600];
@@ -759,9 +753,9 @@ static int cmd_recv(const options *o)
     show_unshown(&s); /* what an earlier run stored but could not print */
     int status = 0;
     char why[600];
-    bool drained = run_until(&s, PARLEY_RECEIVE, drained_done, now_ms() + (uint64_t)o->timeout_s * 1000);
+    bool drained = run_until(&s, PARLEY_RECEIVE, drained_done, clock_mono_ms() + (uint64_t)o->timeout_s * 1000);
     if (drained && !s.fatal && !receipts_done(&s)) /* RETRY receipts for what did not decrypt: best effort */
-        loop_until(&s, receipts_done, now_ms() + RECEIPTS_GRACE_MS);
+        loop_until(&s, receipts_done, clock_mono_ms() + RECEIPTS_GRACE_MS);
     if (!drained || s.fatal) {
         timeout_problem(&s, why, sizeof why);
         if (!got_signal) {
@@ -775,7 +769,7 @@ static int cmd_recv(const options *o)
         /* keep listening until wait_s pass with nothing new (each message restarts it) */
         while (!got_signal && !s.fatal) {
             uint64_t until = s.last_activity + (uint64_t)o->wait_s * 1000;
-            if (now_ms() >= until)
+            if (clock_mono_ms() >= until)
                 break;
             loop_until(&s, activity_after, until);
         }
@@ -826,7 +820,7 @@ static int cmd_read(const options *o)
     char why[600];
     install_signals();
     if (!receipts_done(&s) && !run_until(&s, PARLEY_SEND_ONLY, receipts_done,
-                                         now_ms() + (uint64_t)o->timeout_s * 1000)) {
+                                         clock_mono_ms() + (uint64_t)o->timeout_s * 1000)) {
         timeout_problem(&s, why, sizeof why);
         fail_msg("%zu message(s) marked read, but the read receipts did not reach the server%s (%s); they go out "
                  "with the next command that connects",
@@ -987,7 +981,7 @@ static bool get_safety(session *s, const char *phone)
         return false;
     }
     install_signals();
-    if (run_until(s, PARLEY_SEND_ONLY, safety_known, now_ms() + (uint64_t)s->o->timeout_s * 1000))
+    if (run_until(s, PARLEY_SEND_ONLY, safety_known, clock_mono_ms() + (uint64_t)s->o->timeout_s * 1000))
         return true;
     char why[600];
     timeout_problem(s, why, sizeof why);

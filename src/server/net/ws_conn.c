@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ws_handshake.h"
+#include "upgrade.h"
 
 #define LINGER_MS 1000
 #define SWEEP_MS 250
@@ -334,12 +334,12 @@ static void on_handshake_bytes(ws_conn *c, char *data, size_t len)
         if (c->head_len == WS_HANDSHAKE_MAX_HEAD) {
             free(c->head);
             c->head = NULL;
-            resp_len = ws_handshake_too_large(resp);
+            resp_len = ws_handshake_error(resp, 431);
             refuse(c, resp, resp_len);
         }
         return;
     }
-    int status = ws_handshake_answer(c->head, head_len, resp, &resp_len);
+    int status = upgrade_answer(c->head, head_len, resp, &resp_len);
     free(c->head);
     c->head = NULL; /* and so c->out, once upgraded, is NULL */
     if (status != 101) {
