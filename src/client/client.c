@@ -21,6 +21,7 @@
 
 #include "client_internal.h"
 #include "clock.h"
+#include "phone.h"
 #include "content.pb-c.h"
 #include "primitives.h"
 #include "utf8.h"
@@ -89,13 +90,7 @@ void emit_identity_changed(parley *p, const char *phone, uint32_t device, bool w
 
 bool parley_phone_valid(const char *phone)
 {
-    size_t n = phone ? strlen(phone) : 0;
-    if (n < 8 || n > PARLEY_PHONE_MAX || phone[0] != '+' || phone[1] < '1' || phone[1] > '9')
-        return false;
-    for (size_t i = 2; i < n; i++)
-        if (phone[i] < '0' || phone[i] > '9')
-            return false;
-    return true;
+    return phone_is_e164(phone);
 }
 
 const char *parley_state_name(parley_state s)

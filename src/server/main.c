@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "server.h"
+#include "services.h"
 
 static bool sms_provider_valid(const char *v, const char **why)
 {
@@ -77,24 +77,17 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    int rc = store_open(&srv.st, srv.cfg.data_dir, 0);
+    int rc = store_open_embedded(&srv.st, srv.cfg.data_dir, 0, &parley_envelopes);
     if (rc != STORE_OK) {
         fprintf(stderr, "parleyd: cannot open the store in %s: %s\n", srv.cfg.data_dir, store_strerror(rc));
         return 1;
     }
-    pthread_mutex_init(&srv.codes_lock, NULL);
     /* a million device buckets (16 MiB of address space, touched only where used);
      * 4096 address buckets */
-    if (rate_table_init(&srv.send_limit, 1 << 20, srv.cfg.send_rate, srv.cfg.send_rate * 2) != 0 ||
-        rate_table_init(&srv.conn_limit, 4096, srv.cfg.conn_rate, srv.cfg.conn_rate) != 0 ||
-        rate_table_init(&srv.fetch_limit, 1 << 20, srv.cfg.fetch_rate, srv.cfg.fetch_rate * 2) != 0 ||
-        routes_init(&srv.routes) != 0) {
-        store_close(srv.st);
-        return 1;
-    }
-    if ((rc = writer_start(&srv.wr, srv.st, 4096)) != STORE_OK || io_start(&srv) != 0) {
-        if (rc == STORE_OK)
-            writer_stop(srv.wr);
+    if (rate_table_init(&srv.rates[RATE_SENDS], 1 << 20, srv.cfg.send_rate, srv.cfg.send_rate * 2) != 0 ||
+        rate_table_init(&srv.rates[RATE_CONNECTIONS], 4096, srv.cfg.conn_rate, srv.cfg.conn_rate) != 0 ||
+        rate_table_init(&srv.rates[RATE_FETCHES], 1 << 20, srv.cfg.fetch_rate, srv.cfg.fetch_rate * 2) != 0 ||
+        server_start(&srv, parley_services) != 0) {
         store_close(srv.st);
         return 1;
     }
@@ -105,22 +98,12 @@ int main(int argc, char **argv)
     int sig = 0;
     sigwait(&sigs, &sig);
     fprintf(stderr, "parleyd: signal %d: closing connections\n", sig);
-    io_stop(&srv);       /* no more input is read, so no more writes come */
-    writer_stats ws = writer_stop(srv.wr); /* commits what is queued */
-    io_finish(&srv);     /* the threads send the last answers and end */
-    io_join(&srv);
+    store_run_stats st = server_stop(&srv);
     store_close(srv.st);
-    routes_destroy(&srv.routes);
-    rate_table_destroy(&srv.send_limit);
-    rate_table_destroy(&srv.conn_limit);
-    rate_table_destroy(&srv.fetch_limit);
-    for (code_entry *e = srv.codes, *next; e; e = next) {
-        next = e->next;
-        sodium_memzero(e, sizeof *e);
-        free(e);
-    }
+    for (int i = RATE_NONE + 1; i < RATE_CLASSES; i++)
+        rate_table_destroy(&srv.rates[i]);
     /* how well commits were grouped (what a benchmark run wants to know) */
-    fprintf(stderr, "parleyd: stopped after %llu commits of %llu writes\n", (unsigned long long)ws.batches,
-            (unsigned long long)ws.jobs);
+    fprintf(stderr, "parleyd: stopped after %llu commits of %llu writes\n", (unsigned long long)st.commits,
+            (unsigned long long)st.writes);
     return 0;
 }

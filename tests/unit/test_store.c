@@ -10,7 +10,7 @@
 #include <lmdb.h>
 
 #include "check.h"
-#include "store.h"
+#include "ldb.h"
 
 static char dir[256];
 
@@ -47,20 +47,20 @@ static bool collect(void *ctx, uint64_t seq, uint64_t stored_ms, const uint8_t *
     return true;
 }
 
-static int append_text(store_batch *b, store_device d, uint64_t now, const char *text, uint64_t *seq)
+static int append_text(ldb_batch *b, store_device d, uint64_t now, const char *text, uint64_t *seq)
 {
-    return store_inbox_append(b, &d, now, (const uint8_t *)text, strlen(text), seq);
+    return ldb_inbox_append(b, &d, now, (const uint8_t *)text, strlen(text), seq);
 }
 
 static void test_inbox(void)
 {
     fresh_dir("inbox");
-    store *s;
-    store_batch *b;
+    ldb *s;
+    ldb_batch *b;
     uint64_t seq = 0, count;
     char text[24];
-    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
     bool in_order = true;
     for (int i = 0; i < 100; i++) {
         snprintf(text, sizeof text, "a1-%d", i);
@@ -69,135 +69,135 @@ static void test_inbox(void)
         in_order &= append_text(b, dev(1, 2), 1000, text, &seq) == STORE_OK && seq == (uint64_t)i + 1;
     }
     CHECK(in_order);
-    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
 
     static collected c;
     c.n = 0;
-    CHECK_RC(store_inbox_read(s, &(store_device){0}, 0, 10, collect, &c), STORE_OK);
+    CHECK_RC(ldb_inbox_read(s, &(store_device){0}, 0, 10, collect, &c), STORE_OK);
     CHECK(c.n == 0); /* another device's inbox is empty */
     store_device d1 = dev(1, 1);
-    CHECK_RC(store_inbox_read(s, &d1, 0, 10, collect, &c), STORE_OK);
+    CHECK_RC(ldb_inbox_read(s, &d1, 0, 10, collect, &c), STORE_OK);
     CHECK(c.n == 10 && c.seqs[0] == 1 && strcmp(c.texts[9], "a1-9") == 0);
     c.n = 0;
-    CHECK_RC(store_inbox_read(s, &d1, 95, 100, collect, &c), STORE_OK);
+    CHECK_RC(ldb_inbox_read(s, &d1, 95, 100, collect, &c), STORE_OK);
     CHECK(c.n == 5 && c.seqs[0] == 96 && strcmp(c.texts[4], "a1-99") == 0);
 
     /* cumulative ack, then the rest is still in order; the other device untouched */
     size_t deleted = 0;
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_inbox_ack(b, &d1, 60, &deleted), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_inbox_ack(b, &d1, 60, &deleted), STORE_OK);
     CHECK(deleted == 60);
-    CHECK_RC(store_inbox_ack(b, &d1, 60, &deleted), STORE_OK);
+    CHECK_RC(ldb_inbox_ack(b, &d1, 60, &deleted), STORE_OK);
     CHECK(deleted == 0); /* a repeated ack is harmless */
-    CHECK_RC(store_batch_commit(b), STORE_OK);
-    CHECK_RC(store_inbox_count(s, &d1, &count), STORE_OK);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    CHECK_RC(ldb_inbox_count(s, &d1, &count), STORE_OK);
     CHECK(count == 40);
     store_device d2 = dev(1, 2);
-    CHECK_RC(store_inbox_count(s, &d2, &count), STORE_OK);
+    CHECK_RC(ldb_inbox_count(s, &d2, &count), STORE_OK);
     CHECK(count == 100);
     c.n = 0;
-    CHECK_RC(store_inbox_read(s, &d1, 0, 1, collect, &c), STORE_OK);
+    CHECK_RC(ldb_inbox_read(s, &d1, 0, 1, collect, &c), STORE_OK);
     CHECK(c.n == 1 && c.seqs[0] == 61);
 
     /* an aborted batch leaves nothing */
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
     CHECK_RC(append_text(b, d1, 1000, "ghost", &seq), STORE_OK);
-    CHECK_RC(store_inbox_drop(b, &d2, &deleted), STORE_OK);
-    store_batch_abort(b);
-    CHECK_RC(store_inbox_count(s, &d1, &count), STORE_OK);
+    CHECK_RC(ldb_inbox_drop(b, &d2, &deleted), STORE_OK);
+    ldb_batch_abort(b);
+    CHECK_RC(ldb_inbox_count(s, &d1, &count), STORE_OK);
     CHECK(count == 40);
-    CHECK_RC(store_inbox_count(s, &d2, &count), STORE_OK);
+    CHECK_RC(ldb_inbox_count(s, &d2, &count), STORE_OK);
     CHECK(count == 100);
-    store_close(s);
+    ldb_close(s);
 
     /* reopen: data kept, and sequence numbers continue (never reused); a take shows
      * each envelope it deletes, in order */
-    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
     c.n = 0;
-    CHECK_RC(store_inbox_take(b, &d1, 70, collect, &c, &deleted), STORE_OK);
+    CHECK_RC(ldb_inbox_take(b, &d1, 70, collect, &c, &deleted), STORE_OK);
     CHECK(deleted == 10 && c.n == 10 && c.seqs[0] == 61 && strcmp(c.texts[9], "a1-69") == 0);
-    CHECK_RC(store_inbox_ack(b, &d1, UINT64_MAX, &deleted), STORE_OK);
+    CHECK_RC(ldb_inbox_ack(b, &d1, UINT64_MAX, &deleted), STORE_OK);
     CHECK(deleted == 30);
     CHECK_RC(append_text(b, d1, 1000, "after", &seq), STORE_OK);
     CHECK(seq == 101);
-    CHECK_RC(store_batch_commit(b), STORE_OK);
-    CHECK_RC(store_inbox_count(s, &d1, &count), STORE_OK);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    CHECK_RC(ldb_inbox_count(s, &d1, &count), STORE_OK);
     CHECK(count == 1);
-    store_close(s);
+    ldb_close(s);
     remove_tree(dir);
 }
 
 static void test_dedup_and_sweep(void)
 {
     fresh_dir("sweep");
-    store *s;
-    store_batch *b;
+    ldb *s;
+    ldb_batch *b;
     uint64_t seq, ts = 0, count;
     size_t inbox_removed, dedup_removed;
     uint8_t id1[16], id2[16];
     memset(id1, 0xaa, 16);
     memset(id2, 0xbb, 16);
     store_device sender = dev(9, 1), d = dev(2, 1);
-    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_dedup_get(b, &sender, id1, &ts), STORE_NOT_FOUND);
-    CHECK_RC(store_dedup_put(b, &sender, id1, 5000), STORE_OK);
-    CHECK_RC(store_dedup_put(b, &sender, id2, 9000), STORE_OK);
-    CHECK_RC(store_dedup_get(b, &sender, id1, &ts), STORE_OK);
+    CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_dedup_get(b, &sender, id1, &ts), STORE_NOT_FOUND);
+    CHECK_RC(ldb_dedup_put(b, &sender, id1, 5000), STORE_OK);
+    CHECK_RC(ldb_dedup_put(b, &sender, id2, 9000), STORE_OK);
+    CHECK_RC(ldb_dedup_get(b, &sender, id1, &ts), STORE_OK);
     CHECK(ts == 5000);
     for (int i = 0; i < 50; i++) /* old envelopes at t=1000.., new ones at t=100000.. */
         CHECK_RC(append_text(b, d, (uint64_t)(i < 30 ? 1000 + i : 100000 + i), "x", &seq), STORE_OK);
-    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
 
     /* bounded work per call: 10 at a time */
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_sweep(b, 50000, 6000, 10, &inbox_removed, &dedup_removed), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_sweep(b, 50000, 6000, 10, &inbox_removed, &dedup_removed), STORE_OK);
     CHECK(inbox_removed == 10 && dedup_removed == 1);
-    CHECK_RC(store_sweep(b, 50000, 6000, 1000, &inbox_removed, &dedup_removed), STORE_OK);
+    CHECK_RC(ldb_sweep(b, 50000, 6000, 1000, &inbox_removed, &dedup_removed), STORE_OK);
     CHECK(inbox_removed == 20 && dedup_removed == 0);
-    CHECK_RC(store_dedup_get(b, &sender, id1, &ts), STORE_NOT_FOUND);
-    CHECK_RC(store_dedup_get(b, &sender, id2, &ts), STORE_OK);
-    CHECK_RC(store_batch_commit(b), STORE_OK);
-    CHECK_RC(store_inbox_count(s, &d, &count), STORE_OK);
+    CHECK_RC(ldb_dedup_get(b, &sender, id1, &ts), STORE_NOT_FOUND);
+    CHECK_RC(ldb_dedup_get(b, &sender, id2, &ts), STORE_OK);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    CHECK_RC(ldb_inbox_count(s, &d, &count), STORE_OK);
     CHECK(count == 20);
 
     /* acked envelopes leave the time index too: a later sweep finds nothing stale */
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_inbox_ack(b, &d, UINT64_MAX, &inbox_removed), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_inbox_ack(b, &d, UINT64_MAX, &inbox_removed), STORE_OK);
     CHECK(inbox_removed == 20);
-    CHECK_RC(store_sweep(b, UINT64_MAX, 0, 1000, &inbox_removed, &dedup_removed), STORE_OK);
+    CHECK_RC(ldb_sweep(b, UINT64_MAX, 0, 1000, &inbox_removed, &dedup_removed), STORE_OK);
     CHECK(inbox_removed == 0);
-    CHECK_RC(store_batch_commit(b), STORE_OK);
-    store_close(s);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    ldb_close(s);
     remove_tree(dir);
 }
 
 static void test_full(void)
 {
     fresh_dir("full");
-    store *s;
-    store_batch *b;
+    ldb *s;
+    ldb_batch *b;
     uint64_t seq, count;
     static uint8_t blob[8192];
     store_device d = dev(3, 1);
-    CHECK_RC(store_open(&s, dir, 1 << 20), STORE_OK); /* a 1 MiB map */
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_inbox_append(b, &d, 1, blob, 100, &seq), STORE_OK);
-    CHECK_RC(store_batch_commit(b), STORE_OK);
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_open(&s, dir, 1 << 20), STORE_OK); /* a 1 MiB map */
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_inbox_append(b, &d, 1, blob, 100, &seq), STORE_OK);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
     int rc = STORE_OK;
     for (int i = 0; i < 1000 && rc == STORE_OK; i++)
-        rc = store_inbox_append(b, &d, 1, blob, sizeof blob, &seq);
+        rc = ldb_inbox_append(b, &d, 1, blob, sizeof blob, &seq);
     CHECK_RC(rc, STORE_FULL);
-    store_batch_abort(b);
-    CHECK_RC(store_inbox_count(s, &d, &count), STORE_OK);
+    ldb_batch_abort(b);
+    CHECK_RC(ldb_inbox_count(s, &d, &count), STORE_OK);
     CHECK(count == 1); /* the refused batch left nothing, the earlier one is intact */
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_inbox_append(b, &d, 1, blob, 100, &seq), STORE_OK); /* still usable */
-    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_inbox_append(b, &d, 1, blob, 100, &seq), STORE_OK); /* still usable */
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
     CHECK(seq == 2);
-    store_close(s);
+    ldb_close(s);
     remove_tree(dir);
 }
 
@@ -215,22 +215,22 @@ static void test_kill9(void)
         pid_t pid = fork();
         if (pid == 0) {
             close(fds[0]);
-            store *s;
-            if (store_open(&s, dir, 64 << 20) != STORE_OK)
+            ldb *s;
+            if (ldb_open(&s, dir, 64 << 20) != STORE_OK)
                 _exit(3);
             store_device d = dev(4, (uint32_t)round + 1); /* a fresh inbox each round */
             for (int batch = 0; batch < 100000; batch++) {
-                store_batch *b;
+                ldb_batch *b;
                 uint64_t seq = 0;
                 char text[24];
-                if (store_batch_begin(s, &b) != STORE_OK)
+                if (ldb_batch_begin(s, &b) != STORE_OK)
                     _exit(4);
                 for (int i = 0; i < 8; i++) {
                     snprintf(text, sizeof text, "r%d-b%d-%d", round, batch, i);
                     if (append_text(b, d, 1, text, &seq) != STORE_OK)
                         _exit(5);
                 }
-                if (store_batch_commit(b) != STORE_OK)
+                if (ldb_batch_commit(b) != STORE_OK)
                     _exit(6);
                 if (write(fds[1], &seq, sizeof seq) != sizeof seq) /* "acked" up to seq */
                     _exit(7);
@@ -249,16 +249,16 @@ static void test_kill9(void)
         close(fds[0]);
         total_reported += acked;
 
-        store *s;
+        ldb *s;
         static collected c;
         c.n = 0;
         store_device d = dev(4, (uint32_t)round + 1);
-        CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
+        CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
         uint64_t from = 0;
         bool all_there = true;
         while (from < acked) { /* every acked seq, none missing, in order */
             c.n = 0;
-            if (store_inbox_read(s, &d, from, 4096, collect, &c) != STORE_OK || c.n == 0) {
+            if (ldb_inbox_read(s, &d, from, 4096, collect, &c) != STORE_OK || c.n == 0) {
                 all_there = false;
                 break;
             }
@@ -268,15 +268,15 @@ static void test_kill9(void)
         if (all_there && acked > 0)
             rounds_ok++;
         /* acknowledging everything empties the inbox */
-        store_batch *b;
+        ldb_batch *b;
         size_t deleted;
-        CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-        CHECK_RC(store_inbox_ack(b, &d, UINT64_MAX, &deleted), STORE_OK);
-        CHECK_RC(store_batch_commit(b), STORE_OK);
+        CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+        CHECK_RC(ldb_inbox_ack(b, &d, UINT64_MAX, &deleted), STORE_OK);
+        CHECK_RC(ldb_batch_commit(b), STORE_OK);
         uint64_t left = 1;
-        CHECK_RC(store_inbox_count(s, &d, &left), STORE_OK);
+        CHECK_RC(ldb_inbox_count(s, &d, &left), STORE_OK);
         CHECK(left == 0);
-        store_close(s);
+        ldb_close(s);
     }
     CHECK(rounds_ok == rounds);
     printf("kill -9: %d rounds, %llu acked envelopes checked\n", rounds,
@@ -287,61 +287,61 @@ static void test_kill9(void)
 static void test_accounts(void)
 {
     fresh_dir("accounts");
-    store *s;
-    store_batch *b;
+    ldb *s;
+    ldb_batch *b;
     uint8_t id1[16], id2[16], acc[16], acc2[16];
     uint64_t seq, count;
     memset(id1, 0x11, 16);
     memset(id2, 0x22, 16);
     store_device_record primary = {.device = 1, .registration_id = 4242};
     memset(primary.identity_key, 0x33, 32);
-    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
-    CHECK_RC(store_account_by_phone(s, "+15550000001", acc), STORE_NOT_FOUND);
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_register(b, "+15550000001", id1, &primary, acc), STORE_OK);
+    CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
+    CHECK_RC(ldb_account_by_phone(s, "+15550000001", acc), STORE_NOT_FOUND);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_register(b, "+15550000001", id1, &primary, acc), STORE_OK);
     CHECK(memcmp(acc, id1, 16) == 0);
-    CHECK_RC(store_batch_commit(b), STORE_OK);
-    CHECK_RC(store_account_by_phone(s, "+15550000001", acc2), STORE_OK);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    CHECK_RC(ldb_account_by_phone(s, "+15550000001", acc2), STORE_OK);
     CHECK(memcmp(acc2, id1, 16) == 0);
     store_device d1 = {.device = 1};
     memcpy(d1.account, id1, 16);
     store_device_record got;
-    CHECK_RC(store_device_get(s, &d1, &got), STORE_OK);
+    CHECK_RC(ldb_device_get(s, &d1, &got), STORE_OK);
     CHECK(got.registration_id == 4242 && got.identity_key[5] == 0x33);
     uint32_t ids[8];
     size_t n = 0;
-    CHECK_RC(store_account_devices(s, id1, ids, 8, &n), STORE_OK);
+    CHECK_RC(ldb_account_devices(s, id1, ids, 8, &n), STORE_OK);
     CHECK(n == 1 && ids[0] == 1);
     char phone[STORE_PHONE_MAX + 1];
-    CHECK_RC(store_phone_by_account(s, id1, phone), STORE_OK);
+    CHECK_RC(ldb_phone_by_account(s, id1, phone), STORE_OK);
     CHECK(strcmp(phone, "+15550000001") == 0);
-    CHECK_RC(store_phone_by_account(s, id2, phone), STORE_NOT_FOUND);
+    CHECK_RC(ldb_phone_by_account(s, id2, phone), STORE_NOT_FOUND);
     /* inside a batch, the batch's own registration is visible */
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_register(b, "+15550000002", id2, &primary, acc), STORE_OK);
-    CHECK_RC(store_batch_account_devices(b, id2, ids, 8, &n), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_register(b, "+15550000002", id2, &primary, acc), STORE_OK);
+    CHECK_RC(ldb_batch_account_devices(b, id2, ids, 8, &n), STORE_OK);
     CHECK(n == 1 && ids[0] == 1);
-    store_batch_abort(b);
-    CHECK_RC(store_account_devices(s, id2, ids, 8, &n), STORE_OK);
+    ldb_batch_abort(b);
+    CHECK_RC(ldb_account_devices(s, id2, ids, 8, &n), STORE_OK);
     CHECK(n == 0);
 
     /* the number registers again: same account, new device key, old inbox dropped */
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
     CHECK_RC(append_text(b, d1, 1, "for the old install", &seq), STORE_OK);
-    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
     memset(primary.identity_key, 0x44, 32);
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_register(b, "+15550000001", id2, &primary, acc), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_register(b, "+15550000001", id2, &primary, acc), STORE_OK);
     CHECK(memcmp(acc, id1, 16) == 0);
-    CHECK_RC(store_register(b, "+1555000000123456789", id2, &primary, acc), STORE_INVALID);
-    CHECK_RC(store_batch_commit(b), STORE_OK);
-    CHECK_RC(store_device_get(s, &d1, &got), STORE_OK);
+    CHECK_RC(ldb_register(b, "+1555000000123456789", id2, &primary, acc), STORE_INVALID);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    CHECK_RC(ldb_device_get(s, &d1, &got), STORE_OK);
     CHECK(got.identity_key[5] == 0x44);
-    CHECK_RC(store_inbox_count(s, &d1, &count), STORE_OK);
+    CHECK_RC(ldb_inbox_count(s, &d1, &count), STORE_OK);
     CHECK(count == 0);
     d1.device = 2;
-    CHECK_RC(store_device_get(s, &d1, &got), STORE_NOT_FOUND);
-    store_close(s);
+    CHECK_RC(ldb_device_get(s, &d1, &got), STORE_NOT_FOUND);
+    ldb_close(s);
     remove_tree(dir);
 }
 
@@ -350,8 +350,8 @@ static void test_accounts(void)
 static void test_prekeys(void)
 {
     fresh_dir("prekeys");
-    store *s;
-    store_batch *b;
+    ldb *s;
+    ldb_batch *b;
     uint8_t id1[16], acc[16];
     memset(id1, 0x55, 16);
     store_device_record primary = {.device = 1, .registration_id = 7};
@@ -368,56 +368,56 @@ static void test_prekeys(void)
     memset(sp.signature, 0x71, 64);
     size_t n, left;
 
-    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_register(b, "+15550000009", id1, &primary, acc), STORE_OK);
-    CHECK_RC(store_signed_prekey_get(b, &d1, &sp_got), STORE_NOT_FOUND);
-    CHECK_RC(store_prekey_take(b, &d1, &got, &left), STORE_NOT_FOUND);
-    CHECK_RC(store_signed_prekey_put(b, &d1, &sp), STORE_OK);
-    CHECK_RC(store_prekeys_add(b, &d1, keys, 5), STORE_OK);
-    CHECK_RC(store_prekeys_add(b, &d1, keys + 1, 2), STORE_OK); /* a resent upload */
-    CHECK_RC(store_prekeys_count(b, &d1, &n), STORE_OK);
+    CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_register(b, "+15550000009", id1, &primary, acc), STORE_OK);
+    CHECK_RC(ldb_signed_prekey_get(b, &d1, &sp_got), STORE_NOT_FOUND);
+    CHECK_RC(ldb_prekey_take(b, &d1, &got, &left), STORE_NOT_FOUND);
+    CHECK_RC(ldb_signed_prekey_put(b, &d1, &sp), STORE_OK);
+    CHECK_RC(ldb_prekeys_add(b, &d1, keys, 5), STORE_OK);
+    CHECK_RC(ldb_prekeys_add(b, &d1, keys + 1, 2), STORE_OK); /* a resent upload */
+    CHECK_RC(ldb_prekeys_count(b, &d1, &n), STORE_OK);
     CHECK(n == 5);
-    CHECK_RC(store_prekeys_count(b, &d2, &n), STORE_OK);
+    CHECK_RC(ldb_prekeys_count(b, &d2, &n), STORE_OK);
     CHECK(n == 0);
     store_prekey clash = keys[2];
     clash.key[0] ^= 1;
-    CHECK_RC(store_prekeys_add(b, &d1, &clash, 1), STORE_EXISTS);
-    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK_RC(ldb_prekeys_add(b, &d1, &clash, 1), STORE_EXISTS);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
 
     /* after a restart: ids in ascending order, each once, keys intact */
-    store_close(s);
-    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
+    ldb_close(s);
+    CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
     uint32_t want[] = {20, 90, 160, 230};
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_signed_prekey_get(b, &d1, &sp_got), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_signed_prekey_get(b, &d1, &sp_got), STORE_OK);
     CHECK(sp_got.id == 9 && sp_got.uploaded_ms == 1234 && sp_got.key[31] == 0x70 && sp_got.signature[63] == 0x71);
     for (int i = 0; i < 4; i++) {
-        CHECK_RC(store_prekey_take(b, &d1, &got, &left), STORE_OK);
+        CHECK_RC(ldb_prekey_take(b, &d1, &got, &left), STORE_OK);
         CHECK(got.id == want[i] && left == (size_t)(4 - i));
         CHECK(got.key[0] == 0x60 + (300 - want[i]) / 70);
     }
-    CHECK_RC(store_batch_commit(b), STORE_OK);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
     /* an aborted take hands nothing out */
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_prekey_take(b, &d1, &got, &left), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_prekey_take(b, &d1, &got, &left), STORE_OK);
     CHECK(got.id == 300 && left == 0);
-    store_batch_abort(b);
+    ldb_batch_abort(b);
     store_stats st;
-    CHECK_RC(store_get_stats(s, &st), STORE_OK);
+    CHECK_RC(ldb_get_stats(s, &st), STORE_OK);
     CHECK(st.prekeys == 1);
 
     /* the number registers again: the old device's keys go with it */
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_register(b, "+15550000009", id1, &primary, acc), STORE_OK);
-    CHECK_RC(store_signed_prekey_get(b, &d1, &sp_got), STORE_NOT_FOUND);
-    CHECK_RC(store_prekeys_count(b, &d1, &n), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_register(b, "+15550000009", id1, &primary, acc), STORE_OK);
+    CHECK_RC(ldb_signed_prekey_get(b, &d1, &sp_got), STORE_NOT_FOUND);
+    CHECK_RC(ldb_prekeys_count(b, &d1, &n), STORE_OK);
     CHECK(n == 0);
     store_device_record recs[4];
-    CHECK_RC(store_batch_account_device_records(b, id1, recs, 4, &n), STORE_OK);
+    CHECK_RC(ldb_batch_account_device_records(b, id1, recs, 4, &n), STORE_OK);
     CHECK(n == 1 && recs[0].device == 1 && recs[0].registration_id == 7);
-    CHECK_RC(store_batch_commit(b), STORE_OK);
-    store_close(s);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    ldb_close(s);
     remove_tree(dir);
 }
 
@@ -441,14 +441,14 @@ static void test_older_directory(void)
     CHECK_RC(mdb_txn_commit(txn), 0);
     mdb_env_close(env);
 
-    store *s;
+    ldb *s;
     store_stats st;
-    CHECK_RC(store_open_readonly(&s, dir), STORE_OK);
-    CHECK_RC(store_get_stats(s, &st), STORE_OK);
+    CHECK_RC(ldb_open_readonly(&s, dir), STORE_OK);
+    CHECK_RC(ldb_get_stats(s, &st), STORE_OK);
     CHECK(st.prekeys == 0 && st.devices == 0);
-    store_close(s);
-    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
-    store_close(s);
+    ldb_close(s);
+    CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
+    ldb_close(s);
     remove_tree(dir);
 }
 
@@ -457,16 +457,16 @@ static void test_older_directory(void)
 static void test_legacy_dedup(void)
 {
     fresh_dir("legacy-dedup");
-    store *s;
-    store_batch *b;
+    ldb *s;
+    ldb_batch *b;
     uint64_t ts = 0;
     size_t inbox_removed, dedup_removed;
     uint8_t id[16], other[16];
     memset(id, 0x5a, 16);
     memset(other, 0x5b, 16);
     store_device sender = dev(4, 2);
-    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
-    store_close(s);
+    CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
+    ldb_close(s);
     /* one record as the previous version wrote it */
     MDB_env *env = NULL;
     MDB_txn *txn = NULL;
@@ -501,27 +501,27 @@ static void test_legacy_dedup(void)
     if (env)
         mdb_env_close(env);
 
-    CHECK_RC(store_open(&s, dir, 64 << 20), STORE_OK);
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_dedup_get(b, &sender, id, &ts), STORE_OK); /* the resend is recognised */
+    CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_dedup_get(b, &sender, id, &ts), STORE_OK); /* the resend is recognised */
     CHECK(ts == 5000);
-    CHECK_RC(store_dedup_get(b, &sender, other, &ts), STORE_NOT_FOUND);
-    CHECK_RC(store_dedup_put(b, &sender, other, 7000), STORE_OK);
-    CHECK_RC(store_dedup_get(b, &sender, other, &ts), STORE_OK);
+    CHECK_RC(ldb_dedup_get(b, &sender, other, &ts), STORE_NOT_FOUND);
+    CHECK_RC(ldb_dedup_put(b, &sender, other, 7000), STORE_OK);
+    CHECK_RC(ldb_dedup_get(b, &sender, other, &ts), STORE_OK);
     CHECK(ts == 7000);
     store_stats st;
-    CHECK_RC(store_batch_commit(b), STORE_OK);
-    CHECK_RC(store_get_stats(s, &st), STORE_OK);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    CHECK_RC(ldb_get_stats(s, &st), STORE_OK);
     CHECK(st.dedup_records == 2); /* both tables counted */
-    CHECK_RC(store_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(store_sweep(b, 0, 6000, 100, &inbox_removed, &dedup_removed), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_sweep(b, 0, 6000, 100, &inbox_removed, &dedup_removed), STORE_OK);
     CHECK(dedup_removed == 1);
-    CHECK_RC(store_dedup_get(b, &sender, id, &ts), STORE_NOT_FOUND); /* swept from the old table */
-    CHECK_RC(store_dedup_get(b, &sender, other, &ts), STORE_OK);
-    CHECK_RC(store_batch_commit(b), STORE_OK);
-    CHECK_RC(store_get_stats(s, &st), STORE_OK);
+    CHECK_RC(ldb_dedup_get(b, &sender, id, &ts), STORE_NOT_FOUND); /* swept from the old table */
+    CHECK_RC(ldb_dedup_get(b, &sender, other, &ts), STORE_OK);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    CHECK_RC(ldb_get_stats(s, &st), STORE_OK);
     CHECK(st.dedup_records == 1);
-    store_close(s);
+    ldb_close(s);
 }
 
 int main(void)

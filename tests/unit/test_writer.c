@@ -1,4 +1,4 @@
-/* test_writer.c - group commit: jobs submitted from a loop are applied in batches of
+/* test_writer.c - group commit: requests submitted from a loop are applied in batches of
  * many with one commit each, every done callback runs on the loop after its data is
  * durable and visible, and a job that fails is rolled back without touching the
  * others in its batch: one with a storage error (its batch runs again, every job
@@ -12,14 +12,14 @@
 #define JOBS 2000
 
 typedef struct {
-    writer_job job;
+    store_req req;
     int n;
     int runs; /* times apply ran */
 } append_job;
 
-#define REFUSED 100 /* a refusal, as a JOB_* code is */
+#define REFUSED STORE_UNKNOWN_ACCOUNT /* a refusal, as a request may have */
 
-static store *st;
+static ldb *st;
 static writer *w;
 static writer_home home;
 static int done_ok, done_failed, visible_when_done, refused_once, failed_alone;
@@ -27,7 +27,7 @@ static int done_ok, done_failed, visible_when_done, refused_once, failed_alone;
 #define CLEAN_FROM (JOBS / 2 + 300)
 static store_device dev = {{7}, 1};
 
-static int apply_append(store_batch *b, writer_job *job)
+static int apply_append(ldb_batch *b, store_req *job)
 {
     append_job *a = (append_job *)job;
     char text[32];
@@ -36,7 +36,7 @@ static int apply_append(store_batch *b, writer_job *job)
     if (a->n % 100 == 74)
         return REFUSED; /* before writing, as a job that is not isolated must */
     snprintf(text, sizeof text, "job %d", a->n);
-    int rc = store_inbox_append(b, &dev, 1, (const uint8_t *)text, strlen(text), &seq);
+    int rc = ldb_inbox_append(b, &dev, 1, (const uint8_t *)text, strlen(text), &seq);
     if (rc == STORE_OK && a->n % 100 == 99 && a->n < JOBS / 2)
         return STORE_INVALID; /* a storage error after writing: its append must be rolled back */
     if (rc == STORE_OK && a->n % 100 == 49)
@@ -55,7 +55,7 @@ static bool find_text(void *ctx, uint64_t seq, uint64_t ms, const uint8_t *data,
     return true;
 }
 
-static void on_done(writer_job *job, int status)
+static void on_done(store_req *job, int status)
 {
     append_job *a = (append_job *)job;
     if (status == STORE_OK) {
@@ -63,7 +63,7 @@ static void on_done(writer_job *job, int status)
         if (a->n % 250 == 0) { /* durable and visible by the time we hear of it */
             char text[32];
             snprintf(text, sizeof text, "job %d", a->n);
-            if (store_inbox_read(st, &dev, 0, SIZE_MAX, find_text, text) != STORE_OK)
+            if (ldb_inbox_read(st, &dev, 0, SIZE_MAX, find_text, text) != STORE_OK)
                 visible_when_done = -100000;
         }
     } else {
@@ -77,6 +77,14 @@ static void on_done(writer_job *job, int status)
         uv_close((uv_handle_t *)&home.async, NULL);
 }
 
+/* the ones that refuse after writing run in a nested batch of their own */
+static bool isolated(const store_req *r)
+{
+    return ((const append_job *)r)->n % 100 == 49;
+}
+
+static const writer_ops ops = {apply_append, isolated};
+
 static int submitted;
 
 static void submit_some(uv_idle_t *idle)
@@ -84,10 +92,8 @@ static void submit_some(uv_idle_t *idle)
     for (int i = 0; i < 50 && submitted < JOBS; i++) {
         append_job *a = calloc(1, sizeof *a);
         a->n = submitted++;
-        a->job.apply = apply_append;
-        a->job.isolated = a->n % 100 == 49;
-        a->job.done = on_done;
-        writer_submit(w, &home, &a->job);
+        a->req.done = on_done;
+        writer_submit(w, &home, &a->req);
     }
     if (submitted == JOBS) {
         uv_idle_stop(idle);
@@ -100,15 +106,15 @@ int main(void)
     char dir[128];
     snprintf(dir, sizeof dir, "/tmp/parley-test-writer-%d", (int)getpid());
     remove_tree(dir);
-    CHECK_RC(store_open(&st, dir, 64 << 20), STORE_OK);
-    CHECK_RC(writer_start(&w, st, 256), STORE_OK);
+    CHECK_RC(ldb_open(&st, dir, 64 << 20), STORE_OK);
+    CHECK_RC(writer_start(&w, st, 256, &ops), STORE_OK);
     uv_loop_t *loop = uv_default_loop();
     CHECK(writer_home_init(&home, loop) == 0);
     uv_idle_t idle;
     uv_idle_init(loop, &idle);
     uv_idle_start(&idle, submit_some);
     uv_run(loop, UV_RUN_DEFAULT);
-    writer_stats stats = writer_get_stats(w);
+    store_run_stats stats = writer_get_stats(w);
     writer_stop(w);
 
     int failing = JOBS / 200 + 2 * JOBS / 100;
@@ -116,15 +122,15 @@ int main(void)
     CHECK(failed_alone == JOBS / 200);
     CHECK(refused_once == 2 * (JOBS - CLEAN_FROM) / 100);
     CHECK(visible_when_done == JOBS / 250);
-    CHECK(stats.jobs >= JOBS);
+    CHECK(stats.writes >= JOBS);
     CHECK(stats.retries > 0);
-    CHECK(stats.batches > 0 && stats.batches < JOBS / 4); /* grouped: far fewer commits than jobs */
+    CHECK(stats.commits > 0 && stats.commits < JOBS / 4); /* grouped: far fewer commits than jobs */
     uint64_t count = 0;
-    CHECK_RC(store_inbox_count(st, &dev, &count), STORE_OK);
+    CHECK_RC(ldb_inbox_count(st, &dev, &count), STORE_OK);
     CHECK(count == (uint64_t)(JOBS - failing)); /* the failed jobs left nothing */
     printf("writer: %d jobs in %llu commits, %llu batches run again\n", JOBS,
-           (unsigned long long)stats.batches, (unsigned long long)stats.retries);
-    store_close(st);
+           (unsigned long long)stats.commits, (unsigned long long)stats.retries);
+    ldb_close(st);
     uv_loop_close(loop);
     remove_tree(dir);
     return check_summary("writer");

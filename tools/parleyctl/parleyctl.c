@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "primitives.h"
-#include "store.h"
+#include "ldb.h"
 
 #define PROVISION_BATCH 10000
 
@@ -34,15 +34,15 @@ static int usage(void)
 
 static int cmd_stats(const char *dir)
 {
-    store *s;
+    ldb *s;
     store_stats st;
-    int rc = store_open_readonly(&s, dir);
+    int rc = ldb_open_readonly(&s, dir);
     if (rc != STORE_OK) {
         fprintf(stderr, "parleyctl: cannot open the store in %s: %s\n", dir, store_strerror(rc));
         return 1;
     }
-    rc = store_get_stats(s, &st);
-    store_close(s);
+    rc = ldb_get_stats(s, &st);
+    ldb_close(s);
     if (rc != STORE_OK) {
         fprintf(stderr, "parleyctl: cannot read the store: %s\n", store_strerror(rc));
         return 1;
@@ -57,7 +57,7 @@ static int cmd_stats(const char *dir)
 }
 
 /* One device as Register makes it: identity, registration id, a signed prekey. */
-static int provision_one(store_batch *b, const char *phone, FILE *keys)
+static int provision_one(ldb_batch *b, const char *phone, FILE *keys)
 {
     ps_keypair id, spk;
     ps_keypair_generate(NULL, &id);
@@ -73,10 +73,10 @@ static int provision_one(store_batch *b, const char *phone, FILE *keys)
                                                                                             : STORE_INVALID;
     store_device d = {.device = 1};
     if (rc == STORE_OK)
-        rc = store_register(b, phone, new_id, &primary, account);
+        rc = ldb_register(b, phone, new_id, &primary, account);
     memcpy(d.account, account, STORE_ACCOUNT_ID_LEN);
     if (rc == STORE_OK)
-        rc = store_signed_prekey_put(b, &d, &sp);
+        rc = ldb_signed_prekey_put(b, &d, &sp);
     char account_hex[2 * STORE_ACCOUNT_ID_LEN + 1], priv_hex[2 * PS_KEY_LEN + 1];
     sodium_bin2hex(account_hex, sizeof account_hex, account, sizeof account);
     sodium_bin2hex(priv_hex, sizeof priv_hex, id.priv, sizeof id.priv);
@@ -109,8 +109,8 @@ static int cmd_provision(const char *dir, unsigned long count, const char *keys_
             close(fd);
         return 1;
     }
-    store *s;
-    int rc = store_open(&s, dir, 0);
+    ldb *s;
+    int rc = ldb_open(&s, dir, 0);
     if (rc != STORE_OK) {
         fprintf(stderr, "parleyctl: cannot open the store in %s: %s\n", dir, store_strerror(rc));
         fclose(keys);
@@ -118,8 +118,8 @@ static int cmd_provision(const char *dir, unsigned long count, const char *keys_
     }
     int digits = (int)flen - 1;
     for (unsigned long i = 0; i < count && rc == STORE_OK;) {
-        store_batch *b;
-        if ((rc = store_batch_begin(s, &b)) != STORE_OK)
+        ldb_batch *b;
+        if ((rc = ldb_batch_begin(s, &b)) != STORE_OK)
             break;
         for (unsigned long n = 0; n < PROVISION_BATCH && i < count && rc == STORE_OK; n++, i++) {
             char phone[STORE_PHONE_MAX + 1];
@@ -127,11 +127,11 @@ static int cmd_provision(const char *dir, unsigned long count, const char *keys_
             rc = provision_one(b, phone, keys);
         }
         if (rc == STORE_OK)
-            rc = store_batch_commit(b);
+            rc = ldb_batch_commit(b);
         else
-            store_batch_abort(b);
+            ldb_batch_abort(b);
     }
-    store_close(s);
+    ldb_close(s);
     if (fclose(keys) != 0 && rc == STORE_OK)
         rc = STORE_IO;
     if (rc != STORE_OK) {

@@ -1,31 +1,64 @@
-/* store.h - parleyd's durable state: per-device inboxes and send de-duplication,
- * on LMDB (single node). The server's services use only this header, so a
- * clustered backend can stand behind it later.
+/* store.h - parleyd's durable state, as the services ask for it: one request per intent
+ * (accept a send, read an inbox, take up to a seq, take a one-time prekey, ...), not
+ * transactions. A backend implements store_ops; the embedded one (store/lmdb/) keeps
+ * everything in one LMDB file behind a group-commit writer, and a cluster backend on
+ * NATS JetStream can implement the same requests (the mapping is given for each below).
  *
- * Writes happen in batches: one batch is one LMDB write transaction, and its commit
- * is one fsync for everything in it (group commit). Nothing in a batch is visible or
- * durable before store_batch_commit returns 0. A caller aborts the batch on any error,
- * so a full disk or map refuses the whole batch and never half-writes it.
- * Reads may run from any thread, concurrently with the writer (LMDB MVCC). */
+ * Requests. The caller allocates a request (a struct that begins with store_req), fills
+ * its inputs and done, and submits it with the function for its intent, naming the home
+ * of the loop it runs on. The request is the backend's until done(req, status) runs on
+ * that home's loop; then its outputs are filled in and it is the caller's again. Done may
+ * run before the submitting call returns (the embedded backend answers reads inline).
+ *   status: STORE_OK; a refusal (a positive STORE_* code: nothing was written); or a
+ *   storage error (negative: nothing was written either).
+ * A write is durable when its done runs with STORE_OK, never before: the server answers
+ * a client only then. Requests complete in the order they were submitted to one home
+ * (store_sync relies on it).
+ *
+ * Origins. A request made for a connection names the device and the first bytes of the
+ * identity key its connection proved; the backend refuses it with STORE_REPLACED once a
+ * new registration of the number replaced that device, so a replaced device can never
+ * write again, whatever its old connections still send.
+ *
+ * Envelopes are opaque here: the server packs them (proto/parley.proto, Envelope without
+ * its seq). The few the store writes on its own behalf (delivered receipts, low-stock
+ * notices) are packed through the store_envelopes hooks the server gives at open, so no
+ * backend parses or builds the protocol. */
 #ifndef PARLEY_STORE_H
 #define PARLEY_STORE_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 enum {
     STORE_OK = 0,
+    /* refusals */
     STORE_NOT_FOUND = 1,
-    STORE_FULL = -1,      /* the map or the disk is full: the batch was refused */
-    STORE_IO = -2,        /* I/O or LMDB error */
+    STORE_EXISTS = 2,            /* an id already in use with other content */
+    STORE_UNKNOWN_ACCOUNT = 10,  /* the account has no device */
+    STORE_DEVICE_MISMATCH = 11,  /* a send's devices are not the account's (store_send has the list) */
+    STORE_REPLACED = 12,         /* the origin device was registered again since it proved its key */
+    STORE_TOO_MANY_PREKEYS = 13, /* the device would hold more than max_held one-time prekeys */
+    STORE_PREKEY_CONFLICT = 14,  /* a one-time prekey id already held with another key */
+    /* storage errors */
+    STORE_FULL = -1,             /* the map or the disk is full: nothing was written */
+    STORE_IO = -2,               /* I/O or engine error */
     STORE_NOMEM = -3,
-    STORE_INVALID = -4,   /* bad argument or corrupt record */
-    STORE_EXISTS = 2,     /* an id already in use with other content */
+    STORE_INVALID = -4,          /* bad argument or corrupt record */
 };
+
+/* A human-readable description of a STORE_* code. */
+const char *store_strerror(int rc);
 
 #define STORE_ACCOUNT_ID_LEN 16
 #define STORE_MESSAGE_ID_LEN 16
+#define STORE_PHONE_MAX 16       /* "+" and at most 15 digits (E.164) */
+#define STORE_KEY_LEN 32
+#define STORE_SIG_LEN 64
+#define STORE_MAX_DEVICES 64     /* devices of one account */
+#define STORE_MAX_UPLOAD 100     /* one-time prekeys in one upload */
 
 /* A device: its account's random 128-bit id and its device number (1 = primary). */
 typedef struct {
@@ -33,121 +66,11 @@ typedef struct {
     uint32_t device;
 } store_device;
 
-typedef struct store store;
-typedef struct store_batch store_batch;
-
-/* Opens (creating) the store in dir; map_size bounds the data file (0: 4 GiB). */
-int store_open(store **out, const char *dir, uint64_t map_size);
-void store_close(store *s);
-
-/* Opens an existing store for reading only, e.g. from a tool while parleyd runs (LMDB
- * readers in other processes never block the writer). Writes fail. */
-int store_open_readonly(store **out, const char *dir);
-
-typedef struct {
-    uint64_t inbox_envelopes;   /* undelivered envelopes, all devices */
-    uint64_t dedup_records;
-    uint64_t accounts;
-    uint64_t devices;
-    uint64_t prekeys;           /* one-time prekeys held, all devices */
-    uint64_t pages_used;        /* of the data file: the high-water mark of the map */
-    uint64_t pages_free;        /* freed pages waiting for reuse */
-    uint32_t page_size;
-} store_stats;
-
-int store_get_stats(store *s, store_stats *out);
-
-/* A human-readable description of a STORE_* code. */
-const char *store_strerror(int rc);
-
-/* Write batches: only one is open at a time (the storage writer thread's). */
-int store_batch_begin(store *s, store_batch **out);
-int store_batch_commit(store_batch *b); /* durable when it returns STORE_OK; frees b */
-void store_batch_abort(store_batch *b);
-
-/* A nested batch inside b: its commit folds its changes into b (no fsync), its abort
- * undoes only them. One job of a group commit fails without spoiling the others. */
-int store_batch_nest(store_batch *b, store_batch **child);
-
-/* Appends an opaque envelope to a device's inbox; *seq is its place in the inbox
- * (strictly increasing per device, never reused, also across restarts). */
-int store_inbox_append(store_batch *b, const store_device *d, uint64_t now_ms,
-                       const uint8_t *envelope, size_t len, uint64_t *seq);
-
-/* Reads up to max envelopes of a device with seq > after, in order. fn returns false
- * to stop early. Data is valid only during the call. */
-typedef bool (*store_envelope_fn)(void *ctx, uint64_t seq, uint64_t stored_ms,
-                                  const uint8_t *data, size_t len);
-
-/* Deletes the device's envelopes with seq <= up_to (a cumulative ack). */
-int store_inbox_ack(store_batch *b, const store_device *d, uint64_t up_to, size_t *deleted);
-
-/* The same, showing each envelope to fn (if not NULL) before it goes: the server
- * learns whom to send delivered receipts to. fn's return value is ignored. */
-int store_inbox_take(store_batch *b, const store_device *d, uint64_t up_to,
-                     store_envelope_fn fn, void *ctx, size_t *deleted);
-
-/* Drops a device's whole inbox (the device was replaced or removed). */
-int store_inbox_drop(store_batch *b, const store_device *d, size_t *deleted);
-
-/* Send de-duplication by (sender device, client message id): get returns the
- * server timestamp of the first acceptance, or STORE_NOT_FOUND. */
-int store_dedup_get(store_batch *b, const store_device *sender,
-                    const uint8_t id[STORE_MESSAGE_ID_LEN], uint64_t *accepted_ms);
-int store_dedup_put(store_batch *b, const store_device *sender,
-                    const uint8_t id[STORE_MESSAGE_ID_LEN], uint64_t accepted_ms);
-
-/* Deletes envelopes stored before inbox_cutoff_ms and dedup records older than
- * dedup_cutoff_ms, at most max of each per call (bounded work per batch). */
-int store_sweep(store_batch *b, uint64_t inbox_cutoff_ms, uint64_t dedup_cutoff_ms, size_t max,
-                size_t *inbox_removed, size_t *dedup_removed);
-
-/* ---- accounts and devices ---------------------------------------------------- */
-
-#define STORE_PHONE_MAX 16 /* "+" and at most 15 digits (E.164) */
-#define STORE_KEY_LEN 32
-
 typedef struct {
     uint32_t device;
     uint8_t identity_key[STORE_KEY_LEN]; /* Curve25519 u-coordinate */
     uint32_t registration_id;
 } store_device_record;
-
-/* Registers phone's primary device. A new number gets a new account with the given
- * id; a known number keeps its account id (written to *account) and has all its
- * devices replaced: their inboxes are dropped. */
-int store_register(store_batch *b, const char *phone, const uint8_t new_id[STORE_ACCOUNT_ID_LEN],
-                   const store_device_record *primary, uint8_t account[STORE_ACCOUNT_ID_LEN]);
-
-/* The account of a phone number, or STORE_NOT_FOUND. */
-int store_account_by_phone(store *s, const char *phone, uint8_t account[STORE_ACCOUNT_ID_LEN]);
-
-/* The phone number of an account (NUL-terminated), or STORE_NOT_FOUND. */
-int store_phone_by_account(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN],
-                           char phone[STORE_PHONE_MAX + 1]);
-
-/* One device's record, or STORE_NOT_FOUND. */
-int store_device_get(store *s, const store_device *d, store_device_record *out);
-
-/* The same inside a batch. */
-int store_batch_device_get(store_batch *b, const store_device *d, store_device_record *out);
-
-/* The device ids of an account, ascending; *n gets the count (at most max). */
-int store_account_devices(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN], uint32_t *ids,
-                          size_t max, size_t *n);
-
-/* The same inside a batch: sees the batch's own changes (the writer checks a send's
- * device list against the list its commit will hold). */
-int store_batch_account_devices(store_batch *b, const uint8_t account[STORE_ACCOUNT_ID_LEN],
-                                uint32_t *ids, size_t max, size_t *n);
-
-/* The same with each device's record (key and registration id), ascending by device. */
-int store_batch_account_device_records(store_batch *b, const uint8_t account[STORE_ACCOUNT_ID_LEN],
-                                       store_device_record *out, size_t max, size_t *n);
-
-/* ---- the keys directory: prekeys --------------------------------------------- */
-
-#define STORE_SIG_LEN 64
 
 typedef struct {
     uint32_t id;
@@ -161,34 +84,297 @@ typedef struct {
     uint64_t uploaded_ms;
 } store_signed_prekey;
 
-/* A device's signed prekey (one; a put replaces it), or STORE_NOT_FOUND. */
-int store_signed_prekey_put(store_batch *b, const store_device *d, const store_signed_prekey *k);
-int store_signed_prekey_get(store_batch *b, const store_device *d, store_signed_prekey *out);
+/* Keys a device uploads: an optional signed prekey (replaces the last) and one-time
+ * prekeys (ids only grow; a key already held is skipped, see ldb_prekeys_add). */
+typedef struct {
+    bool has_signed;
+    store_signed_prekey signed_prekey;
+    size_t n;
+    store_prekey prekeys[STORE_MAX_UPLOAD];
+} store_keys;
 
-/* Adds one-time prekeys to a device's stock. Ids only grow: an id at or below the
- * highest the device ever uploaded is skipped unless held (a resent upload must not
- * revive a key already handed out); a key already held under its id is skipped too;
- * an id held with another key is STORE_EXISTS (abort the batch: some may have been
- * added). Adding keys re-arms the low-stock notice. */
-int store_prekeys_add(store_batch *b, const store_device *d, const store_prekey *keys, size_t n);
+typedef struct {
+    store_device device;
+    uint8_t key_prefix[8];               /* of the identity key its connection proved */
+} store_origin;
 
-/* The device is short of prekeys: *first is true if it was not told so since its last
- * upload (and now counts as told). */
-int store_prekeys_notice(store_batch *b, const store_device *d, bool *first);
+/* Envelopes bound for device inboxes, packed one after another in one buffer. */
+typedef struct {
+    store_device device;
+    size_t offset, len;                  /* of its envelope in the list's buffer */
+    bool check_registration;             /* a send: the registration id it was encrypted for */
+    uint32_t registration_id;
+} store_entry;
 
-/* One-time prekeys held for a device. */
-int store_prekeys_count(store_batch *b, const store_device *d, size_t *n);
+typedef struct {
+    store_entry *items;
+    size_t n, cap;
+    uint8_t *buf;
+    size_t used, buf_cap;
+} store_entries;
 
-/* Removes and returns the device's lowest-id one-time prekey; *left gets how many are
- * still held. STORE_NOT_FOUND when there is none. */
-int store_prekey_take(store_batch *b, const store_device *d, store_prekey *out, size_t *left);
+/* Appends an envelope for d; the new item is l->items[l->n - 1]. STORE_NOMEM. */
+int store_entries_add(store_entries *l, const store_device *d, const uint8_t *envelope, size_t len);
+/* Makes room for len more envelope bytes at l->buf + l->used (then store_entries_add
+ * with envelope == NULL takes them as they are). */
+int store_entries_reserve(store_entries *l, size_t len);
+void store_entries_clear(store_entries *l);
+void store_entries_free(store_entries *l);
 
-/* Reads up to max envelopes of a device with seq > after, in order (store_envelope_fn
- * above), in a read transaction of its own. */
-int store_inbox_read(store *s, const store_device *d, uint64_t after, size_t max,
-                     store_envelope_fn fn, void *ctx);
+/* Grows *buf (doubling from first bytes on) until it holds need bytes. */
+bool store_buf_grow(void *buf, size_t *cap, size_t need, size_t first);
 
-/* Number of envelopes waiting for a device. */
-int store_inbox_count(store *s, const store_device *d, uint64_t *count);
+/* What the store packs through the server's protocol code. Each returns the envelope's
+ * length, or 0 if it does not fit in cap. */
+typedef struct {
+    /* The author account and message id of a stored message envelope; false for
+     * receipts and notices (no one to tell). */
+    bool (*author_of)(const uint8_t *envelope, size_t len, const uint8_t **account, const uint8_t **id);
+    /* A delivered receipt from acker for n message ids. */
+    size_t (*delivered)(uint8_t *out, size_t cap, const store_device *acker, uint64_t now,
+                        const uint8_t (*ids)[STORE_MESSAGE_ID_LEN], size_t n);
+    /* "your one-time prekeys are running low": left are held. */
+    size_t (*prekeys_low)(uint8_t *out, size_t cap, uint64_t now, uint32_t left);
+} store_envelopes;
+
+/* ---- requests ---------------------------------------------------------------------- */
+
+typedef struct store store;
+typedef struct store_home store_home;
+typedef struct store_req store_req;
+
+struct store_req {
+    void (*done)(store_req *r, int status);
+    /* the backend's from submission to done */
+    uint8_t kind;
+    int status;
+    store_home *home;
+    store_req *next;
+};
+
+/* Registers phone's primary device with its first keys, in one commit: a device is never
+ * in the directory without keys. A new number gets a new account (new_id); a known one
+ * keeps its id and has all its devices replaced, their inboxes and keys dropped.
+ *   JetStream: KV ACCOUNTS phone.<hash> claimed with Create (a known number: Get), then
+ *   dev.<uid>.1 Put, old dev.* keys and inbox subjects purged, keys as in
+ *   store_upload_keys. Not one transaction there: the device key is written last, so a
+ *   half registration is never usable. */
+typedef struct {
+    store_req req;
+    char phone[STORE_PHONE_MAX + 1];
+    uint8_t new_id[STORE_ACCOUNT_ID_LEN];
+    store_device_record primary;
+    store_keys keys;
+    size_t max_held;                     /* one-time prekeys a device may hold */
+    uint64_t now;
+    uint8_t account[STORE_ACCOUNT_ID_LEN];  /* out */
+} store_registration;
+void store_register(store *s, store_home *h, store_registration *r);
+
+/* A device's record (authentication). STORE_NOT_FOUND.
+ *   JetStream: KV ACCOUNTS Get dev.<uid>.<devid>. */
+typedef struct {
+    store_req req;
+    store_device device;
+    store_device_record record;          /* out */
+} store_device_query;
+void store_get_device(store *s, store_home *h, store_device_query *r);
+
+/* An account by phone number (phone set, by_account false) or a phone number by account,
+ * with the account's device ids. STORE_NOT_FOUND, also for an account without devices.
+ *   JetStream: KV Get phone.<hash> / acct.<uid>, Keys dev.<uid>.*. */
+typedef struct {
+    store_req req;
+    bool by_account;
+    uint8_t account[STORE_ACCOUNT_ID_LEN];  /* in when by_account, else out */
+    char phone[STORE_PHONE_MAX + 1];        /* in unless by_account, else out */
+    uint32_t ids[8];                        /* out, ascending */
+    size_t n;
+} store_lookup;
+void store_lookup_account(store *s, store_home *h, store_lookup *r);
+
+/* Accepts a send: de-duplicated by (origin device, message id) for at least the dedup
+ * retention; every target addressed exactly the devices of its account (less the
+ * sender; a resend may name some of them) with their current registration ids, else
+ * STORE_DEVICE_MISMATCH with the account's devices and those re-registered since; then
+ * each envelope appended to its device's inbox, all in one commit.
+ *   JetStream: Get dev.<uid>.* for the check; js_PublishAsync of each envelope to
+ *   inbox.<k>.<device> with Nats-Msg-Id = sender device || message id (the stream's
+ *   duplicate window covers a client's quick resend; a dedup.<sender>.<id> KV Create
+ *   covers the rest). Done after every publish ack. */
+typedef struct {
+    store_req req;
+    store_origin from;
+    uint8_t message_id[STORE_MESSAGE_ID_LEN];
+    uint8_t recipient[STORE_ACCOUNT_ID_LEN];
+    bool resend;                         /* to the listed devices only */
+    uint64_t accepted_ms;                /* in the envelopes already */
+    store_entries targets;
+    /* out */
+    uint64_t server_ms;                  /* accepted_ms, or the first acceptance's */
+    bool duplicate;                      /* nothing new was written */
+    uint8_t mismatch_account[STORE_ACCOUNT_ID_LEN];
+    uint32_t mismatch_ids[STORE_MAX_DEVICES];
+    size_t mismatch_n;
+    uint32_t stale_ids[STORE_MAX_DEVICES];
+    size_t stale_n;
+} store_send;
+void store_accept_send(store *s, store_home *h, store_send *r);
+
+/* Appends one envelope (a read or retry receipt) to every device of to_account but the
+ * origin, and to the origin's other devices; or, when to_device is set, to that one
+ * device only. STORE_UNKNOWN_ACCOUNT. appended gets each device written to (for wakes).
+ *   JetStream: Keys dev.<uid>.*, then one publish per device as in store_accept_send. */
+typedef struct {
+    store_req req;
+    store_origin from;
+    uint8_t to_account[STORE_ACCOUNT_ID_LEN];
+    uint32_t to_device;                  /* 0: every device */
+    const uint8_t *envelope;
+    size_t len;
+    uint64_t now;
+    store_entries appended;              /* out: devices only */
+} store_post;
+void store_post_receipt(store *s, store_home *h, store_post *r);
+
+/* Reads up to max envelopes of a device with seq > after, in order; fn returns false to
+ * stop early; data is valid only during fn. Nothing is written; fn runs before done.
+ *   JetStream: DirectGet next_by_subj inbox.<k>.<device> from the cursor, until
+ *   NOT_FOUND or max. */
+typedef bool (*store_envelope_fn)(void *ctx, uint64_t seq, uint64_t stored_ms, const uint8_t *data,
+                                  size_t len);
+typedef struct {
+    store_req req;
+    store_device device;
+    uint64_t after;
+    size_t max;
+    store_envelope_fn fn;
+    void *ctx;
+} store_read;
+void store_read_inbox(store *s, store_home *h, store_read *r);
+
+/* Takes (deletes) the origin's envelopes with seq <= up_to, a cumulative ack, and puts a
+ * delivered receipt in the inbox of every device of each message's author (not for the
+ * origin's own account's messages). A full disk loses the receipts, not the take: acks
+ * keep freeing space when nothing else can be written. receipts gets the devices.
+ *   JetStream: delete each taken sequence (pipelined raw deletes; not purge on 2.9),
+ *   then receipts published as in store_post_receipt; the cursor kept in dev.<uid>.<id>. */
+typedef struct {
+    store_req req;
+    store_origin from;
+    uint64_t up_to;
+    uint64_t now;
+    store_entries receipts;              /* out: devices only */
+} store_take;
+void store_take_inbox(store *s, store_home *h, store_take *r);
+
+/* Stores the origin's keys. Refusals (nothing stored): STORE_TOO_MANY_PREKEYS,
+ * STORE_PREKEY_CONFLICT. An empty upload is the status query.
+ *   JetStream: PREKEYS stream, one message per key on pk.<device>; signed prekey in KV
+ *   spk.<device>; the stock counted from stream info with SubjectsFilter. */
+typedef struct {
+    store_req req;
+    store_origin from;
+    store_keys keys;
+    size_t max_held;
+    uint64_t now;
+    /* out */
+    size_t left;                         /* one-time prekeys held after it */
+    bool has_signed;
+    uint32_t signed_id;
+} store_upload;
+void store_upload_keys(store *s, store_home *h, store_upload *r);
+
+/* Prekey bundles for the devices of account (wanted, or every one but the origin), each
+ * with one one-time prekey if any is left: taken in this commit, so none is ever handed
+ * out twice, not even across a crash. A device left with fewer than low keys gets a
+ * low-stock notice in its inbox, once until it uploads again (a full disk loses the
+ * notice, not the fetch). STORE_UNKNOWN_ACCOUNT.
+ *   JetStream: take = DirectGet head of pk.<device>, then js_DeleteMsg: the delete that
+ *   succeeds owns the key (err 10043: another taker won, try the next). */
+typedef struct {
+    store_device_record device;
+    store_signed_prekey signed_prekey;
+    bool has_prekey;
+    store_prekey prekey;
+} store_bundle;
+
+typedef struct {
+    store_req req;
+    store_origin from;
+    uint8_t account[STORE_ACCOUNT_ID_LEN];
+    uint32_t wanted[STORE_MAX_DEVICES];  /* none: every device */
+    size_t n_wanted;
+    size_t low;
+    uint64_t now;
+    /* out */
+    store_bundle bundles[STORE_MAX_DEVICES];
+    size_t n;
+    store_entries notices;               /* devices only */
+} store_fetch;
+void store_fetch_bundles(store *s, store_home *h, store_fetch *r);
+
+/* Deletes envelopes stored before inbox_cutoff and de-duplication records older than
+ * dedup_cutoff, at most max of each (bounded work per request).
+ *   JetStream: the streams' MaxAge does it; the request completes with nothing removed. */
+typedef struct {
+    store_req req;
+    uint64_t inbox_cutoff, dedup_cutoff;
+    size_t max;
+    size_t inbox_removed, dedup_removed; /* out */
+} store_sweep;
+void store_sweep_expired(store *s, store_home *h, store_sweep *r);
+
+/* Completes once every request submitted to h before it has completed, so a device's
+ * new receiving connection sees what its previous one acknowledged.
+ *   JetStream: completes when the home's pending publish acks are in. */
+void store_sync(store *s, store_home *h, store_req *r);
+
+/* ---- the store itself ----------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t inbox_envelopes;   /* undelivered envelopes, all devices */
+    uint64_t dedup_records;
+    uint64_t accounts;
+    uint64_t devices;
+    uint64_t prekeys;           /* one-time prekeys held, all devices */
+    uint64_t pages_used;        /* embedded: the data file's high-water mark */
+    uint64_t pages_free;        /* embedded: freed pages waiting for reuse */
+    uint32_t page_size;
+} store_stats;
+
+typedef struct {
+    uint64_t commits;           /* durable commits (fsyncs) */
+    uint64_t writes;            /* write requests they carried */
+    uint64_t retries;           /* commits run again after a storage error in one request */
+} store_run_stats;
+
+/* What a backend implements. */
+typedef struct {
+    void (*submit)(store *s, store_home *h, store_req *r);
+    int (*home_open)(store *s, uv_loop_t *loop, store_home **out);
+    void (*home_close)(store_home *h);   /* on its loop, once the store stopped */
+    store_run_stats (*stop)(store *s);   /* completes what was submitted; no more after */
+    void (*close)(store *s);
+    int (*stats)(store *s, store_stats *out);
+} store_ops;
+
+struct store {
+    const store_ops *ops;
+    const store_envelopes *envelopes;
+};
+
+/* The embedded backend: LMDB in dir (created if missing); map_size bounds the data file
+ * (0: 4 GiB). Its writer thread starts here. */
+int store_open_embedded(store **out, const char *dir, uint64_t map_size, const store_envelopes *envelopes);
+
+/* A loop's return path: every request is submitted with the home of the loop it runs
+ * on, where its done runs. */
+int store_home_open(store *s, uv_loop_t *loop, store_home **out);
+void store_home_close(store_home *h);
+
+store_run_stats store_stop(store *s);
+void store_close(store *s);
+int store_get_stats(store *s, store_stats *out);
 
 #endif

@@ -1,6 +1,7 @@
-/* io.c - parleyd's I/O threads. Each thread has its own libuv loop and its own
- * listening socket on the same address (SO_REUSEPORT: the kernel spreads new
- * connections over the threads), and a connection stays on its thread for life. */
+/* io.c - parleyd's life (server.h): the services started, then the I/O threads. Each
+ * thread has its own libuv loop and its own listening socket on the same address
+ * (SO_REUSEPORT: the kernel spreads new connections over the threads), and a
+ * connection stays on its thread for life. */
 #define _GNU_SOURCE /* SO_REUSEPORT */
 #include <errno.h>
 #include <netinet/in.h>
@@ -10,7 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "peer.h"
+#include "service.h"
 
 static int open_listener(const server_config *cfg, uv_loop_t *loop, uv_tcp_t *tcp)
 {
@@ -44,13 +45,22 @@ static void on_connection(uv_stream_t *listener, int status)
         ws_thread_accept(&t->ws, listener);
 }
 
+#define EACH_SERVICE(srv, svc) \
+    for (const service *const *svc_ = (srv)->services, *svc; (svc = *svc_) != NULL; svc_++)
+
+uint8_t *io_scratch(io_thread *t, size_t need)
+{
+    return store_buf_grow(&t->scratch, &t->scratch_cap, need, 64 * 1024) ? t->scratch : NULL;
+}
+
 static void on_stop(uv_async_t *a)
 {
     io_thread *t = a->data;
     uv_close((uv_handle_t *)&t->listener, NULL);
     uv_close((uv_handle_t *)&t->stop, NULL);
-    if (t->index == 0)
-        messaging_sweep_stop(t);
+    EACH_SERVICE (t->srv, svc)
+        if (svc->thread_stop)
+            svc->thread_stop(t);
     ws_thread_stop(&t->ws); /* every connection is closing: its input is no longer read */
     uv_sem_post(&t->srv->stopped);
 }
@@ -59,8 +69,9 @@ static void on_finish(uv_async_t *a)
 {
     io_thread *t = a->data;
     uv_close((uv_handle_t *)&t->finish, NULL);
-    writer_home_close(&t->home);
-    route_mailbox_close(&t->mail);
+    store_home_close(t->home);
+    t->home = NULL;
+    bus_thread_close(t->srv->bus, t->index);
 }
 
 static void *io_main(void *arg)
@@ -68,11 +79,11 @@ static void *io_main(void *arg)
     io_thread *t = arg;
     uv_run(&t->loop, UV_RUN_DEFAULT);
     uv_loop_close(&t->loop);
-    free(t->deliver_buf);
+    free(t->scratch);
     return NULL;
 }
 
-int io_start(server *srv)
+static int threads_start(server *srv)
 {
     uv_sem_init(&srv->stopped, 0);
     srv->io = calloc((size_t)srv->cfg.threads, sizeof *srv->io);
@@ -84,6 +95,7 @@ int io_start(server *srv)
         t->srv = srv;
         t->index = i;
         uv_loop_init(&t->loop);
+        t->loop.data = t; /* connections find their thread (and the server) through their loop */
         int rc = open_listener(&srv->cfg, &t->loop, &t->listener);
         if (rc == 0)
             rc = uv_listen((uv_stream_t *)&t->listener, 1024, on_connection);
@@ -98,13 +110,13 @@ int io_start(server *srv)
         t->stop.data = t;
         uv_async_init(&t->loop, &t->finish, on_finish);
         t->finish.data = t;
-        writer_home_init(&t->home, &t->loop);
-        route_mailbox_init(&t->mail, &t->loop);
+        if (store_home_open(srv->st, &t->loop, &t->home) != STORE_OK || bus_thread_open(srv->bus, i, &t->loop) != 0)
+            return UV_ENOMEM;
         /* a connection silent for twice the heartbeat interval is closed */
-        ws_thread_init(&t->ws, &t->loop, &peer_callbacks, limits, srv->cfg.heartbeat_seconds * 2000);
-        t->loop.data = t; /* connections find their thread (and the server) through their loop */
-        if (i == 0)
-            messaging_sweep_start(t);
+        ws_thread_init(&t->ws, &t->loop, &session_callbacks, limits, srv->cfg.heartbeat_seconds * 2000);
+        EACH_SERVICE (srv, svc)
+            if (svc->thread_start && (rc = svc->thread_start(t)) != 0)
+                return rc;
     }
     srv->nio = (int)srv->cfg.threads;
     for (int i = 0; i < srv->nio; i++)
@@ -113,25 +125,42 @@ int io_start(server *srv)
     return 0;
 }
 
-void io_stop(server *srv)
+static dispatch_table table;
+
+int server_start(server *srv, const service *const *services)
+{
+    srv->services = services;
+    if (dispatch_build(&table, services) != 0)
+        return -1;
+    srv->dispatch = &table;
+    if (bus_open_local(&srv->bus, &session_bus_owner, (int)srv->cfg.threads, 0) != 0)
+        return -1;
+    EACH_SERVICE (srv, svc)
+        if (svc->start && svc->start(srv) != 0) {
+            fprintf(stderr, "parleyd: the %s service cannot start\n", svc->name);
+            return -1;
+        }
+    return threads_start(srv);
+}
+
+store_run_stats server_stop(server *srv)
 {
     for (int i = 0; i < srv->nio; i++)
         uv_async_send(&srv->io[i].stop);
     for (int i = 0; i < srv->nio; i++)
-        uv_sem_wait(&srv->stopped);
-}
-
-void io_finish(server *srv)
-{
+        uv_sem_wait(&srv->stopped); /* no more input is read, so no more writes come */
+    store_run_stats st = store_stop(srv->st); /* completes what is queued */
     for (int i = 0; i < srv->nio; i++)
-        uv_async_send(&srv->io[i].finish);
-}
-
-void io_join(server *srv)
-{
+        uv_async_send(&srv->io[i].finish); /* the threads send the last answers and end */
     for (int i = 0; i < srv->nio; i++)
         pthread_join(srv->io[i].tid, NULL);
     uv_sem_destroy(&srv->stopped);
     free(srv->io);
     srv->io = NULL;
+    EACH_SERVICE (srv, svc)
+        if (svc->stop)
+            svc->stop(srv);
+    bus_close(srv->bus);
+    srv->bus = NULL;
+    return st;
 }

@@ -1,4 +1,4 @@
-/* store_lmdb.c - the single-node store on LMDB.
+/* ldb.c - the embedded backend's tables on LMDB (ldb.h).
  *
  * Tables (keys big-endian, so LMDB's byte order is numeric order):
  *   inbox       device(20) seq(8)            -> stored_ms(8) envelope
@@ -17,7 +17,7 @@
  *   prekey_meta device(20)                   -> highest id ever uploaded(4) notified(1)
  * A device is account(16) device number(4). Every change to inbox or dedup changes
  * its time index in the same transaction, so a sweep costs what it removes. */
-#include "store.h"
+#include "ldb.h"
 
 #include <errno.h>
 #include <lmdb.h>
@@ -27,15 +27,15 @@
 
 #define DEVICE_KEY_LEN 20
 
-struct store {
+struct ldb {
     MDB_env *env;
     MDB_dbi inbox, inbox_next, inbox_time, dedup, dedup_time, phones, accounts, devices;
     MDB_dbi signed_prekeys, prekeys, prekey_meta, dedup_by_id, dedup_by_id_time;
     unsigned missing;   /* read-only on an older data directory: tables it lacks (bits) */
 };
 
-struct store_batch {
-    store *s;
+struct ldb_batch {
+    ldb *s;
     MDB_txn *txn;
 };
 
@@ -81,19 +81,6 @@ static int map_error(int rc)
     }
 }
 
-const char *store_strerror(int rc)
-{
-    switch (rc) {
-    case STORE_OK: return "ok";
-    case STORE_NOT_FOUND: return "not found";
-    case STORE_FULL: return "storage full";
-    case STORE_NOMEM: return "out of memory";
-    case STORE_INVALID: return "invalid record";
-    case STORE_EXISTS: return "the id is in use with other content";
-    default: return "storage I/O error";
-    }
-}
-
 static const char *const table_names[] = {"inbox",   "inbox_next", "inbox_time",
                                           "dedup",   "dedup_time", "phones",
                                           "accounts", "devices",   "signed_prekeys",
@@ -104,7 +91,7 @@ static const char *const table_names[] = {"inbox",   "inbox_next", "inbox_time",
 #define TABLE_PREKEYS 9
 #define TABLE_DEDUP_BY_ID 11
 
-static MDB_dbi *table_dbi(store *s, size_t i)
+static MDB_dbi *table_dbi(ldb *s, size_t i)
 {
     MDB_dbi *dbis[] = {&s->inbox,    &s->inbox_next, &s->inbox_time,     &s->dedup,
                        &s->dedup_time, &s->phones,   &s->accounts,       &s->devices,
@@ -118,12 +105,12 @@ static unsigned table_flags(size_t i)
     return i == TABLE_PREKEYS ? MDB_DUPSORT | MDB_DUPFIXED : 0;
 }
 
-static int open_env(store **out, const char *dir, uint64_t map_size, bool readonly)
+static int open_env(ldb **out, const char *dir, uint64_t map_size, bool readonly)
 {
     *out = NULL;
     if (!readonly && mkdir(dir, 0700) != 0 && errno != EEXIST)
         return STORE_IO;
-    store *s = calloc(1, sizeof *s);
+    ldb *s = calloc(1, sizeof *s);
     if (!s)
         return STORE_NOMEM;
     MDB_txn *txn = NULL;
@@ -165,17 +152,17 @@ static int open_env(store **out, const char *dir, uint64_t map_size, bool readon
     return STORE_OK;
 }
 
-int store_open(store **out, const char *dir, uint64_t map_size)
+int ldb_open(ldb **out, const char *dir, uint64_t map_size)
 {
     return open_env(out, dir, map_size, false);
 }
 
-int store_open_readonly(store **out, const char *dir)
+int ldb_open_readonly(ldb **out, const char *dir)
 {
     return open_env(out, dir, 0, true);
 }
 
-int store_get_stats(store *s, store_stats *out)
+int ldb_get_stats(ldb *s, store_stats *out)
 {
     memset(out, 0, sizeof *out);
     MDB_txn *txn;
@@ -214,7 +201,7 @@ int store_get_stats(store *s, store_stats *out)
     return map_error(rc);
 }
 
-void store_close(store *s)
+void ldb_close(ldb *s)
 {
     if (!s)
         return;
@@ -222,10 +209,10 @@ void store_close(store *s)
     free(s);
 }
 
-int store_batch_begin(store *s, store_batch **out)
+int ldb_batch_begin(ldb *s, ldb_batch **out)
 {
     *out = NULL;
-    store_batch *b = malloc(sizeof *b);
+    ldb_batch *b = malloc(sizeof *b);
     if (!b)
         return STORE_NOMEM;
     b->s = s;
@@ -238,10 +225,10 @@ int store_batch_begin(store *s, store_batch **out)
     return STORE_OK;
 }
 
-int store_batch_nest(store_batch *b, store_batch **child)
+int ldb_batch_nest(ldb_batch *b, ldb_batch **child)
 {
     *child = NULL;
-    store_batch *c = malloc(sizeof *c);
+    ldb_batch *c = malloc(sizeof *c);
     if (!c)
         return STORE_NOMEM;
     c->s = b->s;
@@ -254,14 +241,14 @@ int store_batch_nest(store_batch *b, store_batch **child)
     return STORE_OK;
 }
 
-int store_batch_commit(store_batch *b)
+int ldb_batch_commit(ldb_batch *b)
 {
     int rc = mdb_txn_commit(b->txn); /* frees the transaction whatever happens */
     free(b);
     return map_error(rc);
 }
 
-void store_batch_abort(store_batch *b)
+void ldb_batch_abort(ldb_batch *b)
 {
     if (!b)
         return;
@@ -275,10 +262,10 @@ static int put(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t klen, const void
     return map_error(mdb_put(txn, dbi, &key, &val, 0));
 }
 
-int store_inbox_append(store_batch *b, const store_device *d, uint64_t now_ms,
-                       const uint8_t *envelope, size_t len, uint64_t *seq)
+int ldb_inbox_append(ldb_batch *b, const store_device *d, uint64_t now_ms,
+                     const uint8_t *envelope, size_t len, uint64_t *seq)
 {
-    store *s = b->s;
+    ldb *s = b->s;
     uint8_t dk[DEVICE_KEY_LEN], next_be[8], ikey[DEVICE_KEY_LEN + 8], tkey[8 + DEVICE_KEY_LEN + 8];
     device_key(dk, d);
     MDB_val key = {sizeof dk, dk}, val;
@@ -310,7 +297,7 @@ int store_inbox_append(store_batch *b, const store_device *d, uint64_t now_ms,
 }
 
 /* Deletes the inbox entry under the cursor and its time-index entry. */
-static int delete_envelope(store_batch *b, MDB_cursor *c, const MDB_val *key, const MDB_val *val)
+static int delete_envelope(ldb_batch *b, MDB_cursor *c, const MDB_val *key, const MDB_val *val)
 {
     if (val->mv_size < 8 || key->mv_size != DEVICE_KEY_LEN + 8)
         return STORE_INVALID;
@@ -324,13 +311,13 @@ static int delete_envelope(store_batch *b, MDB_cursor *c, const MDB_val *key, co
     return map_error(mdb_cursor_del(c, 0));
 }
 
-int store_inbox_ack(store_batch *b, const store_device *d, uint64_t up_to, size_t *deleted)
+int ldb_inbox_ack(ldb_batch *b, const store_device *d, uint64_t up_to, size_t *deleted)
 {
-    return store_inbox_take(b, d, up_to, NULL, NULL, deleted);
+    return ldb_inbox_take(b, d, up_to, NULL, NULL, deleted);
 }
 
-int store_inbox_take(store_batch *b, const store_device *d, uint64_t up_to,
-                     store_envelope_fn fn, void *ctx, size_t *deleted)
+int ldb_inbox_take(ldb_batch *b, const store_device *d, uint64_t up_to,
+                   store_envelope_fn fn, void *ctx, size_t *deleted)
 {
     uint8_t start[DEVICE_KEY_LEN + 8];
     device_key(start, d);
@@ -363,9 +350,9 @@ int store_inbox_take(store_batch *b, const store_device *d, uint64_t up_to,
     return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : map_error(rc);
 }
 
-int store_inbox_drop(store_batch *b, const store_device *d, size_t *deleted)
+int ldb_inbox_drop(ldb_batch *b, const store_device *d, size_t *deleted)
 {
-    return store_inbox_ack(b, d, UINT64_MAX, deleted);
+    return ldb_inbox_ack(b, d, UINT64_MAX, deleted);
 }
 
 /* The message id first: clients make ids that grow with time (48-bit ms, then random),
@@ -391,8 +378,8 @@ static int dedup_lookup(MDB_txn *txn, MDB_dbi dbi, const uint8_t *k, uint64_t *a
     return STORE_OK;
 }
 
-int store_dedup_get(store_batch *b, const store_device *sender,
-                    const uint8_t id[STORE_MESSAGE_ID_LEN], uint64_t *accepted_ms)
+int ldb_dedup_get(ldb_batch *b, const store_device *sender,
+                  const uint8_t id[STORE_MESSAGE_ID_LEN], uint64_t *accepted_ms)
 {
     uint8_t k[STORE_MESSAGE_ID_LEN + DEVICE_KEY_LEN];
     dedup_key(k, sender, id);
@@ -407,8 +394,8 @@ int store_dedup_get(store_batch *b, const store_device *sender,
     return rc;
 }
 
-int store_dedup_put(store_batch *b, const store_device *sender,
-                    const uint8_t id[STORE_MESSAGE_ID_LEN], uint64_t accepted_ms)
+int ldb_dedup_put(ldb_batch *b, const store_device *sender,
+                  const uint8_t id[STORE_MESSAGE_ID_LEN], uint64_t accepted_ms)
 {
     uint8_t k[STORE_MESSAGE_ID_LEN + DEVICE_KEY_LEN], v[8], tk[8 + sizeof k];
     dedup_key(k, sender, id);
@@ -421,7 +408,7 @@ int store_dedup_put(store_batch *b, const store_device *sender,
 
 /* Walks a time index from its start, deleting entries older than cutoff and the
  * records they point to (in target, keyed by the index key minus its timestamp). */
-static int sweep_index(store_batch *b, MDB_dbi index, MDB_dbi target, uint64_t cutoff, size_t max,
+static int sweep_index(ldb_batch *b, MDB_dbi index, MDB_dbi target, uint64_t cutoff, size_t max,
                        size_t *removed)
 {
     MDB_cursor *c;
@@ -448,8 +435,8 @@ static int sweep_index(store_batch *b, MDB_dbi index, MDB_dbi target, uint64_t c
     return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : map_error(rc);
 }
 
-int store_sweep(store_batch *b, uint64_t inbox_cutoff_ms, uint64_t dedup_cutoff_ms, size_t max,
-                size_t *inbox_removed, size_t *dedup_removed)
+int ldb_sweep(ldb_batch *b, uint64_t inbox_cutoff_ms, uint64_t dedup_cutoff_ms, size_t max,
+              size_t *inbox_removed, size_t *dedup_removed)
 {
     size_t legacy = 0;
     int rc = sweep_index(b, b->s->inbox_time, b->s->inbox, inbox_cutoff_ms, max, inbox_removed);
@@ -461,8 +448,8 @@ int store_sweep(store_batch *b, uint64_t inbox_cutoff_ms, uint64_t dedup_cutoff_
     return rc;
 }
 
-int store_inbox_read(store *s, const store_device *d, uint64_t after, size_t max,
-                     store_envelope_fn fn, void *ctx)
+int ldb_inbox_read(ldb *s, const store_device *d, uint64_t after, size_t max,
+                   store_envelope_fn fn, void *ctx)
 {
     uint8_t start[DEVICE_KEY_LEN + 8];
     device_key(start, d);
@@ -506,10 +493,10 @@ static bool count_one(void *ctx, uint64_t seq, uint64_t stored_ms, const uint8_t
     return true;
 }
 
-int store_inbox_count(store *s, const store_device *d, uint64_t *count)
+int ldb_inbox_count(ldb *s, const store_device *d, uint64_t *count)
 {
     *count = 0;
-    return store_inbox_read(s, d, 0, SIZE_MAX, count_one, count);
+    return ldb_inbox_read(s, d, 0, SIZE_MAX, count_one, count);
 }
 
 /* ---- accounts and devices ------------------------------------------------------ */
@@ -552,7 +539,7 @@ static bool collect_key(void *ctx, const uint8_t key[DEVICE_KEY_LEN], const MDB_
 }
 
 /* A device's prekeys go with it. */
-static int drop_keys(store_batch *b, const store_device *d)
+static int drop_keys(ldb_batch *b, const store_device *d)
 {
     uint8_t dk[DEVICE_KEY_LEN];
     device_key(dk, d);
@@ -566,8 +553,8 @@ static int drop_keys(store_batch *b, const store_device *d)
     return STORE_OK;
 }
 
-int store_register(store_batch *b, const char *phone, const uint8_t new_id[STORE_ACCOUNT_ID_LEN],
-                   const store_device_record *primary, uint8_t account[STORE_ACCOUNT_ID_LEN])
+int ldb_register(ldb_batch *b, const char *phone, const uint8_t new_id[STORE_ACCOUNT_ID_LEN],
+                 const store_device_record *primary, uint8_t account[STORE_ACCOUNT_ID_LEN])
 {
     size_t plen = strlen(phone);
     if (plen == 0 || plen > STORE_PHONE_MAX)
@@ -584,7 +571,7 @@ int store_register(store_batch *b, const char *phone, const uint8_t new_id[STORE
             size_t dropped;
             MDB_val dk = {DEVICE_KEY_LEN, old.keys[i]};
             device_from_key(&d, old.keys[i]);
-            if ((rc = store_inbox_drop(b, &d, &dropped)) != STORE_OK ||
+            if ((rc = ldb_inbox_drop(b, &d, &dropped)) != STORE_OK ||
                 (rc = drop_keys(b, &d)) != STORE_OK)
                 return rc;
             if ((rc = mdb_del(b->txn, b->s->devices, &dk, NULL)) != 0)
@@ -611,7 +598,7 @@ int store_register(store_batch *b, const char *phone, const uint8_t new_id[STORE
     return put(b->txn, b->s->devices, dk, sizeof dk, dv, sizeof dv);
 }
 
-int store_account_by_phone(store *s, const char *phone, uint8_t account[STORE_ACCOUNT_ID_LEN])
+int ldb_account_by_phone(ldb *s, const char *phone, uint8_t account[STORE_ACCOUNT_ID_LEN])
 {
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
@@ -627,8 +614,8 @@ int store_account_by_phone(store *s, const char *phone, uint8_t account[STORE_AC
     return rc == EINVAL ? STORE_INVALID : map_error(rc);
 }
 
-int store_phone_by_account(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN],
-                           char phone[STORE_PHONE_MAX + 1])
+int ldb_phone_by_account(ldb *s, const uint8_t account[STORE_ACCOUNT_ID_LEN],
+                         char phone[STORE_PHONE_MAX + 1])
 {
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
@@ -663,7 +650,7 @@ static int device_get(MDB_txn *txn, MDB_dbi devices, const store_device *d, stor
     return STORE_OK;
 }
 
-int store_device_get(store *s, const store_device *d, store_device_record *out)
+int ldb_device_get(ldb *s, const store_device *d, store_device_record *out)
 {
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
@@ -674,7 +661,7 @@ int store_device_get(store *s, const store_device *d, store_device_record *out)
     return rc;
 }
 
-int store_batch_device_get(store_batch *b, const store_device *d, store_device_record *out)
+int ldb_batch_device_get(ldb_batch *b, const store_device *d, store_device_record *out)
 {
     return device_get(b->txn, b->s->devices, d, out);
 }
@@ -702,8 +689,8 @@ static bool collect_record(void *ctx, const uint8_t key[DEVICE_KEY_LEN], const M
     return l->n < l->max;
 }
 
-int store_batch_account_device_records(store_batch *b, const uint8_t account[STORE_ACCOUNT_ID_LEN],
-                                       store_device_record *out, size_t max, size_t *n)
+int ldb_batch_account_device_records(ldb_batch *b, const uint8_t account[STORE_ACCOUNT_ID_LEN],
+                                     store_device_record *out, size_t max, size_t *n)
 {
     record_list l = {.out = out, .max = max};
     int rc = max ? each_device(b->txn, b->s->devices, account, collect_record, &l) : STORE_OK;
@@ -725,8 +712,8 @@ static int account_devices(MDB_txn *txn, MDB_dbi devices, const uint8_t account[
     return rc;
 }
 
-int store_account_devices(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN], uint32_t *ids,
-                          size_t max, size_t *n)
+int ldb_account_devices(ldb *s, const uint8_t account[STORE_ACCOUNT_ID_LEN], uint32_t *ids,
+                        size_t max, size_t *n)
 {
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
@@ -737,8 +724,8 @@ int store_account_devices(store *s, const uint8_t account[STORE_ACCOUNT_ID_LEN],
     return rc;
 }
 
-int store_batch_account_devices(store_batch *b, const uint8_t account[STORE_ACCOUNT_ID_LEN],
-                                uint32_t *ids, size_t max, size_t *n)
+int ldb_batch_account_devices(ldb_batch *b, const uint8_t account[STORE_ACCOUNT_ID_LEN],
+                              uint32_t *ids, size_t max, size_t *n)
 {
     return account_devices(b->txn, b->s->devices, account, ids, max, n);
 }
@@ -761,7 +748,7 @@ static uint32_t get_be32(const uint8_t *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-int store_signed_prekey_put(store_batch *b, const store_device *d, const store_signed_prekey *k)
+int ldb_signed_prekey_put(ldb_batch *b, const store_device *d, const store_signed_prekey *k)
 {
     uint8_t dk[DEVICE_KEY_LEN], v[SIGNED_PREKEY_LEN];
     device_key(dk, d);
@@ -772,7 +759,7 @@ int store_signed_prekey_put(store_batch *b, const store_device *d, const store_s
     return put(b->txn, b->s->signed_prekeys, dk, sizeof dk, v, sizeof v);
 }
 
-int store_signed_prekey_get(store_batch *b, const store_device *d, store_signed_prekey *out)
+int ldb_signed_prekey_get(ldb_batch *b, const store_device *d, store_signed_prekey *out)
 {
     uint8_t dk[DEVICE_KEY_LEN];
     device_key(dk, d);
@@ -792,7 +779,7 @@ int store_signed_prekey_get(store_batch *b, const store_device *d, store_signed_
 
 /* A cursor on the device's stock, at its lowest id: 0, MDB_NOTFOUND (an empty stock,
  * the cursor still open) or an error (no cursor). */
-static int stock_cursor(store_batch *b, uint8_t dk[DEVICE_KEY_LEN], MDB_cursor **c, MDB_val *val)
+static int stock_cursor(ldb_batch *b, uint8_t dk[DEVICE_KEY_LEN], MDB_cursor **c, MDB_val *val)
 {
     int rc = mdb_cursor_open(b->txn, b->s->prekeys, c);
     if (rc != 0)
@@ -801,7 +788,7 @@ static int stock_cursor(store_batch *b, uint8_t dk[DEVICE_KEY_LEN], MDB_cursor *
     return mdb_cursor_get(*c, &key, val, MDB_SET_KEY);
 }
 
-int store_prekeys_count(store_batch *b, const store_device *d, size_t *n)
+int ldb_prekeys_count(ldb_batch *b, const store_device *d, size_t *n)
 {
     uint8_t dk[DEVICE_KEY_LEN];
     device_key(dk, d);
@@ -824,7 +811,7 @@ typedef struct {
     bool notified;
 } prekey_meta;
 
-static int meta_get(store_batch *b, const uint8_t dk[DEVICE_KEY_LEN], prekey_meta *m)
+static int meta_get(ldb_batch *b, const uint8_t dk[DEVICE_KEY_LEN], prekey_meta *m)
 {
     MDB_val key = {DEVICE_KEY_LEN, (void *)dk}, val;
     int rc = mdb_get(b->txn, b->s->prekey_meta, &key, &val);
@@ -840,7 +827,7 @@ static int meta_get(store_batch *b, const uint8_t dk[DEVICE_KEY_LEN], prekey_met
     return STORE_OK;
 }
 
-static int meta_put(store_batch *b, const uint8_t dk[DEVICE_KEY_LEN], const prekey_meta *m)
+static int meta_put(ldb_batch *b, const uint8_t dk[DEVICE_KEY_LEN], const prekey_meta *m)
 {
     uint8_t v[5];
     put_be32(v, m->high);
@@ -848,7 +835,7 @@ static int meta_put(store_batch *b, const uint8_t dk[DEVICE_KEY_LEN], const prek
     return put(b->txn, b->s->prekey_meta, dk, DEVICE_KEY_LEN, v, sizeof v);
 }
 
-int store_prekeys_add(store_batch *b, const store_device *d, const store_prekey *keys, size_t n)
+int ldb_prekeys_add(ldb_batch *b, const store_device *d, const store_prekey *keys, size_t n)
 {
     uint8_t dk[DEVICE_KEY_LEN];
     device_key(dk, d);
@@ -893,7 +880,7 @@ int store_prekeys_add(store_batch *b, const store_device *d, const store_prekey 
     return rc == EEXIST ? STORE_EXISTS : map_error(rc);
 }
 
-int store_prekeys_notice(store_batch *b, const store_device *d, bool *first)
+int ldb_prekeys_notice(ldb_batch *b, const store_device *d, bool *first)
 {
     uint8_t dk[DEVICE_KEY_LEN];
     device_key(dk, d);
@@ -906,7 +893,7 @@ int store_prekeys_notice(store_batch *b, const store_device *d, bool *first)
     return meta_put(b, dk, &meta);
 }
 
-int store_prekey_take(store_batch *b, const store_device *d, store_prekey *out, size_t *left)
+int ldb_prekey_take(ldb_batch *b, const store_device *d, store_prekey *out, size_t *left)
 {
     uint8_t dk[DEVICE_KEY_LEN];
     device_key(dk, d);

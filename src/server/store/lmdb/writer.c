@@ -1,18 +1,19 @@
-/* writer.c - group commit on one storage writer thread (see writer.h). */
+/* writer.c - group commit on one storage writer thread (writer.h). */
 #include "writer.h"
 
 #include <stdlib.h>
 #include <time.h>
 
 struct writer {
-    store *st;
+    ldb *st;
+    const writer_ops *ops;
     size_t max_batch;
     pthread_t tid;
     pthread_mutex_t lock;
     pthread_cond_t wake;
-    writer_job *head, *tail;
+    store_req *head, *tail;
     bool stopping;
-    writer_stats stats;
+    store_run_stats stats;
     unsigned long commit_delay_ms; /* PARLEYD_COMMIT_DELAY_MS, for crash tests (docs/storage.md) */
 };
 
@@ -20,11 +21,11 @@ static void home_drain(uv_async_t *a)
 {
     writer_home *h = a->data;
     pthread_mutex_lock(&h->lock);
-    writer_job *j = h->head;
+    store_req *j = h->head;
     h->head = h->tail = NULL;
     pthread_mutex_unlock(&h->lock);
     while (j) {
-        writer_job *next = j->next; /* done may free the job */
+        store_req *next = j->next; /* done may free the request */
         j->done(j, j->status);
         j = next;
     }
@@ -38,15 +39,15 @@ int writer_home_init(writer_home *home, uv_loop_t *loop)
     return uv_async_init(loop, &home->async, home_drain);
 }
 
-void writer_home_close(writer_home *home)
+void writer_home_close(writer_home *home, uv_close_cb close_cb)
 {
     home_drain(&home->async);
-    uv_close((uv_handle_t *)&home->async, NULL);
+    uv_close((uv_handle_t *)&home->async, close_cb);
 }
 
-static void send_home(writer_job *j)
+static void send_home(store_req *j)
 {
-    writer_home *h = j->home;
+    writer_home *h = (writer_home *)j->home;
     j->next = NULL;
     pthread_mutex_lock(&h->lock);
     if (h->tail)
@@ -58,17 +59,17 @@ static void send_home(writer_job *j)
     uv_async_send(&h->async); /* coalesces: one wake-up drains them all */
 }
 
-/* Applies job in a nested batch of its own: if it fails, it alone is rolled back. */
-static int apply_isolated(store_batch *b, writer_job *j)
+/* Applies j in a nested batch of its own: if it fails, it alone is rolled back. */
+static int apply_isolated(const writer_ops *ops, ldb_batch *b, store_req *j)
 {
-    store_batch *child = NULL;
-    int rc = store_batch_nest(b, &child);
+    ldb_batch *child = NULL;
+    int rc = ldb_batch_nest(b, &child);
     if (rc == STORE_OK)
-        rc = j->apply(child, j);
+        rc = ops->apply(child, j);
     if (rc == STORE_OK)
-        rc = store_batch_commit(child);
+        rc = ldb_batch_commit(child);
     else if (child)
-        store_batch_abort(child);
+        ldb_batch_abort(child);
     return rc;
 }
 
@@ -78,23 +79,23 @@ static int apply_isolated(store_batch *b, writer_job *j)
  * Isolated jobs, and every job once a storage error spoiled the transaction, run in a
  * nested batch of their own; after such an error the whole batch runs again that way,
  * so the failing job alone is rolled back. */
-static void run_batch(writer *w, writer_job *jobs)
+static void run_batch(writer *w, store_req *jobs)
 {
     bool careful = false;
-    store_batch *b;
+    ldb_batch *b;
     int rc;
     size_t n;
 again:
     b = NULL;
-    rc = store_batch_begin(w->st, &b);
+    rc = ldb_batch_begin(w->st, &b);
     n = 0;
-    for (writer_job *j = jobs; j; j = j->next, n++) {
+    for (store_req *j = jobs; j; j = j->next, n++) {
         if (rc != STORE_OK) {
             j->status = rc;
-        } else if (careful || j->isolated) {
-            j->status = apply_isolated(b, j);
-        } else if ((j->status = j->apply(b, j)) < 0) { /* a storage error: the batch is spoilt */
-            store_batch_abort(b);
+        } else if (careful || w->ops->isolated(j)) {
+            j->status = apply_isolated(w->ops, b, j);
+        } else if ((j->status = w->ops->apply(b, j)) < 0) { /* a storage error: the batch is spoilt */
+            ldb_batch_abort(b);
             careful = true;
             pthread_mutex_lock(&w->lock);
             w->stats.retries++;
@@ -107,12 +108,12 @@ again:
         nanosleep(&ts, NULL);
     }
     if (rc == STORE_OK)
-        rc = store_batch_commit(b);
+        rc = ldb_batch_commit(b);
     pthread_mutex_lock(&w->lock);
-    w->stats.batches += rc == STORE_OK;
-    w->stats.jobs += n;
+    w->stats.commits += rc == STORE_OK;
+    w->stats.writes += n;
     pthread_mutex_unlock(&w->lock);
-    for (writer_job *j = jobs, *next; j; j = next) {
+    for (store_req *j = jobs, *next; j; j = next) {
         next = j->next;
         if (rc != STORE_OK) /* nothing of this batch is on disk */
             j->status = rc;
@@ -132,7 +133,7 @@ static void *writer_main(void *arg)
             return NULL;
         }
         /* take up to max_batch jobs: everything that queued while the last fsync ran */
-        writer_job *first = w->head, *last = first;
+        store_req *first = w->head, *last = first;
         for (size_t n = 1; n < w->max_batch && last->next; n++)
             last = last->next;
         w->head = last->next;
@@ -144,12 +145,13 @@ static void *writer_main(void *arg)
     }
 }
 
-int writer_start(writer **out, store *s, size_t max_batch)
+int writer_start(writer **out, ldb *s, size_t max_batch, const writer_ops *ops)
 {
     writer *w = calloc(1, sizeof *w);
     if (!w)
         return STORE_NOMEM;
     w->st = s;
+    w->ops = ops;
     w->max_batch = max_batch ? max_batch : 1024;
     const char *delay = getenv("PARLEYD_COMMIT_DELAY_MS");
     w->commit_delay_ms = delay ? strtoul(delay, NULL, 10) % 10000 : 0;
@@ -163,9 +165,9 @@ int writer_start(writer **out, store *s, size_t max_batch)
     return STORE_OK;
 }
 
-void writer_submit(writer *w, writer_home *home, writer_job *job)
+void writer_submit(writer *w, writer_home *home, store_req *job)
 {
-    job->home = home;
+    job->home = &home->base;
     job->next = NULL;
     job->status = STORE_OK;
     pthread_mutex_lock(&w->lock);
@@ -178,24 +180,24 @@ void writer_submit(writer *w, writer_home *home, writer_job *job)
     pthread_mutex_unlock(&w->lock);
 }
 
-writer_stats writer_stop(writer *w)
+store_run_stats writer_stop(writer *w)
 {
     pthread_mutex_lock(&w->lock);
     w->stopping = true;
     pthread_cond_signal(&w->wake);
     pthread_mutex_unlock(&w->lock);
     pthread_join(w->tid, NULL);
-    writer_stats stats = w->stats;
+    store_run_stats stats = w->stats;
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->wake);
     free(w);
     return stats;
 }
 
-writer_stats writer_get_stats(writer *w)
+store_run_stats writer_get_stats(writer *w)
 {
     pthread_mutex_lock(&w->lock);
-    writer_stats s = w->stats;
+    store_run_stats s = w->stats;
     pthread_mutex_unlock(&w->lock);
     return s;
 }

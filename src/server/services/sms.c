@@ -2,6 +2,8 @@
  * code (development and tests), the `http` provider POSTs the same JSON to a gateway
  * and counts any 2xx answer as accepted. Both block; callers run them off the loop. */
 #include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -10,7 +12,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-#include "server.h"
+#include "sms.h"
 
 static int sms_file(const char *path, const char *json, char *err, size_t errlen)
 {

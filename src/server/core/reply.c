@@ -1,0 +1,81 @@
+/* reply.c - frames out of a session, and the one place a failure becomes the client's
+ * Error (session.h). */
+#include <stdlib.h>
+
+#include "session.h"
+
+void session_send_frame(session *s, Parley__Frame *f)
+{
+    f->has_version = 1;
+    f->version = PARLEY_PROTOCOL_VERSION;
+    size_t n = parley__frame__get_packed_size(f);
+    uint8_t stack[512], *buf = n <= sizeof stack ? stack : malloc(n);
+    if (!buf) {
+        ws_conn_abort(s->conn);
+        return;
+    }
+    parley__frame__pack(f, buf);
+    ws_conn_send(s->conn, WS_OP_BINARY, buf, n);
+    if (buf != stack)
+        free(buf);
+}
+
+void session_reply(session *s, uint64_t request_id, Parley__Frame *f)
+{
+    f->has_request_id = request_id != 0;
+    f->request_id = request_id;
+    session_send_frame(s, f);
+}
+
+void session_error_full(session *s, uint64_t request_id, uint32_t code, const char *reason,
+                        uint32_t retry_after_ms, Parley__DeviceList *devices)
+{
+    Parley__Error e = PARLEY__ERROR__INIT;
+    e.has_code = 1;
+    e.code = code;
+    e.reason = (char *)(reason ? reason : perr_text(code));
+    e.has_retry_after_ms = retry_after_ms != 0;
+    e.retry_after_ms = retry_after_ms;
+    e.devices = devices;
+    Parley__Frame f = PARLEY__FRAME__INIT;
+    f.body_case = PARLEY__FRAME__BODY_ERROR;
+    f.error = &e;
+    session_reply(s, request_id, &f);
+}
+
+void session_error(session *s, uint64_t request_id, uint32_t code, const char *reason)
+{
+    session_error_full(s, request_id, code, reason, 0, NULL);
+}
+
+void session_close_replaced(session *s, bool replaced)
+{
+    ws_conn_close(s->conn, PARLEY_CLOSE_REPLACED,
+                  replaced ? "this device was replaced by a new registration" : "replaced by a newer connection");
+}
+
+void session_store_error(session *s, uint64_t request_id, int status)
+{
+    switch (status) {
+    case STORE_UNKNOWN_ACCOUNT:
+        session_error(s, request_id, PERR_UNKNOWN_ACCOUNT, "no such account");
+        break;
+    case STORE_REPLACED:
+        session_error(s, request_id, PERR_AUTH_FAILED, "this device was replaced by a new registration");
+        session_close_replaced(s, true);
+        break;
+    case STORE_TOO_MANY_PREKEYS:
+        session_error(s, request_id, PERR_TOO_MANY_PREKEYS,
+                      "the device would hold more than 1000 one-time prekeys; nothing was stored");
+        break;
+    case STORE_PREKEY_CONFLICT:
+        session_error(s, request_id, PERR_INVALID_PREKEY,
+                      "a one-time prekey id is already in use with another key; nothing was stored");
+        break;
+    case STORE_FULL:
+        session_error(s, request_id, PERR_STORAGE_FULL, NULL);
+        break;
+    default:
+        session_error(s, request_id, PERR_INTERNAL, store_strerror(status));
+    }
+}

@@ -1,0 +1,169 @@
+/* send.c - Send (docs/protocol.md, "Messages"): validated here on the I/O thread, one
+ * envelope packed per device message; the store de-duplicates it, checks it against the
+ * device lists and appends each envelope to its device's inbox in one commit; SendAck
+ * only after that commit, and the devices' receiving connections are woken. */
+#include <stdlib.h>
+
+#include "envelope.h"
+#include "services.h"
+
+#define BODY_OVERHEAD 1024 /* room for the envelope around a body in a Deliver */
+
+typedef struct {
+    store_send r;
+    session *s;
+    server *srv;                  /* the connection may be gone when it completes */
+    uint64_t request_id;
+} send_request;
+
+static void mismatch_error(session *s, uint64_t rid, store_send *r)
+{
+    ProtobufCBinaryData account = {STORE_ACCOUNT_ID_LEN, r->mismatch_account};
+    Parley__DeviceList devices = PARLEY__DEVICE_LIST__INIT, stale = PARLEY__DEVICE_LIST__INIT;
+    devices.has_account_id = stale.has_account_id = 1;
+    devices.account_id = stale.account_id = account;
+    devices.n_device_ids = r->mismatch_n;
+    devices.device_ids = r->mismatch_ids;
+    stale.n_device_ids = r->stale_n;
+    stale.device_ids = r->stale_ids;
+    Parley__Error e = PARLEY__ERROR__INIT;
+    e.has_code = 1;
+    e.code = PERR_DEVICE_MISMATCH;
+    e.reason = r->stale_n ? "devices were registered again (new keys); encrypt for them anew and send again"
+                          : (char *)perr_text(PERR_DEVICE_MISMATCH);
+    e.devices = &devices;
+    e.stale = r->stale_n ? &stale : NULL;
+    Parley__Frame f = PARLEY__FRAME__INIT;
+    f.body_case = PARLEY__FRAME__BODY_ERROR;
+    f.error = &e;
+    session_reply(s, rid, &f);
+}
+
+static void send_done(store_req *req, int status)
+{
+    send_request *j = (send_request *)req;
+    session *s = j->s;
+    if (status == STORE_OK && !j->r.duplicate)
+        session_wake(j->srv, &j->r.targets);
+    if (session_returned(s)) {
+        if (status == STORE_OK) {
+            Parley__SendAck ack = PARLEY__SEND_ACK__INIT;
+            ack.has_message_id = 1;
+            ack.message_id = (ProtobufCBinaryData){STORE_MESSAGE_ID_LEN, j->r.message_id};
+            ack.has_server_time_ms = 1;
+            ack.server_time_ms = j->r.server_ms;
+            Parley__Frame f = PARLEY__FRAME__INIT;
+            f.body_case = PARLEY__FRAME__BODY_SEND_ACK;
+            f.send_ack = &ack;
+            session_reply(s, j->request_id, &f);
+        } else if (status == STORE_DEVICE_MISMATCH) {
+            mismatch_error(s, j->request_id, &j->r);
+        } else {
+            session_store_error(s, j->request_id, status);
+        }
+    }
+    store_entries_free(&j->r.targets);
+    free(j);
+}
+
+/* Only end-to-end encrypted bodies are stored (Signal message types). */
+static bool encrypted_type(uint32_t type)
+{
+    return type == 2 || type == 3 || type == 7;
+}
+
+/* Packs one envelope per device message into r->targets; NULL, or why the Send is
+ * malformed (*plaintext: a body that is not end-to-end encrypted). */
+static const char *pack_targets(session *s, const Parley__Send *m, store_send *r, bool *plaintext)
+{
+    const server_config *cfg = &session_server(s)->cfg;
+    Parley__Envelope e = PARLEY__ENVELOPE__INIT;
+    e.has_sender_account = e.has_sender_device = e.has_message_id = e.has_server_time_ms = 1;
+    e.sender_account = (ProtobufCBinaryData){STORE_ACCOUNT_ID_LEN, s->device.account};
+    e.sender_device = s->device.device;
+    e.message_id = m->message_id;
+    e.server_time_ms = r->accepted_ms;
+    *plaintext = false;
+    for (size_t i = 0; i < m->n_messages; i++) {
+        const Parley__DeviceMessage *dm = m->messages[i];
+        store_device d = {.device = dm->device_id};
+        if ((dm->has_account_id && dm->account_id.len != STORE_ACCOUNT_ID_LEN) || !dm->has_device_id ||
+            dm->device_id == 0 || !dm->has_body) /* checked before anything is read from it */
+            return "each device message needs device_id, body and at most a 16-byte account_id";
+        memcpy(d.account, dm->has_account_id ? dm->account_id.data : m->recipient_account.data, STORE_ACCOUNT_ID_LEN);
+        if (!same_account(d.account, m->recipient_account.data) && !same_account(d.account, s->device.account))
+            return "a device message may go to the recipient or to the sender's own devices only";
+        if (d.device == s->device.device && same_account(d.account, s->device.account))
+            return "a device does not send to itself";
+        if (dm->body.len > cfg->max_frame_bytes - BODY_OVERHEAD)
+            return "a message body is too large";
+        if (!dm->has_type || !encrypted_type(dm->type)) {
+            *plaintext = true;
+            return NULL;
+        }
+        for (size_t t = 0; t < r->targets.n; t++)
+            if (memcmp(&r->targets.items[t].device, &d, sizeof d) == 0)
+                return "two device messages for the same device";
+        e.has_type = 1;
+        e.type = dm->type;
+        e.has_body = 1;
+        e.body = dm->body;
+        if (envelope_add(&r->targets, &d, &e) != STORE_OK)
+            return "out of memory";
+        store_entry *t = &r->targets.items[r->targets.n - 1];
+        t->check_registration = dm->has_registration_id;
+        t->registration_id = dm->registration_id;
+    }
+    bool to_recipient = false; /* a resend still goes to the recipient: not only to our own devices */
+    for (size_t t = 0; t < r->targets.n; t++)
+        to_recipient |= same_account(r->targets.items[t].device.account, m->recipient_account.data);
+    if (r->resend && !to_recipient)
+        return "a resend names at least one device of the recipient";
+    return NULL;
+}
+
+static void on_send(session *s, uint64_t rid, const Parley__Frame *f)
+{
+    const Parley__Send *m = f->send;
+    if (!m->has_message_id || m->message_id.len != STORE_MESSAGE_ID_LEN || !m->has_recipient_account ||
+        m->recipient_account.len != STORE_ACCOUNT_ID_LEN || m->n_messages == 0) {
+        session_error(s, rid, PERR_MALFORMED_FRAME,
+                      "Send needs message_id (16 bytes), recipient_account (16 bytes) and messages");
+        return;
+    }
+    if (m->n_messages > session_server(s)->cfg.max_recipients) {
+        session_error(s, rid, PERR_TOO_MANY_RECIPIENTS, NULL);
+        return;
+    }
+    send_request *j = calloc(1, sizeof *j);
+    if (!j) {
+        session_error(s, rid, PERR_INTERNAL, "out of memory");
+        return;
+    }
+    session_origin(s, &j->r.from);
+    memcpy(j->r.message_id, m->message_id.data, STORE_MESSAGE_ID_LEN);
+    memcpy(j->r.recipient, m->recipient_account.data, STORE_ACCOUNT_ID_LEN);
+    j->r.resend = m->has_resend && m->resend;
+    j->r.accepted_ms = j->r.server_ms = clock_wall_ms();
+    bool plaintext;
+    const char *bad = pack_targets(s, m, &j->r, &plaintext);
+    if (bad || plaintext) {
+        session_error(s, rid, plaintext ? PERR_PLAINTEXT_REFUSED : PERR_MALFORMED_FRAME, bad);
+        store_entries_free(&j->r.targets);
+        free(j);
+        return;
+    }
+    j->r.req.done = send_done;
+    j->s = s;
+    j->srv = session_server(s);
+    j->request_id = rid;
+    session_hold(s);
+    store_accept_send(session_server(s)->st, session_thread(s)->home, &j->r);
+}
+
+static const frame_route routes[] = {
+    {PARLEY__FRAME__BODY_SEND, true, RATE_SENDS, on_send},
+    {0},
+};
+
+const service send_service = {.name = "send", .routes = routes};
