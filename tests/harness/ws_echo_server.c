@@ -1,5 +1,5 @@
 /* ws_echo_server.c - a WebSocket echo server on Parley's connection layer
- * (src/server/net/ws_conn.c, ws.c, ws_handshake.c), so that real clients (npm ws,
+ * (src/server/net/ws_conn.c, upgrade.c, src/ws/), so that real clients (npm ws,
  * raw sockets) can test it over real TCP: tests/ws/.
  *   ws-echo-server --listen HOST:PORT [--max-message BYTES] [--max-frame BYTES]
  * Prints "listening PORT" when ready; SIGTERM closes every connection with 1001
