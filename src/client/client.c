@@ -1,15 +1,11 @@
-/* client.c - libparley's public API (include/parley.h): profiles, registration, the
- * connection and its event loop, events, the outbox and history as the API shows them.
- * Sending is outbox.c's, receiving inbox.c's, our keys on the server keys.c's
- * (client_internal.h says who does what).
+/* client.c - libparley's core (client_internal.h): the handle, events and errors,
+ * requests in flight, the features' hooks, the connection's callbacks and the loop.
  *
- * Per connection, once authenticated: look up our own devices, ask for our key status,
- * then send the outbox in queue order, one message in flight per conversation (so a
- * retry never reorders a conversation) and up to MAX_SENDS conversations at once.
- * Deliveries are handled strictly in order: a Deliver frame waits until every sender in
- * it has a name (a reverse lookup), then all its envelopes are decrypted and stored in
- * one transaction, and only after the commit is the DeliverAck sent and are the events
- * reported. */
+ * Per connection, once authenticated, every feature's ready hook runs (our own devices
+ * are looked up, our key status asked for), then their pumps: after every frame and
+ * timer, in the order inbox, keys, outbox. A frame with a request id goes to its
+ * request's handler; a frame the server pushes goes to the feature that takes its body
+ * (Deliver: the inbox). */
 #include <errno.h>
 #include <poll.h>
 #include <sodium.h>
@@ -22,9 +18,7 @@
 #include "client_internal.h"
 #include "clock.h"
 #include "phone.h"
-#include "content.pb-c.h"
 #include "primitives.h"
-#include "utf8.h"
 
 /* ---- small things ------------------------------------------------------------------ */
 
@@ -172,30 +166,23 @@ int invalid_phone(parley *p, const char *phone)
 
 /* ---- requests ------------------------------------------------------------------------ */
 
-request *req_new(parley *p, req_kind kind)
+void *req_new(parley *p, const request_type *type, size_t size)
 {
-    for (size_t i = 0; i < MAX_REQUESTS; i++)
-        if (p->reqs[i].kind == REQ_FREE) {
-            memset(&p->reqs[i], 0, sizeof p->reqs[i]);
-            p->reqs[i].kind = kind;
-            return &p->reqs[i];
-        }
-    return NULL;
+    if (p->n_reqs >= MAX_REQUESTS || size < sizeof(request))
+        return NULL;
+    request *r = calloc(1, size);
+    if (r)
+        r->type = type;
+    return r;
 }
 
 void req_free(request *r)
 {
-    free(r->ids);
-    free(r->key_ids);
-    memset(r, 0, sizeof *r);
-}
-
-size_t req_count(const parley *p, req_kind kind)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < MAX_REQUESTS; i++)
-        n += p->reqs[i].kind == kind;
-    return n;
+    if (!r)
+        return;
+    if (r->type->free)
+        r->type->free(r);
+    free(r);
 }
 
 bool req_send(parley *p, request *r, Parley__Frame *f)
@@ -205,7 +192,65 @@ bool req_send(parley *p, request *r, Parley__Frame *f)
         req_free(r);
         return false;
     }
+    r->next = p->reqs;
+    p->reqs = r;
+    p->n_reqs++;
     return true;
+}
+
+size_t req_count(const parley *p, const request_type *type)
+{
+    size_t n = 0;
+    for (const request *r = p->reqs; r; r = r->next)
+        n += r->type == type;
+    return n;
+}
+
+request *req_next(const request *r, const request_type *type)
+{
+    for (r = r->next; r && r->type != type; r = r->next)
+        ;
+    return (request *)r;
+}
+
+request *req_first(const parley *p, const request_type *type)
+{
+    request *r = p->reqs;
+    return r && r->type != type ? req_next(r, type) : r;
+}
+
+/* The request a reply answers, off the list; NULL if none has its id. */
+static request *req_take(parley *p, uint64_t rid)
+{
+    for (request **link = &p->reqs; *link; link = &(*link)->next)
+        if ((*link)->rid == rid) {
+            request *r = *link;
+            *link = r->next;
+            p->n_reqs--;
+            return r;
+        }
+    return NULL;
+}
+
+static void req_free_all(parley *p)
+{
+    while (p->reqs) {
+        request *r = p->reqs;
+        p->reqs = r->next;
+        req_free(r);
+    }
+    p->n_reqs = 0;
+}
+
+/* ---- features ------------------------------------------------------------------------ */
+
+static const client_feature *const features[] = {&inbox_feature, &keys_feature, &outbox_feature, NULL};
+
+void features_pump(parley *p)
+{
+    for (const client_feature *const *f = features; *f; f++)
+        if ((*f)->pump)
+            (*f)->pump(p);
 }
 
 /* ---- profile ------------------------------------------------------------------------ */
@@ -270,14 +315,10 @@ void parley_set_handler(parley *p, parley_event_fn fn, void *ctx)
 static void session_reset(parley *p)
 {
     p->ready = false;
-    p->own_known = false;
-    p->n_own = 0;
-    for (size_t i = 0; i < MAX_REQUESTS; i++)
-        if (p->reqs[i].kind != REQ_FREE)
-            req_free(&p->reqs[i]);
-    inbox_reset(p);
-    p->sending_disabled = p->receipts_disabled = p->keys_disabled = false;
-    p->keys_wanted = false;
+    req_free_all(p);
+    for (const client_feature *const *f = features; *f; f++)
+        if ((*f)->down)
+            (*f)->down(p);
 }
 
 static void on_conn_state(void *ctx, parley_conn_state st, int status, const char *reason, uint32_t retry_ms)
@@ -309,19 +350,10 @@ static void on_conn_ready(void *ctx)
         return;
     }
     p->ready = true;
-    /* our own device list first: every message goes to our other devices too */
-    request *r = req_new(p, REQ_OWN_LOOKUP);
-    Parley__Lookup l = PARLEY__LOOKUP__INIT;
-    l.phone = p->ident.phone;
-    Parley__Frame f = PARLEY__FRAME__INIT;
-    f.body_case = PARLEY__FRAME__BODY_LOOKUP;
-    f.lookup = &l;
-    if (r)
-        req_send(p, r, &f);
-    p->keys_wanted = true; /* our key status, and a top-up if needed */
-    p->keys_next_check = clock_mono_ms() + KEYS_CHECK_MS;
-    keys_check(p);
-    pump_receipts(p);
+    for (const client_feature *const *f = features; *f; f++)
+        if ((*f)->ready)
+            (*f)->ready(p);
+    features_pump(p);
 }
 
 static void on_conn_down(void *ctx)
@@ -352,73 +384,25 @@ static bool on_conn_frame(void *ctx, Parley__Frame *f)
         }
         return false;
     }
-    if (f->body_case == PARLEY__FRAME__BODY_DELIVER) {
-        size_t size = parley__frame__get_packed_size(f);
-        if (p->dq_len == MAX_DELIVER_QUEUE || size > MAX_DELIVER_BYTES - p->dq_bytes) {
-            /* a server past its own delivery window: start over later */
-            conn_fail(&p->conn, PARLEY_ERR_NETWORK, false, "the server sent more deliveries than this client holds");
-            return false;
-        }
-        size_t at = (p->dq_head + p->dq_len) % MAX_DELIVER_QUEUE;
-        p->dq[at] = f;
-        p->dq_sizes[at] = size;
-        p->dq_bytes += size;
-        p->dq_len++;
-        process_deliveries(p);
-        keys_check(p);      /* a low-stock notice may have come */
-        pump_outbox(p);     /* resends answering RETRY receipts */
-        pump_receipts(p);   /* RETRY receipts for what did not decrypt */
-        return true;
+    bool kept = false;
+    request *r = f->has_request_id ? req_take(p, f->request_id) : NULL;
+    if (r) {
+        r->type->reply(p, r, f);
+        req_free(r);
+    } else if (f->body_case == PARLEY__FRAME__BODY_ERROR) {
+        char reason[300]; /* an answer to no request of ours */
+        snprintf(reason, sizeof reason, "the server reported: %s", server_reason(f->error));
+        emit_error(p, PARLEY_ERR_REFUSED, reason);
+    } else {
+        const client_feature *const *feat = features;
+        while (*feat && !((*feat)->push && (*feat)->push_body == f->body_case))
+            feat++;
+        if (*feat)
+            kept = (*feat)->push(p, f);
     }
-    request *r = NULL;
-    for (size_t i = 0; f->has_request_id && i < MAX_REQUESTS && !r; i++)
-        if (p->reqs[i].kind != REQ_FREE && p->reqs[i].rid == f->request_id)
-            r = &p->reqs[i];
-    if (!r) {
-        if (f->body_case == PARLEY__FRAME__BODY_ERROR) {
-            char reason[300];
-            snprintf(reason, sizeof reason, "the server reported: %s", server_reason(f->error));
-            emit_error(p, PARLEY_ERR_REFUSED, reason);
-        }
-        return false;
-    }
-    request done = *r; /* the slot is free again before anything below sends more */
-    r->ids = NULL;
-    r->key_ids = NULL;
-    req_free(r);
-    switch (done.kind) {
-    case REQ_OWN_LOOKUP:
-        on_own_lookup_reply(p, f);
-        break;
-    case REQ_LOOKUP_PHONE:
-        on_lookup_phone_reply(p, &done, f);
-        break;
-    case REQ_LOOKUP_ACCOUNT:
-        on_lookup_account_reply(p, &done, f);
-        process_deliveries(p);
-        break;
-    case REQ_SEND:
-        on_send_reply(p, &done, f);
-        break;
-    case REQ_FETCH:
-        on_fetch_reply(p, &done, f);
-        break;
-    case REQ_RECEIPT:
-    case REQ_RETRY_RECEIPT:
-        on_receipt_reply(p, &done, f);
-        break;
-    case REQ_KEYS_STATUS:
-    case REQ_KEYS_UPLOAD:
-        on_keys_reply(p, &done, f);
-        break;
-    default:
-        break;
-    }
-    free(done.ids);
-    free(done.key_ids);
-    pump_outbox(p);
-    pump_receipts(p);
-    return false;
+    if (p->ready)
+        features_pump(p);
+    return kept;
 }
 
 static const conn_callbacks conn_cbs = {on_conn_state, on_conn_ready, on_conn_frame, on_conn_down, on_conn_sign};
@@ -428,37 +412,19 @@ static const conn_callbacks conn_cbs = {on_conn_state, on_conn_ready, on_conn_fr
 static uint64_t client_deadline(const parley *p)
 {
     uint64_t t = UINT64_MAX;
-    if (p->ready && p->send_pause_until && !p->sending_disabled)
-        t = p->send_pause_until;
-    if (p->ready && p->receipt_pause_until && !p->receipts_disabled && p->receipt_pause_until < t)
-        t = p->receipt_pause_until;
-    if (p->ready && p->keys_pause_until && !p->keys_disabled && p->keys_pause_until < t)
-        t = p->keys_pause_until;
-    if (p->ready && p->keys_next_check && !p->keys_disabled && p->keys_next_check < t)
-        t = p->keys_next_check;
+    for (const client_feature *const *f = features; p->ready && *f; f++)
+        if ((*f)->deadline) {
+            uint64_t ft = (*f)->deadline(p);
+            t = ft < t ? ft : t;
+        }
     return t;
 }
 
 static void client_timers(parley *p, uint64_t now)
 {
-    if (p->send_pause_until && now >= p->send_pause_until) {
-        p->send_pause_until = 0;
-        pump_outbox(p);
-    }
-    if (p->receipt_pause_until && now >= p->receipt_pause_until) {
-        p->receipt_pause_until = 0;
-        pump_receipts(p);
-    }
-    if (p->ready && p->keys_next_check && now >= p->keys_next_check) {
-        /* a connection that stays up for days still rotates its signed prekey */
-        p->keys_next_check = now + KEYS_CHECK_MS;
-        p->keys_wanted = true;
-        keys_check(p);
-    }
-    if (p->keys_pause_until && now >= p->keys_pause_until) {
-        p->keys_pause_until = 0;
-        keys_check(p);
-    }
+    for (const client_feature *const *f = features; *f; f++)
+        if ((*f)->timers)
+            (*f)->timers(p, now);
 }
 
 int parley_pollfd(const parley *p, struct pollfd *pfd)
@@ -606,6 +572,7 @@ void parley_close(parley *p)
     if (!p)
         return;
     shut_down(p);
+    inbox_free(p);
     db_close(p->db);
     sodium_memzero(p->errmsg, sizeof p->errmsg);
     free(p);
@@ -614,7 +581,7 @@ void parley_close(parley *p)
 /* ---- registration ------------------------------------------------------------------- */
 
 /* Sends req on a short unauthenticated connection and returns the answer in *reply. */
-static int oneshot(parley *p, const char *url, Parley__Frame *req, Parley__Frame **reply, int timeout_ms)
+int client_oneshot(parley *p, const char *url, Parley__Frame *req, Parley__Frame **reply, int timeout_ms)
 {
     *reply = NULL;
     if (p->in_callback)
@@ -653,257 +620,3 @@ static int oneshot(parley *p, const char *url, Parley__Frame *req, Parley__Frame
     return rc;
 }
 
-int parley_request_code(parley *p, const char *server_url, const char *phone, int timeout_ms)
-{
-    char host[WSC_HOST_MAX + 1], port[8], path[WSC_PATH_MAX + 1], err[300];
-    if (!server_url || wsc_parse_url(server_url, host, port, path, err, sizeof err) != 0)
-        return set_err(p, PARLEY_ERR_INVALID, "%s", server_url ? err : "no server address given");
-    if (strlen(server_url) > PARLEY_URL_MAX)
-        return set_err(p, PARLEY_ERR_INVALID, "the server address is too long");
-    if (!parley_phone_valid(phone))
-        return invalid_phone(p, phone);
-    if (db_identity_get(p->db, &p->ident) != DB_OK)
-        return db_err(p);
-    if (p->ident.registered)
-        return set_err(p, PARLEY_ERR_ALREADY_REGISTERED,
-                       "this profile is already registered as %s; use another profile directory for another number",
-                       p->ident.phone);
-    if (!p->ident.exists) { /* the device's identity key: made once, kept for good */
-        ps_keypair kp;
-        ps_keypair_generate(NULL, &kp);
-        uint32_t regid = 1 + randombytes_uniform(16380);
-        int rc = db_identity_create(p->db, kp.priv, regid);
-        ps_keypair_clear(&kp);
-        if (rc != DB_OK || db_identity_get(p->db, &p->ident) != DB_OK)
-            return db_err(p);
-    }
-    Parley__RequestCode rq = PARLEY__REQUEST_CODE__INIT;
-    rq.phone = (char *)phone;
-    Parley__Frame f = PARLEY__FRAME__INIT;
-    f.body_case = PARLEY__FRAME__BODY_REQUEST_CODE;
-    f.request_code = &rq;
-    Parley__Frame *reply;
-    int rc = oneshot(p, server_url, &f, &reply, timeout_ms);
-    if (rc != PARLEY_OK)
-        return rc;
-    if (reply->body_case == PARLEY__FRAME__BODY_CODE_REQUESTED) {
-        rc = db_identity_set_pending(p->db, server_url, phone) == DB_OK ? PARLEY_OK : db_err(p);
-    } else if (reply->body_case == PARLEY__FRAME__BODY_ERROR) {
-        rc = set_err(p, PARLEY_ERR_REFUSED, "the server refused to send a code: %s", server_reason(reply->error));
-    } else {
-        rc = set_err(p, PARLEY_ERR_REFUSED, "unexpected answer from the server");
-    }
-    parley__frame__free_unpacked(reply, NULL);
-    db_identity_get(p->db, &p->ident);
-    return rc;
-}
-
-int parley_verify(parley *p, const char *code, int timeout_ms)
-{
-    if (db_identity_get(p->db, &p->ident) != DB_OK)
-        return db_err(p);
-    if (p->ident.registered)
-        return set_err(p, PARLEY_ERR_ALREADY_REGISTERED, "this profile is already registered as %s", p->ident.phone);
-    if (!p->ident.exists || !p->ident.pending_phone[0])
-        return set_err(p, PARLEY_ERR_NOT_REGISTERED, "no code was requested for this profile: register first");
-    size_t n = code ? strlen(code) : 0;
-    bool digits = n == 6;
-    for (size_t i = 0; digits && i < n; i++)
-        digits = code[i] >= '0' && code[i] <= '9';
-    if (!digits)
-        return set_err(p, PARLEY_ERR_INVALID, "the code is the 6 digits from the SMS");
-    uint8_t pub[PS_PUBKEY_LEN];
-    if (e2e_identity_public(p->db, pub) != E2E_OK)
-        return db_err(p);
-    /* the first keys, stored before they go out (a second try sends the same ones) */
-    Parley__UploadKeys keys = PARLEY__UPLOAD_KEYS__INIT;
-    uint32_t *key_ids = NULL;
-    size_t n_key_ids = 0;
-    int krc = keys_for_registration(p, &keys, &key_ids, &n_key_ids);
-    if (krc != PARLEY_OK)
-        return krc;
-    char phone[PARLEY_PHONE_MAX + 1];
-    snprintf(phone, sizeof phone, "%s", p->ident.pending_phone);
-    Parley__Register rg = PARLEY__REGISTER__INIT;
-    rg.phone = phone;
-    rg.code = (char *)code;
-    rg.has_identity_key = 1;
-    rg.identity_key = (ProtobufCBinaryData){sizeof pub, pub};
-    rg.has_registration_id = 1;
-    rg.registration_id = p->ident.registration_id;
-    rg.keys = &keys;
-    Parley__Frame f = PARLEY__FRAME__INIT;
-    f.body_case = PARLEY__FRAME__BODY_REGISTER;
-    f.register_ = &rg;
-    Parley__Frame *reply;
-    int rc = oneshot(p, p->ident.server_url, &f, &reply, timeout_ms);
-    keys_upload_free(&keys);
-    if (rc != PARLEY_OK) {
-        free(key_ids);
-        return rc;
-    }
-    if (reply->body_case == PARLEY__FRAME__BODY_REGISTERED && reply->registered->has_account_id &&
-        reply->registered->account_id.len == PARLEY_ID_LEN) {
-        uint32_t device = reply->registered->has_device_id ? reply->registered->device_id : 1;
-        rc = db_begin(p->db) == DB_OK &&
-                     db_identity_set_registered(p->db, phone, reply->registered->account_id.data, device) == DB_OK &&
-                     db_prekeys_uploaded(p->db, key_ids, n_key_ids) == DB_OK && db_commit(p->db) == DB_OK
-                 ? PARLEY_OK
-                 : (db_rollback(p->db), db_err(p));
-    } else if (reply->body_case == PARLEY__FRAME__BODY_ERROR) {
-        const Parley__Error *e = reply->error;
-        const char *what = e->code == PERR_WRONG_CODE          ? "wrong code"
-                           : e->code == PERR_CODE_EXPIRED      ? "the code expired; run register again for a new one"
-                           : e->code == PERR_TOO_MANY_ATTEMPTS ? "too many wrong codes; run register again for a new one"
-                                                                              : server_reason(e);
-        rc = set_err(p, PARLEY_ERR_REFUSED, "the server did not accept the code: %s", what);
-    } else {
-        rc = set_err(p, PARLEY_ERR_REFUSED, "unexpected answer from the server");
-    }
-    free(key_ids);
-    parley__frame__free_unpacked(reply, NULL);
-    db_identity_get(p->db, &p->ident);
-    return rc;
-}
-
-/* ---- messages ---------------------------------------------------------------------- */
-
-int parley_send_text(parley *p, const char *phone, const char *text, uint8_t id_out[PARLEY_ID_LEN])
-{
-    if (db_identity_get(p->db, &p->ident) != DB_OK)
-        return db_err(p);
-    if (!p->ident.registered)
-        return set_err(p, PARLEY_ERR_NOT_REGISTERED, "this profile is not registered yet");
-    if (!parley_phone_valid(phone))
-        return invalid_phone(p, phone);
-    size_t len = text ? strlen(text) : 0;
-    if (len == 0)
-        return set_err(p, PARLEY_ERR_INVALID, "the message is empty");
-    if (len > PARLEY_MAX_TEXT)
-        return set_err(p, PARLEY_ERR_INVALID, "the message is longer than %d bytes", PARLEY_MAX_TEXT);
-    if (!utf8_valid((const uint8_t *)text, len))
-        return set_err(p, PARLEY_ERR_INVALID, "the message is not valid UTF-8");
-    db_message m;
-    memset(&m, 0, sizeof m);
-    new_message_id(m.id);
-    m.outgoing = true;
-    snprintf(m.peer_phone, sizeof m.peer_phone, "%s", phone);
-    m.text = text;
-    m.text_len = len;
-    m.sent_ms = clock_wall_ms();
-    Parley__Content c = PARLEY__CONTENT__INIT;
-    c.text = (char *)text;
-    c.has_sent_ms = 1;
-    c.sent_ms = m.sent_ms;
-    size_t body_len = parley__content__get_packed_size(&c);
-    uint8_t *body = malloc(body_len);
-    if (!body)
-        return set_err(p, PARLEY_ERR_NOMEM, "out of memory");
-    parley__content__pack(&c, body);
-    int rc = db_outgoing_add(p->db, &m, body, body_len);
-    sodium_memzero(body, body_len);
-    free(body);
-    if (rc != DB_OK)
-        return db_err(p);
-    if (id_out)
-        memcpy(id_out, m.id, PARLEY_ID_LEN);
-    pump_outbox(p);
-    return PARLEY_OK;
-}
-
-int parley_message_state(parley *p, const uint8_t id[PARLEY_ID_LEN], parley_state *out)
-{
-    int st;
-    int rc = db_message_state(p->db, id, &st);
-    if (rc == DB_NOT_FOUND)
-        return set_err(p, PARLEY_ERR_INVALID, "no message has this id");
-    if (rc != DB_OK)
-        return db_err(p);
-    *out = (parley_state)st;
-    return PARLEY_OK;
-}
-
-int parley_outbox_count(parley *p, size_t *n)
-{
-    return db_outbox_count(p->db, n) == DB_OK ? PARLEY_OK : db_err(p);
-}
-
-int parley_pending_receipts(parley *p, size_t *n)
-{
-    return db_receipts_pending_count(p->db, n) == DB_OK ? PARLEY_OK : db_err(p);
-}
-
-int parley_mark_read(parley *p, const char *phone, size_t *count)
-{
-    size_t n = 0;
-    if (!parley_phone_valid(phone))
-        return invalid_phone(p, phone);
-    if (db_mark_read(p->db, phone, &n) != DB_OK)
-        return db_err(p);
-    if (count)
-        *count = n;
-    pump_receipts(p);
-    return PARLEY_OK;
-}
-
-typedef struct {
-    parley_message_fn fn;
-    void *ctx;
-} history_ctx;
-
-static bool history_row(void *ctx, const db_message *m)
-{
-    history_ctx *h = ctx;
-    parley_message pm;
-    memset(&pm, 0, sizeof pm);
-    memcpy(pm.id, m->id, PARLEY_ID_LEN);
-    pm.outgoing = m->outgoing;
-    pm.kind = m->kind == DB_KIND_MESSAGE ? PARLEY_MESSAGE_TEXT : PARLEY_MESSAGE_IDENTITY_CHANGED;
-    pm.was_verified = m->kind == DB_KIND_IDENTITY_CHANGED_VERIFIED;
-    pm.peer = m->peer_phone[0] ? m->peer_phone : NULL;
-    pm.from_device = m->from_device;
-    pm.server_time_ms = m->server_time_ms;
-    pm.sent_ms = m->sent_ms;
-    pm.text = m->text;
-    pm.text_len = m->text_len;
-    pm.problem = m->problem;
-    pm.state = (parley_state)m->state;
-    return h->fn(h->ctx, &pm);
-}
-
-typedef struct {
-    parley_message_fn fn;
-    void *ctx;
-    int64_t shown_up_to;
-    bool stopped;
-} unshown_ctx;
-
-static bool unshown_row(void *ctx, const db_message *m)
-{
-    unshown_ctx *u = ctx;
-    history_ctx h = {u->fn, u->ctx};
-    if (!history_row(&h, m)) {
-        u->stopped = true;
-        return false;
-    }
-    u->shown_up_to = m->local_seq;
-    return true;
-}
-
-int parley_take_unshown(parley *p, parley_message_fn fn, void *ctx)
-{
-    unshown_ctx u = {fn, ctx, 0, false};
-    if (db_unshown(p->db, unshown_row, &u) != DB_OK)
-        return db_err(p);
-    if (u.shown_up_to && db_mark_shown(p->db, u.shown_up_to) != DB_OK)
-        return db_err(p);
-    return u.stopped ? set_err(p, PARLEY_ERR_STATE, "showing the messages stopped") : PARLEY_OK;
-}
-
-int parley_history(parley *p, const char *phone, parley_message_fn fn, void *ctx)
-{
-    if (!parley_phone_valid(phone))
-        return invalid_phone(p, phone);
-    history_ctx h = {fn, ctx};
-    return db_history(p->db, phone, history_row, &h) == DB_OK ? PARLEY_OK : db_err(p);
-}

@@ -1,17 +1,20 @@
-/* client_internal.h - what the pieces of libparley's API share: the parley handle, the
- * requests in flight, and the functions each piece offers the others.
+/* client_internal.h - libparley's core and what its pieces share: the parley handle,
+ * requests in flight (each with its own reply handler and payload), and the features
+ * that plug into the core, each owning its state.
  *
- *   client.c  the public API: profiles, registration, the connection and the loop,
- *             events, history
- *   outbox.c  sending: the outbox, device lists, prekey bundles, sealing (encrypting
- *             for every device, then storing the sessions and the sealed Send in one
- *             transaction), Send answers, resends after RETRY receipts
- *   inbox.c   receiving: Deliver frames (decrypted and stored in one transaction,
- *             acked after the commit), receipts of every kind, read and RETRY
- *             receipts we send
- *   keys.c    our prekeys on the server (status after each authentication, top-ups,
- *             signed-prekey rotation), safety numbers
- * The Signal state itself is e2e.c's (no networking); the database is db.c's. */
+ *   client.c    the core: the handle, events and errors, requests, the features' hooks,
+ *               the connection's callbacks and the event loop
+ *   register.c  registration: a code by SMS, then the device's first keys
+ *   messages.c  the messages API: sending (into the outbox), states, history, reading
+ *   outbox.c    feature: sending: the outbox, device lists, prekey bundles, sealing
+ *               (encrypting for every device, then storing the sessions and the sealed
+ *               Send in one transaction), Send answers, resends after RETRY receipts
+ *   inbox.c     feature: receiving: Deliver frames (decrypted and stored in one
+ *               transaction, acked after the commit), receipts of every kind, the read
+ *               and RETRY receipts we send
+ *   keys.c      feature: our prekeys on the server (status after each authentication,
+ *               top-ups, signed-prekey rotation); safety numbers
+ * The Signal state itself is e2e.c's (no networking); the database is db*.c's. */
 #ifndef PARLEY_CLIENT_INTERNAL_H
 #define PARLEY_CLIENT_INTERNAL_H
 
@@ -37,35 +40,92 @@
 #define MAX_FAILING 32           /* sender devices whose failed decryptions are counted */
 #define RETRY_MAX_MS 30000
 
-typedef enum {
-    REQ_FREE = 0,
-    REQ_OWN_LOOKUP,
-    REQ_LOOKUP_PHONE,
-    REQ_LOOKUP_ACCOUNT,
-    REQ_SEND,
-    REQ_RECEIPT,         /* READ receipts */
-    REQ_RETRY_RECEIPT,   /* RETRY receipts */
-    REQ_FETCH,           /* FetchBundles */
-    REQ_KEYS_STATUS,     /* an empty UploadKeys */
-    REQ_KEYS_UPLOAD,
-} req_kind;
+/* ---- requests (client.c) ----------------------------------------------------------------
+ *
+ * A request is a frame sent with a request id and waiting for its answer. Like libuv's
+ * requests, each kind is its own struct that starts with a `request` and carries the
+ * kind's payload; its type names the handler the answer goes to. The core keeps the
+ * requests in flight in a list, finds a reply's request by id, takes it off the list
+ * (so the handler may send more), calls the handler, then frees it; when the connection
+ * goes, every request in flight is freed unanswered (its frame goes again, or is asked
+ * again, on the next connection). */
+typedef struct request request;
 
 typedef struct {
-    req_kind kind;
+    const char *name;
+    void (*reply)(parley *p, request *r, const Parley__Frame *f);
+    void (*free)(request *r);        /* what the payload owns (not r); may be NULL */
+} request_type;
+
+struct request {
+    request *next;
+    const request_type *type;
     uint64_t rid;
-    char phone[PARLEY_PHONE_MAX + 1];   /* LOOKUP_PHONE, SEND, FETCH: the conversation */
-    uint8_t id[PARLEY_ID_LEN];          /* SEND, FETCH: the outbox entry; LOOKUP_ACCOUNT: the account */
-    uint8_t account[PARLEY_ID_LEN];     /* SEND: recipient; RECEIPT: the author; FETCH: whose bundles */
-    uint32_t device;                    /* RETRY_RECEIPT: the author's device */
-    bool resend;                        /* SEND: a resend (it has no message of its own) */
-    bool for_identity;                  /* FETCH: asked by parley_fetch_identity */
-    uint32_t devices[DB_MAX_DEVICES];   /* FETCH: the devices asked for */
-    size_t n_devices;
-    uint8_t (*ids)[PARLEY_ID_LEN];      /* RECEIPT, RETRY_RECEIPT */
-    size_t n_ids;
-    uint32_t *key_ids;                  /* KEYS_UPLOAD: the one-time prekeys sent */
-    size_t n_key_ids;
-} request;
+};
+
+/* ---- features (client.c) ---------------------------------------------------------------
+ *
+ * The pieces of the client that talk to the server. Each owns its state (its struct
+ * below, a field of `parley`) and plugs into the core through these hooks, all
+ * optional, called in the order of the core's list (inbox, keys, outbox). */
+typedef struct {
+    const char *name;
+    /* The connection authenticated; it went down (drop what one connection kept). */
+    void (*ready)(parley *p);
+    void (*down)(parley *p);
+    /* After every frame, timer and API call that may have queued work: send what is due. */
+    void (*pump)(parley *p);
+    /* A frame the server pushes (no request id) with this body; true: the feature keeps f. */
+    Parley__Frame__BodyCase push_body;
+    bool (*push)(parley *p, Parley__Frame *f);
+    /* The next monotonic ms a timer of the feature is due (UINT64_MAX: none); run them. */
+    uint64_t (*deadline)(const parley *p);
+    void (*timers)(parley *p, uint64_t now);
+} client_feature;
+
+extern const client_feature inbox_feature, keys_feature, outbox_feature;
+
+/* ---- the features' state -------------------------------------------------------------- */
+
+/* outbox.c: sending. Per connection unless said otherwise. */
+typedef struct {
+    bool own_known;                          /* our own device list arrived */
+    uint32_t own_devices[DB_MAX_DEVICES];    /* our account's other devices */
+    size_t n_own;
+    bool disabled;                           /* the server does not take Send */
+    unsigned errors;                         /* transient send errors in a row (kept across connections) */
+    uint64_t pause_until;                    /* monotonic ms (kept across connections) */
+    /* parley_fetch_identity: a number whose primary device's keys are wanted */
+    char want_identity[PARLEY_PHONE_MAX + 1];
+} outbox_state;
+
+/* inbox.c: receiving, and the receipts we send. */
+typedef struct {
+    Parley__Frame *dq[MAX_DELIVER_QUEUE];    /* Deliver frames in arrival order */
+    size_t dq_sizes[MAX_DELIVER_QUEUE];
+    size_t dq_head, dq_len, dq_bytes;
+    uint8_t (*unnamed)[PARLEY_ID_LEN];       /* MAX_UNNAMED, allocated on first use */
+    size_t n_unnamed;
+    struct {                                 /* failed decryptions per sender device */
+        uint8_t account[PARLEY_ID_LEN];
+        uint32_t device;
+        unsigned failures;
+    } failing[MAX_FAILING];
+    size_t n_failing;
+    bool receipts_disabled;
+    unsigned receipt_errors;                 /* kept across connections, as the pause */
+    uint64_t receipt_pause_until;
+} inbox_state;
+
+/* keys.c: our prekeys on the server. */
+typedef struct {
+    bool disabled;                           /* the server refused our keys (this connection) */
+    bool wanted;                             /* a status query is due (after authentication, the low-stock notice) */
+    unsigned errors;
+    uint64_t pause_until;                    /* monotonic ms: the server was busy or rate limited us */
+    uint64_t next_check;                     /* monotonic ms: the hourly status query on a long
+                                                connection (signed prekey rotation and pruning) */
+} keys_state;
 
 struct parley {
     db *db;
@@ -75,40 +135,15 @@ struct parley {
     void *handler_ctx;
     int in_callback;
     bool stop;
-    conn conn;
+    conn conn;                      /* the messaging connection */
     bool conn_used;                 /* conn was initialised (something to tear down) */
     int fatal_status;               /* the connection ended for good with this */
-    /* per connection */
-    bool ready;
-    bool own_known;
-    uint32_t own_devices[DB_MAX_DEVICES];   /* our account's other devices */
-    size_t n_own;
-    request reqs[MAX_REQUESTS];
-    Parley__Frame *dq[MAX_DELIVER_QUEUE];   /* Deliver frames in arrival order */
-    size_t dq_sizes[MAX_DELIVER_QUEUE];
-    size_t dq_head, dq_len, dq_bytes;
-    uint8_t unnamed[MAX_UNNAMED][PARLEY_ID_LEN];
-    size_t n_unnamed;
-    struct {                                /* failed decryptions per sender device */
-        uint8_t account[PARLEY_ID_LEN];
-        uint32_t device;
-        unsigned failures;
-    } failing[MAX_FAILING];
-    size_t n_failing;
-    bool sending_disabled;          /* the server does not take Send (this connection) */
-    bool receipts_disabled;
-    bool keys_disabled;             /* the server refused our keys (this connection) */
-    bool keys_wanted;               /* a status query is due (after authentication, the low-stock notice) */
-    unsigned keys_errors;
-    uint64_t keys_pause_until;      /* monotonic ms: the server was busy or rate limited us */
-    uint64_t keys_next_check;       /* monotonic ms: the hourly status query on a long connection
-                                       (signed prekey rotation and pruning) */
-    unsigned send_errors;           /* transient send errors in a row, for the pause */
-    uint64_t send_pause_until;      /* monotonic ms */
-    unsigned receipt_errors;
-    uint64_t receipt_pause_until;
-    /* parley_fetch_identity: a number whose primary device's keys are wanted */
-    char want_identity[PARLEY_PHONE_MAX + 1];
+    bool ready;                     /* authenticated (this connection) */
+    request *reqs;                  /* in flight on this connection */
+    size_t n_reqs;
+    outbox_state out;
+    inbox_state in;
+    keys_state keys;
     /* a one-shot exchange (registration) */
     struct {
         bool active;
@@ -142,20 +177,26 @@ void emit_state(parley *p, const uint8_t id[PARLEY_ID_LEN], const char *peer, pa
                 uint64_t server_ms, const char *reason);
 void emit_identity_changed(parley *p, const char *phone, uint32_t device, bool was_verified);
 
-request *req_new(parley *p, req_kind kind);
+/* A zeroed request of size bytes (the kind's struct) and type; NULL at MAX_REQUESTS in
+ * flight or without memory. Either req_send it or req_free it. */
+void *req_new(parley *p, const request_type *type, size_t size);
 void req_free(request *r);
-size_t req_count(const parley *p, req_kind kind);
 /* Sends f and files r under its request id; frees r if sending failed. */
 bool req_send(parley *p, request *r, Parley__Frame *f);
+/* Requests of a type in flight; iterating them: for (r = req_first(p, t); r; r = req_next(r, t)). */
+size_t req_count(const parley *p, const request_type *type);
+request *req_first(const parley *p, const request_type *type);
+request *req_next(const request *r, const request_type *type);
+/* Runs every feature's pump (after work was queued outside a frame or timer). */
+void features_pump(parley *p);
+/* Sends req on a short unauthenticated connection (registration) and returns the answer
+ * in *reply (free it with parley__frame__free_unpacked). */
+int client_oneshot(parley *p, const char *url, Parley__Frame *req, Parley__Frame **reply, int timeout_ms);
 
 /* ---- outbox.c ------------------------------------------------------------------------ */
 
-/* Sends what the outbox holds, as far as the limits allow. */
-void pump_outbox(parley *p);
-void on_send_reply(parley *p, request *r, const Parley__Frame *f);
-void on_fetch_reply(parley *p, request *r, const Parley__Frame *f);
-void on_lookup_phone_reply(parley *p, request *r, const Parley__Frame *f);
-void on_own_lookup_reply(parley *p, const Parley__Frame *f);
+/* Lookups by number (outbox.c) and by account (inbox.c) share MAX_LOOKUPS. */
+extern const request_type lookup_phone_request, lookup_account_request;
 /* Our own device list (from a Lookup or a DEVICE_MISMATCH). */
 void set_own_devices(parley *p, const Parley__DeviceList *dl);
 /* A device list from the server into the contacts cache. phone may be NULL. */
@@ -168,21 +209,14 @@ bool queue_resend(parley *p, const uint8_t id[PARLEY_ID_LEN], const uint8_t acco
 
 /* ---- inbox.c ------------------------------------------------------------------------- */
 
-/* Handles queued Deliver frames in order, each once the names of its senders are known. */
-void process_deliveries(parley *p);
-void on_lookup_account_reply(parley *p, request *r, const Parley__Frame *f);
-/* Sends queued read and RETRY receipts, one Receipt frame at a time. */
-void pump_receipts(parley *p);
-void on_receipt_reply(parley *p, request *r, const Parley__Frame *f);
-/* Drops what one connection kept about deliveries. */
-void inbox_reset(parley *p);
+/* Frees what the inbox holds for the handle's life (parley_close). */
+void inbox_free(parley *p);
 
 /* ---- keys.c -------------------------------------------------------------------------- */
 
-/* After authentication, and on the server's low-stock notice: asks for our key status
- * and uploads what is missing. */
-void keys_check(parley *p);
-void on_keys_reply(parley *p, request *r, const Parley__Frame *f);
+/* The server's low-stock notice came (in a Deliver): ask for our key status, then upload
+ * what is missing. */
+void keys_wanted(parley *p);
 /* The keys a registration carries (generated and stored first): *ids gets the one-time
  * prekey ids (malloc'd) to mark uploaded once registered; free with keys_upload_free. */
 int keys_for_registration(parley *p, Parley__UploadKeys *out, uint32_t **ids, size_t *n_ids);

@@ -27,41 +27,78 @@
 #include "utf8.h"
 
 #define RECEIPT_BATCH 1000       /* message ids per Receipt frame */
+
+/* The requests of receiving, each with its reply handler (below). */
+static void on_lookup_account_reply(parley *p, request *r, const Parley__Frame *f);
+static void on_receipt_reply(parley *p, request *r, const Parley__Frame *f);
+static void receipt_free(request *r);
+const request_type lookup_account_request = {"lookup by account", on_lookup_account_reply, NULL};
+static const request_type receipt_request = {"receipt", on_receipt_reply, receipt_free};
+
+typedef struct {
+    request base;
+    uint8_t account[PARLEY_ID_LEN];     /* the sender to name */
+} lookup_account_req;
+
+/* READ receipts (batched per author account) or RETRY receipts (per author device). */
+typedef struct {
+    request base;
+    bool retry;
+    uint8_t account[PARLEY_ID_LEN];     /* the author */
+    uint32_t device;                    /* RETRY: the author's device */
+    uint8_t (*ids)[PARLEY_ID_LEN];
+    size_t n_ids;
+} receipt_req;
+
+static void receipt_free(request *r)
+{
+    free(((receipt_req *)r)->ids);
+}
 #define MAX_BODY (256 * 1024)    /* an incoming body larger than this is not read */
 #define MAX_FAILURES 20          /* failed SignalMessages in a row from one device per connection:
                                     then its further SignalMessages are not tried (a forgery
                                     costs up to 41 sessions' work) until one of its PreKey
                                     messages (always tried) decrypts */
 
-void inbox_reset(parley *p)
+static void inbox_down(parley *p)
 {
-    while (p->dq_len) {
-        parley__frame__free_unpacked(p->dq[p->dq_head], NULL);
-        p->dq_head = (p->dq_head + 1) % MAX_DELIVER_QUEUE;
-        p->dq_len--;
+    while (p->in.dq_len) {
+        parley__frame__free_unpacked(p->in.dq[p->in.dq_head], NULL);
+        p->in.dq_head = (p->in.dq_head + 1) % MAX_DELIVER_QUEUE;
+        p->in.dq_len--;
     }
-    p->dq_head = 0;
-    p->dq_bytes = 0;
-    p->n_unnamed = 0;
-    p->n_failing = 0;
+    p->in.dq_head = 0;
+    p->in.dq_bytes = 0;
+    p->in.n_unnamed = 0;
+    p->in.n_failing = 0;
+    p->in.receipts_disabled = false;
+}
+
+void inbox_free(parley *p)
+{
+    inbox_down(p);
+    free(p->in.unnamed);
+    p->in.unnamed = NULL;
 }
 
 /* ---- senders' names ------------------------------------------------------------------ */
 
 static bool is_unnamed(const parley *p, const uint8_t *account)
 {
-    for (size_t i = 0; i < p->n_unnamed; i++)
-        if (same_id(p->unnamed[i], account))
+    for (size_t i = 0; i < p->in.n_unnamed; i++)
+        if (same_id(p->in.unnamed[i], account))
             return true;
     return false;
 }
 
 static void add_unnamed(parley *p, const uint8_t *account)
 {
+    if (!p->in.unnamed && !(p->in.unnamed = malloc(MAX_UNNAMED * sizeof *p->in.unnamed)))
+        return; /* asked again next time */
     if (!is_unnamed(p, account)) {
-        if (p->n_unnamed == MAX_UNNAMED) /* forget the oldest; worst case it is asked again */
-            memmove(p->unnamed[0], p->unnamed[1], (MAX_UNNAMED - 1) * PARLEY_ID_LEN), p->n_unnamed--;
-        memcpy(p->unnamed[p->n_unnamed++], account, PARLEY_ID_LEN);
+        if (p->in.n_unnamed == MAX_UNNAMED) /* forget the oldest; worst case it is asked again */
+            memmove(p->in.unnamed[0], p->in.unnamed[1], (MAX_UNNAMED - 1) * PARLEY_ID_LEN), p->in.n_unnamed--;
+        memcpy(p->in.unnamed[p->in.n_unnamed++], account, PARLEY_ID_LEN);
     }
 }
 
@@ -83,30 +120,31 @@ static bool name_of(parley *p, const uint8_t *account, char out[PARLEY_PHONE_MAX
         return true;
     if (!ask)
         return false;
-    for (size_t i = 0; i < MAX_REQUESTS; i++)
-        if (p->reqs[i].kind == REQ_LOOKUP_ACCOUNT && same_id(p->reqs[i].id, account))
+    for (request *r = req_first(p, &lookup_account_request); r; r = req_next(r, &lookup_account_request))
+        if (same_id(((lookup_account_req *)r)->account, account))
             return false;
-    if (req_count(p, REQ_LOOKUP_PHONE) + req_count(p, REQ_LOOKUP_ACCOUNT) >= MAX_LOOKUPS)
+    if (req_count(p, &lookup_phone_request) + req_count(p, &lookup_account_request) >= MAX_LOOKUPS)
         return false;
-    request *r = req_new(p, REQ_LOOKUP_ACCOUNT);
+    lookup_account_req *r = req_new(p, &lookup_account_request, sizeof *r);
     if (!r)
         return false;
-    memcpy(r->id, account, PARLEY_ID_LEN);
+    memcpy(r->account, account, PARLEY_ID_LEN);
     Parley__Lookup l = PARLEY__LOOKUP__INIT;
     l.has_account_id = 1;
-    l.account_id = (ProtobufCBinaryData){PARLEY_ID_LEN, r->id};
+    l.account_id = (ProtobufCBinaryData){PARLEY_ID_LEN, r->account};
     Parley__Frame f = PARLEY__FRAME__INIT;
     f.body_case = PARLEY__FRAME__BODY_LOOKUP;
     f.lookup = &l;
-    req_send(p, r, &f);
+    req_send(p, &r->base, &f);
     return false;
 }
 
-void on_lookup_account_reply(parley *p, request *r, const Parley__Frame *f)
+static void on_lookup_account_reply(parley *p, request *req, const Parley__Frame *f)
 {
+    const lookup_account_req *r = (const lookup_account_req *)req;
     const Parley__LookupResult *lr = f->body_case == PARLEY__FRAME__BODY_LOOKUP_RESULT ? f->lookup_result : NULL;
     if (lr && lr->phone && parley_phone_valid(lr->phone) && lr->devices && lr->devices->has_account_id &&
-        lr->devices->account_id.len == PARLEY_ID_LEN && same_id(lr->devices->account_id.data, r->id)) {
+        lr->devices->account_id.len == PARLEY_ID_LEN && same_id(lr->devices->account_id.data, r->account)) {
         if (store_device_list(p, lr->devices, lr->phone))
             return;
     }
@@ -117,7 +155,7 @@ void on_lookup_account_reply(parley *p, request *r, const Parley__Frame *f)
         conn_fail(&p->conn, PARLEY_ERR_NETWORK, false, "the server could not name a sender now; trying again");
         return;
     }
-    add_unnamed(p, r->id); /* the server does not know it: shown without a number */
+    add_unnamed(p, r->account); /* the server does not know it: shown without a number */
 }
 
 static bool account_ok(const ProtobufCBinaryData *b, bool has)
@@ -129,17 +167,17 @@ static bool account_ok(const ProtobufCBinaryData *b, bool has)
 
 static unsigned *failures_of(parley *p, const uint8_t *account, uint32_t device, bool add)
 {
-    for (size_t i = 0; i < p->n_failing; i++)
-        if (p->failing[i].device == device && same_id(p->failing[i].account, account))
-            return &p->failing[i].failures;
+    for (size_t i = 0; i < p->in.n_failing; i++)
+        if (p->in.failing[i].device == device && same_id(p->in.failing[i].account, account))
+            return &p->in.failing[i].failures;
     if (!add)
         return NULL;
-    if (p->n_failing == MAX_FAILING) /* forget the oldest */
-        memmove(&p->failing[0], &p->failing[1], (MAX_FAILING - 1) * sizeof p->failing[0]), p->n_failing--;
-    memcpy(p->failing[p->n_failing].account, account, PARLEY_ID_LEN);
-    p->failing[p->n_failing].device = device;
-    p->failing[p->n_failing].failures = 0;
-    return &p->failing[p->n_failing++].failures;
+    if (p->in.n_failing == MAX_FAILING) /* forget the oldest */
+        memmove(&p->in.failing[0], &p->in.failing[1], (MAX_FAILING - 1) * sizeof p->in.failing[0]), p->in.n_failing--;
+    memcpy(p->in.failing[p->in.n_failing].account, account, PARLEY_ID_LEN);
+    p->in.failing[p->in.n_failing].device = device;
+    p->in.failing[p->in.n_failing].failures = 0;
+    return &p->in.failing[p->in.n_failing++].failures;
 }
 
 /* ---- envelopes ------------------------------------------------------------------------ */
@@ -410,7 +448,7 @@ static bool handle_deliver(parley *p, const Parley__Deliver *d)
             name_of(p, e->sender_account.data, res[i].phone, false);
             ok = store_message(p, e, &res[i]) == 0;
         } else if (is_keys_notice(e)) {
-            p->keys_wanted = true; /* keys_check runs after this frame */
+            keys_wanted(p); /* the keys feature asks after this frame */
         } /* else: no sender or id to store it under; acked with the rest, reported below */
     }
     if (!ok || db_commit(p->db) != DB_OK) {
@@ -471,10 +509,11 @@ static bool handle_deliver(parley *p, const Parley__Deliver *d)
 }
 
 /* Handles queued Deliver frames in order, each once the names of its senders are known. */
-void process_deliveries(parley *p)
+static void process_deliveries(parley *p)
 {
-    while (p->dq_len && p->ready) {
-        Parley__Frame *f = p->dq[p->dq_head];
+    /* only name_of asks for accounts, for the head frame: while one is out, it waits */
+    while (p->in.dq_len && p->ready && !req_count(p, &lookup_account_request)) {
+        Parley__Frame *f = p->in.dq[p->in.dq_head];
         const Parley__Deliver *d = f->deliver;
         bool named = true;
         char phone[PARLEY_PHONE_MAX + 1];
@@ -491,11 +530,11 @@ void process_deliveries(parley *p)
             conn_fail(&p->conn, PARLEY_ERR_STORAGE, false, "cannot store incoming messages; trying again later");
             return;
         }
-        if (!p->dq_len) /* the connection went down while reporting (session_reset) */
+        if (!p->in.dq_len) /* the connection went down while reporting (session_reset) */
             return;
-        p->dq_bytes -= p->dq_sizes[p->dq_head];
-        p->dq_head = (p->dq_head + 1) % MAX_DELIVER_QUEUE;
-        p->dq_len--;
+        p->in.dq_bytes -= p->in.dq_sizes[p->in.dq_head];
+        p->in.dq_head = (p->in.dq_head + 1) % MAX_DELIVER_QUEUE;
+        p->in.dq_len--;
         parley__frame__free_unpacked(f, NULL);
     }
 }
@@ -503,28 +542,28 @@ void process_deliveries(parley *p)
 
 /* ---- receipts we send: READ (batched per author) and RETRY (per author device) ------- */
 
-void pump_receipts(parley *p)
+static void pump_receipts(parley *p)
 {
-    if (!p->ready || p->receipts_disabled || clock_mono_ms() < p->receipt_pause_until ||
-        req_count(p, REQ_RECEIPT) + req_count(p, REQ_RETRY_RECEIPT) > 0)
+    if (!p->ready || p->in.receipts_disabled || clock_mono_ms() < p->in.receipt_pause_until ||
+        req_count(p, &receipt_request) > 0)
         return;
-    request *r = req_new(p, REQ_RECEIPT);
+    receipt_req *r = req_new(p, &receipt_request, sizeof *r);
     if (!r)
         return;
     if (!(r->ids = malloc(RECEIPT_BATCH * sizeof *r->ids))) {
-        req_free(r);
+        req_free(&r->base);
         return;
     }
     int rc = db_receipts_pending(p->db, r->account, r->ids, RECEIPT_BATCH, &r->n_ids);
     if (rc == DB_OK && r->n_ids == 0) {
-        r->kind = REQ_RETRY_RECEIPT;
+        r->retry = true;
         rc = db_retry_pending(p->db, r->account, &r->device, r->ids, RECEIPT_BATCH, &r->n_ids);
     }
     if (rc != DB_OK)
         emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
     ProtobufCBinaryData *ids = rc == DB_OK && r->n_ids ? malloc(r->n_ids * sizeof *ids) : NULL;
     if (!ids) {
-        req_free(r);
+        req_free(&r->base);
         return;
     }
     for (size_t i = 0; i < r->n_ids; i++)
@@ -534,7 +573,7 @@ void pump_receipts(parley *p)
     rcpt.has_to_account = 1;
     rcpt.to_account = (ProtobufCBinaryData){PARLEY_ID_LEN, r->account};
     rcpt.message_ids = ids;
-    if (r->kind == REQ_RETRY_RECEIPT) {
+    if (r->retry) {
         rcpt.status = PARLEY__RECEIPT_STATUS__RETRY;
         rcpt.has_to_device = 1;
         rcpt.to_device = r->device;
@@ -550,30 +589,31 @@ void pump_receipts(parley *p)
     while (rcpt.n_message_ids > 1 && !conn_fits(&p->conn, &f)) /* a server with small frames */
         rcpt.n_message_ids /= 2;
     r->n_ids = rcpt.n_message_ids;
-    req_send(p, r, &f);
+    req_send(p, &r->base, &f);
     free(ids);
 }
 
-static int receipts_done(parley *p, const request *r)
+static int receipts_done(parley *p, const receipt_req *r)
 {
     const uint8_t(*ids)[PARLEY_ID_LEN] = (const uint8_t(*)[PARLEY_ID_LEN])r->ids;
-    return r->kind == REQ_RETRY_RECEIPT ? db_retry_sent(p->db, r->account, r->device, ids, r->n_ids)
+    return r->retry ? db_retry_sent(p->db, r->account, r->device, ids, r->n_ids)
                                         : db_receipts_sent(p->db, r->account, ids, r->n_ids);
 }
 
-void on_receipt_reply(parley *p, request *r, const Parley__Frame *f)
+static void on_receipt_reply(parley *p, request *req, const Parley__Frame *f)
 {
+    const receipt_req *r = (const receipt_req *)req;
     char reason[300];
     if (f->body_case == PARLEY__FRAME__BODY_RECEIPT_ACK) {
-        p->receipt_errors = 0;
+        p->in.receipt_errors = 0;
         if (receipts_done(p, r) != DB_OK)
             emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
         return;
     }
-    if (pause_after_passing_error(f, &p->receipt_errors, &p->receipt_pause_until))
+    if (pause_after_passing_error(f, &p->in.receipt_errors, &p->in.receipt_pause_until))
         return;
     uint32_t code = f->body_case == PARLEY__FRAME__BODY_ERROR ? f->error->code : 0;
-    if (r->kind == REQ_RETRY_RECEIPT &&
+    if (r->retry &&
         (code == PERR_UNKNOWN_ACCOUNT || code == PERR_MALFORMED_FRAME)) {
         /* the sender's device is gone (or the server will never take these): given up,
          * so that they do not hold up the receipts behind them */
@@ -581,8 +621,56 @@ void on_receipt_reply(parley *p, request *r, const Parley__Frame *f)
             emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
         return;
     }
-    p->receipts_disabled = true;
+    p->in.receipts_disabled = true;
     snprintf(reason, sizeof reason, "the server does not accept %s receipts: %s",
-             r->kind == REQ_RETRY_RECEIPT ? "retry" : "read", server_reason(f->error));
+             r->retry ? "retry" : "read", server_reason(f->error));
     emit_error(p, code == PERR_UNKNOWN_FRAME ? PARLEY_ERR_UNSUPPORTED : PARLEY_ERR_REFUSED, reason);
 }
+
+/* ---- the feature ------------------------------------------------------------------------- */
+
+/* A Deliver frame: queued, handled in order by the pump. */
+static bool on_deliver(parley *p, Parley__Frame *f)
+{
+    size_t size = parley__frame__get_packed_size(f);
+    if (p->in.dq_len == MAX_DELIVER_QUEUE || size > MAX_DELIVER_BYTES - p->in.dq_bytes) {
+        /* a server past its own delivery window: start over later */
+        conn_fail(&p->conn, PARLEY_ERR_NETWORK, false, "the server sent more deliveries than this client holds");
+        return false;
+    }
+    size_t at = (p->in.dq_head + p->in.dq_len) % MAX_DELIVER_QUEUE;
+    p->in.dq[at] = f;
+    p->in.dq_sizes[at] = size;
+    p->in.dq_bytes += size;
+    p->in.dq_len++;
+    return true;
+}
+
+static void inbox_pump(parley *p)
+{
+    process_deliveries(p);
+    pump_receipts(p);
+}
+
+static uint64_t inbox_deadline(const parley *p)
+{
+    return p->in.receipt_pause_until && !p->in.receipts_disabled ? p->in.receipt_pause_until : UINT64_MAX;
+}
+
+static void inbox_timers(parley *p, uint64_t now)
+{
+    if (p->in.receipt_pause_until && now >= p->in.receipt_pause_until) {
+        p->in.receipt_pause_until = 0;
+        pump_receipts(p);
+    }
+}
+
+const client_feature inbox_feature = {
+    .name = "inbox",
+    .down = inbox_down,
+    .pump = inbox_pump,
+    .push_body = PARLEY__FRAME__BODY_DELIVER,
+    .push = on_deliver,
+    .deadline = inbox_deadline,
+    .timers = inbox_timers,
+};

@@ -29,6 +29,23 @@ typedef struct {
     uint8_t pub[PS_PUBKEY_LEN];
 } pk_msg;
 
+/* The requests: the status query (an empty UploadKeys) and an upload. */
+static void on_keys_reply(parley *p, request *r, const Parley__Frame *f);
+static void keys_upload_req_free(request *r);
+static const request_type keys_status_request = {"key status", on_keys_reply, NULL};
+static const request_type keys_upload_request = {"key upload", on_keys_reply, keys_upload_req_free};
+
+typedef struct {
+    request base;
+    uint32_t *key_ids;                  /* upload: the one-time prekeys sent */
+    size_t n_key_ids;
+} keys_req;
+
+static void keys_upload_req_free(request *r)
+{
+    free(((keys_req *)r)->key_ids);
+}
+
 void keys_upload_free(Parley__UploadKeys *u)
 {
     free(u->signed_prekey);
@@ -108,20 +125,26 @@ int keys_for_registration(parley *p, Parley__UploadKeys *out, uint32_t **ids, si
     return PARLEY_OK;
 }
 
-void keys_check(parley *p)
+void keys_wanted(parley *p)
 {
-    if (!p->ready || p->keys_disabled || !p->keys_wanted || clock_mono_ms() < p->keys_pause_until ||
-        req_count(p, REQ_KEYS_STATUS) || req_count(p, REQ_KEYS_UPLOAD))
+    p->keys.wanted = true;
+}
+
+/* When a status query is due: asks for our key status; the answer says what to upload. */
+static void keys_check(parley *p)
+{
+    if (!p->ready || p->keys.disabled || !p->keys.wanted || clock_mono_ms() < p->keys.pause_until ||
+        req_count(p, &keys_status_request) || req_count(p, &keys_upload_request))
         return;
-    request *r = req_new(p, REQ_KEYS_STATUS);
+    keys_req *r = req_new(p, &keys_status_request, sizeof *r);
     if (!r)
         return;
-    p->keys_wanted = false;
+    p->keys.wanted = false;
     Parley__UploadKeys u = PARLEY__UPLOAD_KEYS__INIT; /* empty: the status query */
     Parley__Frame f = PARLEY__FRAME__INIT;
     f.body_case = PARLEY__FRAME__BODY_UPLOAD_KEYS;
     f.upload_keys = &u;
-    req_send(p, r, &f);
+    req_send(p, &r->base, &f);
 }
 
 /* The status says what to upload: a batch of one-time prekeys below the low mark, a
@@ -148,19 +171,19 @@ static void upload_what_is_missing(parley *p, const Parley__KeysUploaded *k)
         goto failed;
     if (!send_spk && n == 0)
         return;
-    request *r = req_new(p, REQ_KEYS_UPLOAD);
+    keys_req *r = req_new(p, &keys_upload_request, sizeof *r);
     if (!r)
         return;
     Parley__UploadKeys u;
     if (build_upload(&u, send_spk ? &spk : NULL, pks, n, &r->key_ids) != PARLEY_OK) {
-        req_free(r);
+        req_free(&r->base);
         return;
     }
     r->n_key_ids = n;
     Parley__Frame f = PARLEY__FRAME__INIT;
     f.body_case = PARLEY__FRAME__BODY_UPLOAD_KEYS;
     f.upload_keys = &u;
-    req_send(p, r, &f);
+    req_send(p, &r->base, &f);
     keys_upload_free(&u);
     return;
 failed:
@@ -173,25 +196,25 @@ storage:
     emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
 }
 
-void on_keys_reply(parley *p, request *r, const Parley__Frame *f)
+static void on_keys_reply(parley *p, request *req, const Parley__Frame *f)
 {
+    const keys_req *r = (const keys_req *)req;
     char reason[400];
     if (f->body_case == PARLEY__FRAME__BODY_KEYS_UPLOADED) {
-        p->keys_errors = 0;
-        if (r->kind == REQ_KEYS_STATUS)
+        p->keys.errors = 0;
+        if (req->type == &keys_status_request)
             upload_what_is_missing(p, f->keys_uploaded);
         else if (db_prekeys_uploaded(p->db, r->key_ids, r->n_key_ids) != DB_OK)
             emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
-        keys_check(p); /* a notice that came meanwhile */
         return;
     }
     /* passing (key uploads count against the send rate): ask again after a pause */
-    if (pause_after_passing_error(f, &p->keys_errors, &p->keys_pause_until)) {
-        p->keys_wanted = true;
+    if (pause_after_passing_error(f, &p->keys.errors, &p->keys.pause_until)) {
+        p->keys.wanted = true;
         return;
     }
     uint32_t code = f->error->code; /* not passing: an Error */
-    p->keys_disabled = true; /* the same upload would be refused again on this connection */
+    p->keys.disabled = true; /* the same upload would be refused again on this connection */
     snprintf(reason, sizeof reason, "the server refused this device's keys (%s): %s",
              code == PERR_BAD_SIGNATURE      ? "bad signature"
              : code == PERR_INVALID_PREKEY   ? "invalid prekey"
@@ -201,6 +224,51 @@ void on_keys_reply(parley *p, request *r, const Parley__Frame *f)
              f->body_case == PARLEY__FRAME__BODY_ERROR ? server_reason(f->error) : "unexpected answer");
     emit_error(p, PARLEY_ERR_KEYS, reason);
 }
+
+/* ---- the feature ------------------------------------------------------------------------- */
+
+static void keys_ready(parley *p)
+{
+    p->keys.wanted = true; /* our key status, and a top-up if needed */
+    p->keys.next_check = clock_mono_ms() + KEYS_CHECK_MS;
+}
+
+static void keys_down(parley *p)
+{
+    p->keys.disabled = false;
+    p->keys.wanted = false;
+}
+
+static uint64_t keys_deadline(const parley *p)
+{
+    if (p->keys.disabled)
+        return UINT64_MAX;
+    uint64_t t = p->keys.next_check ? p->keys.next_check : UINT64_MAX;
+    return p->keys.pause_until && p->keys.pause_until < t ? p->keys.pause_until : t;
+}
+
+static void keys_timers(parley *p, uint64_t now)
+{
+    if (p->ready && p->keys.next_check && now >= p->keys.next_check) {
+        /* a connection that stays up for days still rotates its signed prekey */
+        p->keys.next_check = now + KEYS_CHECK_MS;
+        p->keys.wanted = true;
+        keys_check(p);
+    }
+    if (p->keys.pause_until && now >= p->keys.pause_until) {
+        p->keys.pause_until = 0;
+        keys_check(p);
+    }
+}
+
+const client_feature keys_feature = {
+    .name = "keys",
+    .ready = keys_ready,
+    .down = keys_down,
+    .pump = keys_check,
+    .deadline = keys_deadline,
+    .timers = keys_timers,
+};
 
 /* ---- identity keys and safety numbers ------------------------------------------------- */
 
@@ -266,8 +334,8 @@ int parley_fetch_identity(parley *p, const char *phone)
     int rc = contact_for_safety(p, phone, &c);
     if (rc != PARLEY_OK && rc != PARLEY_ERR_UNKNOWN_KEY)
         return rc;
-    snprintf(p->want_identity, sizeof p->want_identity, "%s", phone);
-    pump_outbox(p);
+    snprintf(p->out.want_identity, sizeof p->out.want_identity, "%s", phone);
+    features_pump(p);
     return PARLEY_OK;
 }
 

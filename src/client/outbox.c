@@ -35,17 +35,50 @@ typedef struct {
     bool own;                /* one of our other devices: DeviceMessage.account_id is set */
 } target;
 
+/* The requests of sending, each with its reply handler (below). */
+static void on_own_lookup_reply(parley *p, request *r, const Parley__Frame *f);
+static void on_lookup_phone_reply(parley *p, request *r, const Parley__Frame *f);
+static void on_fetch_reply(parley *p, request *r, const Parley__Frame *f);
+static void on_send_reply(parley *p, request *r, const Parley__Frame *f);
+static const request_type own_lookup_request = {"own lookup", on_own_lookup_reply, NULL};
+const request_type lookup_phone_request = {"lookup by number", on_lookup_phone_reply, NULL};
+static const request_type fetch_request = {"fetch bundles", on_fetch_reply, NULL};
+static const request_type send_request = {"send", on_send_reply, NULL};
+
+typedef struct {
+    request base;
+    char phone[PARLEY_PHONE_MAX + 1];
+} lookup_phone_req;
+
+typedef struct {
+    request base;
+    uint8_t account[PARLEY_ID_LEN];     /* whose bundles */
+    char phone[PARLEY_PHONE_MAX + 1];   /* the conversation */
+    uint8_t id[PARLEY_ID_LEN];          /* the outbox entry (zero: none) */
+    bool for_identity;                  /* asked by parley_fetch_identity */
+    uint32_t devices[DB_MAX_DEVICES];   /* the devices asked for */
+    size_t n_devices;
+} fetch_req;
+
+typedef struct {
+    request base;
+    uint8_t id[PARLEY_ID_LEN];          /* the outbox entry */
+    uint8_t account[PARLEY_ID_LEN];     /* the recipient */
+    char phone[PARLEY_PHONE_MAX + 1];   /* the conversation */
+    bool resend;                        /* a resend (it has no message of its own) */
+} send_req;
+
 static void pause_sends(parley *p, uint32_t ms)
 {
     uint64_t until = clock_mono_ms() + ms;
-    if (until > p->send_pause_until)
-        p->send_pause_until = until;
+    if (until > p->out.pause_until)
+        p->out.pause_until = until;
 }
 
 static void transient_send_error(parley *p)
 {
-    p->send_errors++;
-    pause_sends(p, backoff_ms(p->send_errors));
+    p->out.errors++;
+    pause_sends(p, backoff_ms(p->out.errors));
 }
 
 /* The message fails for good (a resend, which has no message, just leaves the outbox). */
@@ -76,22 +109,26 @@ static void fail_phone(parley *p, const char *phone, const char *reason)
     free(e);
 }
 
+/* A request about the conversation with phone is out: its messages wait for it. */
 static bool phone_busy(const parley *p, const char *phone)
 {
-    for (size_t i = 0; i < MAX_REQUESTS; i++) {
-        const request *r = &p->reqs[i];
-        if ((r->kind == REQ_SEND || r->kind == REQ_LOOKUP_PHONE || r->kind == REQ_FETCH) &&
-            strcmp(r->phone, phone) == 0)
+    for (request *r = req_first(p, &send_request); r; r = req_next(r, &send_request))
+        if (strcmp(((send_req *)r)->phone, phone) == 0)
             return true;
-    }
+    for (request *r = req_first(p, &lookup_phone_request); r; r = req_next(r, &lookup_phone_request))
+        if (strcmp(((lookup_phone_req *)r)->phone, phone) == 0)
+            return true;
+    for (request *r = req_first(p, &fetch_request); r; r = req_next(r, &fetch_request))
+        if (strcmp(((fetch_req *)r)->phone, phone) == 0)
+            return true;
     return false;
 }
 
 static void lookup_phone(parley *p, const char *phone)
 {
-    if (req_count(p, REQ_LOOKUP_PHONE) + req_count(p, REQ_LOOKUP_ACCOUNT) >= MAX_LOOKUPS)
+    if (req_count(p, &lookup_phone_request) + req_count(p, &lookup_account_request) >= MAX_LOOKUPS)
         return;
-    request *r = req_new(p, REQ_LOOKUP_PHONE);
+    lookup_phone_req *r = req_new(p, &lookup_phone_request, sizeof *r);
     if (!r)
         return;
     snprintf(r->phone, sizeof r->phone, "%s", phone);
@@ -100,7 +137,7 @@ static void lookup_phone(parley *p, const char *phone)
     Parley__Frame f = PARLEY__FRAME__INIT;
     f.body_case = PARLEY__FRAME__BODY_LOOKUP;
     f.lookup = &l;
-    req_send(p, r, &f);
+    req_send(p, &r->base, &f);
 }
 
 /* ---- device lists ----------------------------------------------------------------------- */
@@ -120,10 +157,10 @@ static bool has_device(const uint32_t *devs, size_t n, uint32_t d)
 
 void set_own_devices(parley *p, const Parley__DeviceList *dl)
 {
-    p->n_own = 0;
-    for (size_t i = 0; dl && i < dl->n_device_ids && p->n_own < DB_MAX_DEVICES; i++)
-        if (dl->device_ids[i] != p->ident.device && !has_device(p->own_devices, p->n_own, dl->device_ids[i]))
-            p->own_devices[p->n_own++] = dl->device_ids[i];
+    p->out.n_own = 0;
+    for (size_t i = 0; dl && i < dl->n_device_ids && p->out.n_own < DB_MAX_DEVICES; i++)
+        if (dl->device_ids[i] != p->ident.device && !has_device(p->out.own_devices, p->out.n_own, dl->device_ids[i]))
+            p->out.own_devices[p->out.n_own++] = dl->device_ids[i];
 }
 
 bool store_device_list(parley *p, const Parley__DeviceList *dl, const char *phone)
@@ -213,8 +250,9 @@ static void forget_devices(parley *p, const uint8_t account[PARLEY_ID_LEN], cons
     update_devices(p, &dl, c.phone);
 }
 
-void on_own_lookup_reply(parley *p, const Parley__Frame *f)
+static void on_own_lookup_reply(parley *p, request *r, const Parley__Frame *f)
 {
+    (void)r;
     if (f->body_case == PARLEY__FRAME__BODY_LOOKUP_RESULT && list_ok(f->lookup_result->devices) &&
         same_id(f->lookup_result->devices->account_id.data, p->ident.account)) {
         update_devices(p, f->lookup_result->devices, p->ident.phone);
@@ -227,11 +265,12 @@ void on_own_lookup_reply(parley *p, const Parley__Frame *f)
             set_own_devices(p, &dl);
         }
     }
-    p->own_known = true;
+    p->out.own_known = true;
 }
 
-void on_lookup_phone_reply(parley *p, request *r, const Parley__Frame *f)
+static void on_lookup_phone_reply(parley *p, request *req, const Parley__Frame *f)
 {
+    const lookup_phone_req *r = (const lookup_phone_req *)req;
     char reason[200];
     if (f->body_case == PARLEY__FRAME__BODY_LOOKUP_RESULT && f->lookup_result->devices &&
         f->lookup_result->devices->n_device_ids > 0) {
@@ -246,8 +285,8 @@ void on_lookup_phone_reply(parley *p, request *r, const Parley__Frame *f)
                                                       f->error->code == PERR_INVALID_PHONE))) {
         snprintf(reason, sizeof reason, "no account has the number %s", r->phone);
         fail_phone(p, r->phone, reason);
-        if (strcmp(p->want_identity, r->phone) == 0) {
-            p->want_identity[0] = 0;
+        if (strcmp(p->out.want_identity, r->phone) == 0) {
+            p->out.want_identity[0] = 0;
             emit_error(p, PARLEY_ERR_UNKNOWN_NUMBER, reason);
         }
         return;
@@ -259,8 +298,8 @@ void on_lookup_phone_reply(parley *p, request *r, const Parley__Frame *f)
 
 static bool fetch_in_flight(const parley *p, const uint8_t account[PARLEY_ID_LEN])
 {
-    for (size_t i = 0; i < MAX_REQUESTS; i++)
-        if (p->reqs[i].kind == REQ_FETCH && same_id(p->reqs[i].account, account))
+    for (request *r = req_first(p, &fetch_request); r; r = req_next(r, &fetch_request))
+        if (same_id(((fetch_req *)r)->account, account))
             return true;
     return false;
 }
@@ -269,9 +308,9 @@ static bool fetch_in_flight(const parley *p, const uint8_t account[PARLEY_ID_LEN
 static void fetch_bundles(parley *p, const uint8_t account[PARLEY_ID_LEN], const uint32_t *devs, size_t n,
                           const char *phone, const uint8_t *entry, bool for_identity)
 {
-    if (n == 0 || n > DB_MAX_DEVICES || req_count(p, REQ_FETCH) >= MAX_FETCHES)
+    if (n == 0 || n > DB_MAX_DEVICES || req_count(p, &fetch_request) >= MAX_FETCHES)
         return;
-    request *r = req_new(p, REQ_FETCH);
+    fetch_req *r = req_new(p, &fetch_request, sizeof *r);
     if (!r)
         return;
     memcpy(r->account, account, PARLEY_ID_LEN);
@@ -289,7 +328,7 @@ static void fetch_bundles(parley *p, const uint8_t account[PARLEY_ID_LEN], const
     Parley__Frame f = PARLEY__FRAME__INIT;
     f.body_case = PARLEY__FRAME__BODY_FETCH_BUNDLES;
     f.fetch_bundles = &fb;
-    req_send(p, r, &f);
+    req_send(p, &r->base, &f);
 }
 
 /* A bundle from the server as the session layer takes it. */
@@ -331,8 +370,9 @@ static int session_from_bundle(parley *p, const uint8_t account[PARLEY_ID_LEN], 
     return rc;
 }
 
-void on_fetch_reply(parley *p, request *r, const Parley__Frame *f)
+static void on_fetch_reply(parley *p, request *req, const Parley__Frame *f)
 {
+    const fetch_req *r = (const fetch_req *)req;
     char reason[400];
     bool own = same_id(r->account, p->ident.account);
     const char *phone = own ? p->ident.phone : r->phone;
@@ -343,7 +383,7 @@ void on_fetch_reply(parley *p, request *r, const Parley__Frame *f)
         } else if (err->code == PERR_UNKNOWN_ACCOUNT && !own) {
             db_contact_forget_phone(p->db, r->phone); /* a new lookup decides */
         } else if (err->code == PERR_UNKNOWN_FRAME) {
-            p->sending_disabled = true; /* a server without a keys directory cannot carry our messages */
+            p->out.disabled = true; /* a server without a keys directory cannot carry our messages */
             emit_error(p, PARLEY_ERR_UNSUPPORTED, "the server has no keys directory (FetchBundles): it cannot carry "
                                                   "end-to-end encrypted messages");
         } else {
@@ -385,8 +425,8 @@ void on_fetch_reply(parley *p, request *r, const Parley__Frame *f)
     }
     forget_devices(p, r->account, gone, n_gone);
     if (r->for_identity) {
-        if (strcmp(p->want_identity, r->phone) == 0) {
-            p->want_identity[0] = 0;
+        if (strcmp(p->out.want_identity, r->phone) == 0) {
+            p->out.want_identity[0] = 0;
             if (n_gone || bad)
                 emit_error(p, n_gone ? PARLEY_ERR_UNKNOWN_NUMBER : PARLEY_ERR_REFUSED,
                            n_gone ? "the number has no primary device with keys" : reason);
@@ -428,9 +468,9 @@ static size_t entry_targets(const parley *p, const db_outbox_entry *e, const db_
         t[n].device = c->devices[i];
         t[n++].own = false;
     }
-    for (size_t i = 0; !to_self && i < p->n_own; i++) {
+    for (size_t i = 0; !to_self && i < p->out.n_own; i++) {
         memcpy(t[n].account, p->ident.account, PARLEY_ID_LEN);
-        t[n].device = p->own_devices[i];
+        t[n].device = p->out.own_devices[i];
         t[n++].own = true;
     }
     return n;
@@ -486,13 +526,13 @@ static void send_sealed(parley *p, const db_outbox_entry *e, const uint8_t *seal
     if (!conn_fits(&p->conn, &f)) { /* a server that now takes smaller frames */
         fail_message(p, e->id, e->phone, "the message is larger than this server accepts");
     } else {
-        request *r = req_new(p, REQ_SEND);
+        send_req *r = req_new(p, &send_request, sizeof *r);
         if (r) {
             memcpy(r->id, e->id, PARLEY_ID_LEN);
             memcpy(r->account, s->recipient_account.data, PARLEY_ID_LEN);
             snprintf(r->phone, sizeof r->phone, "%s", e->phone);
             r->resend = e->resend;
-            req_send(p, r, &f);
+            req_send(p, &r->base, &f);
         }
     }
     parley__send__free_unpacked(s, NULL);
@@ -609,13 +649,13 @@ static bool seal_entry(parley *p, const db_outbox_entry *e, const uint8_t recipi
     if (db_commit(p->db) != DB_OK)
         goto storage;
     /* durable: now it may go */
-    request *r = req_new(p, REQ_SEND);
+    send_req *r = req_new(p, &send_request, sizeof *r);
     if (r) {
         memcpy(r->id, e->id, PARLEY_ID_LEN);
         memcpy(r->account, recipient, PARLEY_ID_LEN);
         snprintf(r->phone, sizeof r->phone, "%s", e->phone);
         r->resend = e->resend;
-        req_send(p, r, &f);
+        req_send(p, &r->base, &f);
     }
     goto out;
 nomem:
@@ -660,7 +700,7 @@ static void note_to_self(parley *p, const db_outbox_entry *e, const uint8_t acco
 static bool resend_target_gone(parley *p, const db_outbox_entry *e)
 {
     if (same_id(e->resend_account, p->ident.account))
-        return !has_device(p->own_devices, p->n_own, e->resend_device);
+        return !has_device(p->out.own_devices, p->out.n_own, e->resend_device);
     db_contact c;
     return db_contact_by_account(p->db, e->resend_account, &c) == DB_OK &&
            !has_device(c.devices, c.n_devices, e->resend_device);
@@ -713,7 +753,7 @@ static bool send_entry(parley *p, const db_outbox_entry *e)
 /* parley_fetch_identity: the number's account, then its primary device's bundle. */
 static void pump_identity(parley *p)
 {
-    const char *phone = p->want_identity;
+    const char *phone = p->out.want_identity;
     if (!phone[0] || phone_busy(p, phone))
         return;
     db_contact c;
@@ -722,19 +762,19 @@ static void pump_identity(parley *p)
     if (rc == DB_NOT_FOUND) {
         lookup_phone(p, phone);
     } else if (rc == DB_OK && db_peer_identity_get(p->db, c.account, 1, key) == DB_OK) {
-        p->want_identity[0] = 0; /* known already */
+        p->out.want_identity[0] = 0; /* known already */
     } else if (rc == DB_OK && !fetch_in_flight(p, c.account)) {
         const uint32_t primary = 1;
         fetch_bundles(p, c.account, &primary, 1, phone, NULL, true);
     }
 }
 
-void pump_outbox(parley *p)
+static void pump_outbox(parley *p)
 {
-    if (!p->ready || !p->own_known || p->sending_disabled || clock_mono_ms() < p->send_pause_until)
+    if (!p->ready || !p->out.own_known || p->out.disabled || clock_mono_ms() < p->out.pause_until)
         return;
     pump_identity(p);
-    if (req_count(p, REQ_SEND) >= MAX_SENDS)
+    if (req_count(p, &send_request) >= MAX_SENDS)
         return;
     db_outbox_entry *e = calloc(OUTBOX_SCAN, sizeof *e);
     char(*seen)[PARLEY_PHONE_MAX + 1] = calloc(OUTBOX_SCAN, sizeof *seen);
@@ -747,7 +787,7 @@ void pump_outbox(parley *p)
         free(seen);
         return;
     }
-    for (size_t i = 0; i < n && p->ready && req_count(p, REQ_SEND) < MAX_SENDS; i++) {
+    for (size_t i = 0; i < n && p->ready && req_count(p, &send_request) < MAX_SENDS; i++) {
         /* an earlier entry of the same conversation goes first */
         bool blocked = false;
         for (size_t j = 0; j < n_seen && !blocked; j++)
@@ -771,13 +811,14 @@ void pump_outbox(parley *p)
 
 /* A list in a DEVICE_MISMATCH answer to r is taken only for the message's recipient
  * account or our own. */
-static bool mismatch_list_ok(const parley *p, const request *r, const Parley__DeviceList *dl)
+static bool mismatch_list_ok(const parley *p, const send_req *r, const Parley__DeviceList *dl)
 {
     return list_ok(dl) && (same_id(dl->account_id.data, r->account) || same_id(dl->account_id.data, p->ident.account));
 }
 
-void on_send_reply(parley *p, request *r, const Parley__Frame *f)
+static void on_send_reply(parley *p, request *req, const Parley__Frame *f)
 {
+    const send_req *r = (const send_req *)req;
     char reason[400];
     uint32_t count = 0;
     if (f->body_case == PARLEY__FRAME__BODY_SEND_ACK) {
@@ -787,7 +828,7 @@ void on_send_reply(parley *p, request *r, const Parley__Frame *f)
             emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
             return;
         }
-        p->send_errors = 0;
+        p->out.errors = 0;
         if (r->resend)
             return; /* a resend has no message of its own to report */
         /* unchanged: another process on this profile recorded the ack first; report the
@@ -865,7 +906,7 @@ void on_send_reply(parley *p, request *r, const Parley__Frame *f)
     default:
         /* UNKNOWN_FRAME (a server without messaging), or a frame it cannot read: sending
          * again on this connection would only repeat it */
-        p->sending_disabled = true;
+        p->out.disabled = true;
         snprintf(reason, sizeof reason, "the server does not accept messages: %s", server_reason(err));
         emit_error(p, err->code == PERR_UNKNOWN_FRAME ? PARLEY_ERR_UNSUPPORTED : PARLEY_ERR_REFUSED,
                    reason);
@@ -920,3 +961,47 @@ done:
     free(src.text);
     return ok;
 }
+
+/* ---- the feature ------------------------------------------------------------------------- */
+
+/* Our own device list first: every message goes to our other devices too. */
+static void outbox_ready(parley *p)
+{
+    request *r = req_new(p, &own_lookup_request, sizeof *r);
+    Parley__Lookup l = PARLEY__LOOKUP__INIT;
+    l.phone = p->ident.phone;
+    Parley__Frame f = PARLEY__FRAME__INIT;
+    f.body_case = PARLEY__FRAME__BODY_LOOKUP;
+    f.lookup = &l;
+    if (r)
+        req_send(p, r, &f);
+}
+
+static void outbox_down(parley *p)
+{
+    p->out.own_known = false;
+    p->out.n_own = 0;
+    p->out.disabled = false;
+}
+
+static uint64_t outbox_deadline(const parley *p)
+{
+    return p->out.pause_until && !p->out.disabled ? p->out.pause_until : UINT64_MAX;
+}
+
+static void outbox_timers(parley *p, uint64_t now)
+{
+    if (p->out.pause_until && now >= p->out.pause_until) {
+        p->out.pause_until = 0;
+        pump_outbox(p);
+    }
+}
+
+const client_feature outbox_feature = {
+    .name = "outbox",
+    .ready = outbox_ready,
+    .down = outbox_down,
+    .pump = pump_outbox,
+    .deadline = outbox_deadline,
+    .timers = outbox_timers,
+};

@@ -1,5 +1,7 @@
 /* check.h - a minimal test harness: CHECK counts, the summary line is the
- * "N passed, N failed" that CI reads, and main's exit code follows it. */
+ * "N passed, N failed" that CI reads, and main's exit code follows it. Cases run
+ * through RUN(test_x(args)), so a failed check names its case and the summary lists
+ * the cases that failed. */
 #ifndef PARLEY_TESTS_CHECK_H
 #define PARLEY_TESTS_CHECK_H
 
@@ -9,6 +11,26 @@
 #include <string.h>
 
 static int checks_passed, checks_failed;
+static const char *check_case = "main"; /* the case running now */
+static char check_failed_cases[1024];   /* their names, for the summary */
+
+/* Runs one case: `RUN(test_inbox());` or `RUN(test_conversation(&a, &b));`. */
+#define RUN(call)                                                                    \
+    do {                                                                             \
+        int failed_before_ = checks_failed;                                          \
+        check_case = #call;                                                          \
+        call;                                                                        \
+        if (checks_failed > failed_before_)                                          \
+            check_note_failed_case(#call);                                           \
+        check_case = "main";                                                         \
+    } while (0)
+
+static inline void check_note_failed_case(const char *call)
+{
+    size_t n = strlen(check_failed_cases);
+    if (n + strlen(call) + 3 < sizeof check_failed_cases)
+        snprintf(check_failed_cases + n, sizeof check_failed_cases - n, "%s%s", n ? ", " : "", call);
+}
 
 #define CHECK(cond)                                                                  \
     do {                                                                             \
@@ -16,7 +38,8 @@ static int checks_passed, checks_failed;
             checks_passed++;                                                         \
         } else {                                                                     \
             checks_failed++;                                                         \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);  \
+            fprintf(stderr, "%s:%d: [%s] CHECK failed: %s\n", __FILE__, __LINE__,     \
+                    check_case, #cond);                                              \
         }                                                                            \
     } while (0)
 
@@ -27,8 +50,8 @@ static int checks_passed, checks_failed;
             checks_passed++;                                                         \
         } else {                                                                     \
             checks_failed++;                                                         \
-            fprintf(stderr, "%s:%d: %s returned %d, wanted %d\n", __FILE__, __LINE__, \
-                    #expr, rc_, (int)(want));                                        \
+            fprintf(stderr, "%s:%d: [%s] %s returned %d, wanted %d\n", __FILE__,      \
+                    __LINE__, check_case, #expr, rc_, (int)(want));                  \
         }                                                                            \
     } while (0)
 
@@ -67,6 +90,8 @@ static inline size_t b64_to_bin(uint8_t *out, size_t max, const char *b64)
 static inline int check_summary(const char *name)
 {
     printf("%s: %d passed, %d failed\n", name, checks_passed, checks_failed);
+    if (check_failed_cases[0])
+        printf("%s: failed cases: %s\n", name, check_failed_cases);
     return checks_failed == 0 && checks_passed > 0 ? 0 : 1;
 }
 

@@ -862,22 +862,22 @@ static void test_message_ids(void)
 
 int main(void)
 {
-    test_message_ids();
+    RUN(test_message_ids());
     snprintf(dir, sizeof dir, "/tmp/parley-test-client-db-%d/profile", (int)getpid());
     remove_tree(dir);
-    test_files_and_identity();
-    test_contacts();
-    test_outbox_and_states();
-    test_receipt_before_ack();
-    test_incoming();
-    test_unshown();
-    test_transactions();
-    test_sessions_and_prekeys();
-    test_identities();
-    test_retries();
-    test_migration_from_v2();
-    test_identity_follows_the_number();
-    test_newer_schema_refused();
+    RUN(test_files_and_identity());
+    RUN(test_contacts());
+    RUN(test_outbox_and_states());
+    RUN(test_receipt_before_ack());
+    RUN(test_incoming());
+    RUN(test_unshown());
+    RUN(test_transactions());
+    RUN(test_sessions_and_prekeys());
+    RUN(test_identities());
+    RUN(test_retries());
+    RUN(test_migration_from_v2());
+    RUN(test_identity_follows_the_number());
+    RUN(test_newer_schema_refused());
     char top[256];
     snprintf(top, sizeof top, "/tmp/parley-test-client-db-%d", (int)getpid());
     remove_tree(top);

@@ -464,11 +464,11 @@ int main(void)
     profile a, b;
     make_profile(&a, "alice", "+15550000001", 0xA1);
     make_profile(&b, "bob", "+15550000002", 0xB2);
-    test_keys(&a);
-    test_conversation(&a, &b);
-    test_signed_prekey_retention(&a, &b);
-    test_identity_changes_and_safety_numbers(&a, &b);
-    test_archive_and_unreadable(&a, &b);
+    RUN(test_keys(&a));
+    RUN(test_conversation(&a, &b));
+    RUN(test_signed_prekey_retention(&a, &b));
+    RUN(test_identity_changes_and_safety_numbers(&a, &b));
+    RUN(test_archive_and_unreadable(&a, &b));
     db_close(a.d);
     db_close(b.d);
     remove_tree(top);

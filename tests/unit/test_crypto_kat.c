@@ -376,15 +376,15 @@ int main(int argc, char **argv)
 {
     if (sodium_init() < 0)
         return 2;
-    test_x25519();
-    test_xeddsa();
-    test_hkdf();
-    test_hmac();
-    test_aes_cbc();
-    test_x3dh_chain_key();
-    test_chain_keys();
+    RUN(test_x25519());
+    RUN(test_xeddsa());
+    RUN(test_hkdf());
+    RUN(test_hmac());
+    RUN(test_aes_cbc());
+    RUN(test_x3dh_chain_key());
+    RUN(test_chain_keys());
     if (argc > 1)
-        test_transcript(argv[1]);
+        RUN(test_transcript(argv[1]));
     else
         CHECK(!"transcript path not given");
     return check_summary("crypto_kat");

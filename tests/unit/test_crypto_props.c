@@ -629,14 +629,14 @@ int main(int argc, char **argv)
     prng_state = seed | 1;
     printf("seed %llu (rerun: test_crypto_props %llu)\n", (unsigned long long)seed,
            (unsigned long long)seed);
-    test_conversation(5000);
-    test_simultaneous_initiation();
-    test_reinstall();
-    test_prekey_identity_swap();
-    test_bad_bundle();
-    test_limits();
-    test_sender_keys();
-    test_safety_numbers();
-    test_key_records();
+    RUN(test_conversation(5000));
+    RUN(test_simultaneous_initiation());
+    RUN(test_reinstall());
+    RUN(test_prekey_identity_swap());
+    RUN(test_bad_bundle());
+    RUN(test_limits());
+    RUN(test_sender_keys());
+    RUN(test_safety_numbers());
+    RUN(test_key_records());
     return check_summary("crypto_props");
 }

@@ -40,7 +40,7 @@ static void test_unknown_codes(void)
 
 int main(void)
 {
-    test_table_matches_proto();
-    test_unknown_codes();
+    RUN(test_table_matches_proto());
+    RUN(test_unknown_codes());
     return check_summary("errors");
 }

@@ -103,8 +103,8 @@ static void test_usage(void)
 
 int main(void)
 {
-    test_defaults_and_flags();
-    test_refusals();
-    test_usage();
+    RUN(test_defaults_and_flags());
+    RUN(test_refusals());
+    RUN(test_usage());
     return check_summary("options");
 }

@@ -526,13 +526,13 @@ static void test_legacy_dedup(void)
 
 int main(void)
 {
-    test_inbox();
-    test_dedup_and_sweep();
-    test_legacy_dedup();
-    test_full();
-    test_accounts();
-    test_prekeys();
-    test_older_directory();
-    test_kill9();
+    RUN(test_inbox());
+    RUN(test_dedup_and_sweep());
+    RUN(test_legacy_dedup());
+    RUN(test_full());
+    RUN(test_accounts());
+    RUN(test_prekeys());
+    RUN(test_older_directory());
+    RUN(test_kill9());
     return check_summary("store");
 }

@@ -290,11 +290,11 @@ int main(void)
 {
     if (sodium_init() < 0)
         return 2;
-    test_lengths_and_splits();
-    test_fragments();
-    test_errors();
-    test_writer();
-    test_handshake();
-    test_client_handshake();
+    RUN(test_lengths_and_splits());
+    RUN(test_fragments());
+    RUN(test_errors());
+    RUN(test_writer());
+    RUN(test_handshake());
+    RUN(test_client_handshake());
     return check_summary("ws_codec");
 }
