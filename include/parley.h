@@ -3,7 +3,7 @@
  * One `parley` handle is one device's profile: a directory holding the device's
  * identity key and its SQLite database (messages, contacts, outbox). The handle is
  * single-threaded: call it from one thread at a time. Network work happens only inside
- * parley_run() / parley_dispatch() (an event loop over poll(2) on one socket), which
+ * parley_run() / parley_dispatch() (an event loop over poll(2) on its sockets), which
  * report what happened through the event callback set with parley_set_handler().
  *
  * Durability: a message handed to parley_send_text() is in the outbox on disk before
@@ -37,6 +37,7 @@ extern "C" {
 #define PARLEY_PHONE_MAX 16      /* an E.164 number: '+' and at most 15 digits */
 #define PARLEY_URL_MAX 255       /* ws://HOST:PORT[/PATH] */
 #define PARLEY_MAX_TEXT 65536    /* bytes of UTF-8 in one text message */
+#define PARLEY_CONVERSATION_MAX 38 /* "group:" and 32 hex digits */
 
 typedef struct parley parley;
 
@@ -141,7 +142,8 @@ typedef struct {
     bool outgoing;
     parley_message_kind kind;
     bool was_verified;          /* IDENTITY_CHANGED: the contact had been verified (no longer) */
-    const char *peer;           /* the other party's number; NULL if the server could not name it */
+    const char *conversation;   /* its chat ("+E164" or "group:..."); NULL if the server could not name the sender */
+    const char *peer;           /* the other party's number (incoming: the sender's); NULL if the server could not name it */
     uint32_t from_device;       /* incoming: the sender's device */
     uint64_t server_time_ms;    /* when the server accepted it; 0 while pending */
     uint64_t sent_ms;           /* the author's clock */
@@ -167,7 +169,8 @@ typedef struct {
  * and read arrive as PARLEY_EVENT_RECEIPT. */
 typedef struct {
     uint8_t id[PARLEY_ID_LEN];
-    const char *peer;
+    const char *conversation;   /* the message's chat */
+    const char *peer;           /* the recipient's number (a one-to-one chat); NULL otherwise */
     parley_state state;
     uint64_t server_time_ms;
     const char *reason;         /* PARLEY_STATE_FAILED: why */
@@ -249,21 +252,38 @@ int parley_run(parley *p, int timeout_ms);
 /* Makes the current (or next) parley_run() return; safe from the event callback. */
 void parley_stop(parley *p);
 
-/* For a caller with its own poll loop: fills *pfd with the socket and the events to
- * wait for and returns 1, or returns 0 when there is no socket just now. Wait at most
- * parley_timeout_ms() (-1: no deadline), then call parley_dispatch() with the revents
- * (0 after a timeout). */
-int parley_pollfd(const parley *p, struct pollfd *pfd);
+/* For a caller with its own poll loop: parley_pollfds fills up to max entries of pfds
+ * with the library's sockets and the events to wait for, and returns how many (0 when
+ * there is none just now; today at most one, the messaging connection; media
+ * transfers will add theirs, so pass PARLEY_MAX_POLLFDS entries). Wait at most
+ * parley_timeout_ms() (-1: no deadline), then call parley_dispatch() with those entries
+ * and their revents (n = 0 after a timeout). */
+#define PARLEY_MAX_POLLFDS 4
+int parley_pollfds(const parley *p, struct pollfd *pfds, int max);
 int parley_timeout_ms(const parley *p);
 /* Returns PARLEY_OK, or the fatal status once the connection ended for good. */
-int parley_dispatch(parley *p, short revents);
+int parley_dispatch(parley *p, const struct pollfd *pfds, int n);
+
+/* ---- conversations ----------------------------------------------------------------- */
+
+/* A conversation is named by a string: "+E164" is the one-to-one chat with that number
+ * (a number that moves to a new account keeps its chat, as in WhatsApp), and "group:"
+ * followed by 32 lower-case hex digits (a 128-bit group id) is a group. This version of
+ * the library serves no groups yet: it refuses them with PARLEY_ERR_UNSUPPORTED. */
+typedef enum {
+    PARLEY_CONVERSATION_INVALID = 0,
+    PARLEY_CONVERSATION_DIRECT,
+    PARLEY_CONVERSATION_GROUP,
+} parley_conversation_kind;
+
+parley_conversation_kind parley_conversation_kind_of(const char *conversation);
 
 /* ---- messages -------------------------------------------------------------------- */
 
-/* Queues a text message to phone: it is in the outbox (durable) when this returns and
- * goes out as soon as a connection is ready. id_out (may be NULL) gets its id. Text
- * must be UTF-8 without NUL bytes, 1 to PARLEY_MAX_TEXT bytes. */
-int parley_send_text(parley *p, const char *phone, const char *text,
+/* Queues a text message to a conversation: it is in the outbox (durable) when this
+ * returns and goes out as soon as a connection is ready. id_out (may be NULL) gets its
+ * id. Text must be UTF-8 without NUL bytes, 1 to PARLEY_MAX_TEXT bytes. */
+int parley_send_text(parley *p, const char *conversation, const char *text,
                      uint8_t id_out[PARLEY_ID_LEN]);
 
 /* The state of an outgoing message; PARLEY_ERR_INVALID if there is no such message. */
@@ -272,19 +292,20 @@ int parley_message_state(parley *p, const uint8_t id[PARLEY_ID_LEN], parley_stat
 /* Messages waiting in the outbox for the server's acknowledgement. */
 int parley_outbox_count(parley *p, size_t *n);
 
-/* Marks every unread incoming message from phone read and queues their read receipts
- * (sent, batched, when a connection is ready). *count (may be NULL) gets how many. */
-int parley_mark_read(parley *p, const char *phone, size_t *count);
+/* Marks every unread incoming message of a conversation read and queues their read
+ * receipts (sent, batched, when a connection is ready). *count (may be NULL) gets how
+ * many. */
+int parley_mark_read(parley *p, const char *conversation, size_t *count);
 
 /* Receipts queued but not acknowledged by the server yet: read receipts, and RETRY
  * receipts (asking the senders of messages that could not be decrypted to send them
  * again). */
 int parley_pending_receipts(parley *p, size_t *n);
 
-/* Calls fn for every message of the conversation with phone, oldest first (in the
- * order this device learned of them). fn returns false to stop early. */
+/* Calls fn for every message of a conversation, oldest first (in the order this device
+ * learned of them). fn returns false to stop early. */
 typedef bool (*parley_message_fn)(void *ctx, const parley_message *m);
-int parley_history(parley *p, const char *phone, parley_message_fn fn, void *ctx);
+int parley_history(parley *p, const char *conversation, parley_message_fn fn, void *ctx);
 
 /* Incoming messages not shown yet, oldest first: fn shows each one (returning false
  * when it could not, e.g. its output failed), and those it showed are then marked

@@ -3,7 +3,7 @@
  *
  * Per connection, once authenticated, every feature's ready hook runs (our own devices
  * are looked up, our key status asked for), then their pumps: after every frame and
- * timer, in the order inbox, keys, outbox. A frame with a request id goes to its
+ * API call, in the order inbox, keys, outbox, receipts. A frame with a request id goes to its
  * request's handler; a frame the server pushes goes to the feature that takes its body
  * (Deliver: the inbox). */
 #include <errno.h>
@@ -61,12 +61,13 @@ void emit_error(parley *p, int status, const char *reason)
     emit(p, &ev);
 }
 
-void emit_state(parley *p, const uint8_t id[PARLEY_ID_LEN], const char *peer, parley_state st, uint64_t server_ms,
-                const char *reason)
+void emit_state(parley *p, const uint8_t id[PARLEY_ID_LEN], const char *conversation, parley_state st,
+                uint64_t server_ms, const char *reason)
 {
     parley_event ev = {.type = PARLEY_EVENT_STATE};
     memcpy(ev.state.id, id, PARLEY_ID_LEN);
-    ev.state.peer = peer;
+    ev.state.conversation = conversation;
+    ev.state.peer = parley_conversation_kind_of(conversation) == PARLEY_CONVERSATION_DIRECT ? conversation : NULL;
     ev.state.state = st;
     ev.state.server_time_ms = server_ms;
     ev.state.reason = reason;
@@ -80,6 +81,35 @@ void emit_identity_changed(parley *p, const char *phone, uint32_t device, bool w
     ev.identity.device = device;
     ev.identity.was_verified = was_verified;
     emit(p, &ev);
+}
+
+parley_conversation_kind parley_conversation_kind_of(const char *conversation)
+{
+    static const char group[] = "group:";
+    if (conversation && parley_phone_valid(conversation))
+        return PARLEY_CONVERSATION_DIRECT;
+    if (!conversation || strncmp(conversation, group, sizeof group - 1) != 0)
+        return PARLEY_CONVERSATION_INVALID;
+    const char *hex = conversation + sizeof group - 1;
+    size_t n = 0;
+    while ((hex[n] >= '0' && hex[n] <= '9') || (hex[n] >= 'a' && hex[n] <= 'f'))
+        n++;
+    return n == 2 * PARLEY_ID_LEN && hex[n] == 0 ? PARLEY_CONVERSATION_GROUP : PARLEY_CONVERSATION_INVALID;
+}
+
+/* PARLEY_ERR_INVALID or PARLEY_ERR_UNSUPPORTED unless conversation is a chat we serve. */
+int check_conversation(parley *p, const char *conversation)
+{
+    switch (parley_conversation_kind_of(conversation)) {
+    case PARLEY_CONVERSATION_DIRECT:
+        return PARLEY_OK;
+    case PARLEY_CONVERSATION_GROUP:
+        return set_err(p, PARLEY_ERR_UNSUPPORTED, "groups are not supported by this version of parley yet");
+    default:
+        if (conversation && strncmp(conversation, "group:", 6) == 0)
+            return set_err(p, PARLEY_ERR_INVALID, "%s is not a group id (group: and 32 hex digits)", conversation);
+        return invalid_phone(p, conversation);
+    }
 }
 
 bool parley_phone_valid(const char *phone)
@@ -140,7 +170,7 @@ uint32_t backoff_ms(unsigned errors)
     return ms > RETRY_MAX_MS ? RETRY_MAX_MS : ms;
 }
 
-bool pause_after_passing_error(const Parley__Frame *f, unsigned *errors, uint64_t *pause_until)
+bool pause_after_passing_error(const Parley__Frame *f, client_pause *z)
 {
     uint32_t code = f->body_case == PARLEY__FRAME__BODY_ERROR ? f->error->code : 0;
     if (code != PERR_RATE_LIMITED && code != PERR_STORAGE_FULL &&
@@ -148,8 +178,8 @@ bool pause_after_passing_error(const Parley__Frame *f, unsigned *errors, uint64_
         return false;
     uint32_t ms = code == PERR_RATE_LIMITED && f->error->retry_after_ms
                       ? f->error->retry_after_ms
-                      : backoff_ms((*errors)++);
-    *pause_until = clock_mono_ms() + (ms < 60000 ? ms : 60000);
+                      : backoff_ms(z->errors++);
+    z->until = clock_mono_ms() + (ms < 60000 ? ms : 60000);
     return true;
 }
 
@@ -244,7 +274,8 @@ static void req_free_all(parley *p)
 
 /* ---- features ------------------------------------------------------------------------ */
 
-static const client_feature *const features[] = {&inbox_feature, &keys_feature, &outbox_feature, NULL};
+static const client_feature *const features[] = {&inbox_feature, &keys_feature, &outbox_feature,
+                                                 &receipts_feature, NULL};
 
 void features_pump(parley *p)
 {
@@ -427,15 +458,15 @@ static void client_timers(parley *p, uint64_t now)
             (*f)->timers(p, now);
 }
 
-int parley_pollfd(const parley *p, struct pollfd *pfd)
+/* The sockets the loop polls: the messaging connection today; a media transfer adds
+ * its own here (parley_dispatch finds each again by its fd). */
+int parley_pollfds(const parley *p, struct pollfd *pfds, int max)
 {
-    int fd = conn_fd(&p->conn);
-    if (!p->conn_used || fd < 0)
-        return 0;
-    pfd->fd = fd;
-    pfd->events = conn_events(&p->conn);
-    pfd->revents = 0;
-    return 1;
+    int n = 0;
+    int fd = p->conn_used ? conn_fd(&p->conn) : -1;
+    if (fd >= 0 && n < max)
+        pfds[n++] = (struct pollfd){.fd = fd, .events = conn_events(&p->conn)};
+    return n;
 }
 
 int parley_timeout_ms(const parley *p)
@@ -453,10 +484,15 @@ int parley_timeout_ms(const parley *p)
     return t;
 }
 
-int parley_dispatch(parley *p, short revents)
+int parley_dispatch(parley *p, const struct pollfd *pfds, int n)
 {
     if (!p->conn_used)
         return PARLEY_OK;
+    int fd = conn_fd(&p->conn);
+    short revents = 0;
+    for (int i = 0; fd >= 0 && i < n; i++)
+        if (pfds[i].fd == fd)
+            revents = pfds[i].revents;
     conn_process(&p->conn, revents, clock_mono_ms());
     client_timers(p, clock_mono_ms());
     return p->conn.phase == CONN_OFF && p->fatal_status ? p->fatal_status : PARLEY_OK;
@@ -470,12 +506,12 @@ static int loop_once(parley *p, uint64_t deadline)
     uint64_t left = deadline > now ? deadline - now : 0;
     if (deadline != UINT64_MAX && (t < 0 || (uint64_t)t > left))
         t = (int)(left > 3600000 ? 3600000 : left);
-    struct pollfd pfd;
-    int n = parley_pollfd(p, &pfd);
-    int rc = poll(n ? &pfd : NULL, (nfds_t)n, t);
+    struct pollfd pfds[PARLEY_MAX_POLLFDS];
+    int n = parley_pollfds(p, pfds, PARLEY_MAX_POLLFDS);
+    int rc = poll(n ? pfds : NULL, (nfds_t)n, t);
     if (rc < 0 && errno == EINTR)
         return -1;
-    parley_dispatch(p, rc > 0 && n ? pfd.revents : 0);
+    parley_dispatch(p, pfds, rc > 0 ? n : 0);
     return 0;
 }
 

@@ -67,13 +67,15 @@ struct request {
  *
  * The pieces of the client that talk to the server. Each owns its state (its struct
  * below, a field of `parley`) and plugs into the core through these hooks, all
- * optional, called in the order of the core's list (inbox, keys, outbox). */
+ * optional, called in the order of the core's list: inbox (deliveries), keys, outbox,
+ * receipts (the ones we send; inbox.c). */
 typedef struct {
     const char *name;
     /* The connection authenticated; it went down (drop what one connection kept). */
     void (*ready)(parley *p);
     void (*down)(parley *p);
-    /* After every frame, timer and API call that may have queued work: send what is due. */
+    /* After every frame and every API call that may have queued work: send what is due.
+     * (A timer runs its own feature's work.) */
     void (*pump)(parley *p);
     /* A frame the server pushes (no request id) with this body; true: the feature keeps f. */
     Parley__Frame__BodyCase push_body;
@@ -83,9 +85,31 @@ typedef struct {
     void (*timers)(parley *p, uint64_t now);
 } client_feature;
 
-extern const client_feature inbox_feature, keys_feature, outbox_feature;
+extern const client_feature inbox_feature, keys_feature, outbox_feature, receipts_feature;
 
 /* ---- the features' state -------------------------------------------------------------- */
+
+/* A feature's back-off after passing errors from the server (kept across connections):
+ * the errors in a row, and the monotonic ms until which it sends nothing (0: none). */
+typedef struct {
+    unsigned errors;
+    uint64_t until;
+} client_pause;
+
+/* The pause's end as a timer deadline (UINT64_MAX: none). */
+static inline uint64_t pause_deadline(const client_pause *z)
+{
+    return z->until ? z->until : UINT64_MAX;
+}
+
+/* True, and the pause cleared, once now is past it: the feature may send again. */
+static inline bool pause_over(client_pause *z, uint64_t now)
+{
+    if (!z->until || now < z->until)
+        return false;
+    z->until = 0;
+    return true;
+}
 
 /* outbox.c: sending. Per connection unless said otherwise. */
 typedef struct {
@@ -93,8 +117,7 @@ typedef struct {
     uint32_t own_devices[DB_MAX_DEVICES];    /* our account's other devices */
     size_t n_own;
     bool disabled;                           /* the server does not take Send */
-    unsigned errors;                         /* transient send errors in a row (kept across connections) */
-    uint64_t pause_until;                    /* monotonic ms (kept across connections) */
+    client_pause pause;                      /* after transient send errors */
     /* parley_fetch_identity: a number whose primary device's keys are wanted */
     char want_identity[PARLEY_PHONE_MAX + 1];
 } outbox_state;
@@ -104,6 +127,7 @@ typedef struct {
     Parley__Frame *dq[MAX_DELIVER_QUEUE];    /* Deliver frames in arrival order */
     size_t dq_sizes[MAX_DELIVER_QUEUE];
     size_t dq_head, dq_len, dq_bytes;
+    bool delivering;                         /* in process_deliveries (it is not re-entered) */
     uint8_t (*unnamed)[PARLEY_ID_LEN];       /* MAX_UNNAMED, allocated on first use */
     size_t n_unnamed;
     struct {                                 /* failed decryptions per sender device */
@@ -113,16 +137,14 @@ typedef struct {
     } failing[MAX_FAILING];
     size_t n_failing;
     bool receipts_disabled;
-    unsigned receipt_errors;                 /* kept across connections, as the pause */
-    uint64_t receipt_pause_until;
+    client_pause receipt_pause;
 } inbox_state;
 
 /* keys.c: our prekeys on the server. */
 typedef struct {
     bool disabled;                           /* the server refused our keys (this connection) */
     bool wanted;                             /* a status query is due (after authentication, the low-stock notice) */
-    unsigned errors;
-    uint64_t pause_until;                    /* monotonic ms: the server was busy or rate limited us */
+    client_pause pause;                      /* the server was busy or rate limited us */
     uint64_t next_check;                     /* monotonic ms: the hourly status query on a long
                                                 connection (signed prekey rotation and pruning) */
 } keys_state;
@@ -159,6 +181,9 @@ int set_err(parley *p, int status, const char *fmt, ...) __attribute__((format(p
 int db_err(parley *p);
 /* PARLEY_ERR_INVALID: "... is not a phone number in E.164 form" */
 int invalid_phone(parley *p, const char *phone);
+/* PARLEY_OK for a conversation this version serves (one-to-one); else PARLEY_ERR_INVALID,
+ * or PARLEY_ERR_UNSUPPORTED for a group, with the reason set. */
+int check_conversation(parley *p, const char *conversation);
 /* A new message id: the time in ms (48 bits, big-endian), then 80 random bits. Ids that
  * grow with time land at the end of the server's de-duplication index instead of at a
  * random page of it, which is most of what a durable send writes (docs/storage.md). */
@@ -166,14 +191,14 @@ void new_message_id(uint8_t id[PARLEY_ID_LEN]);
 /* The pause after the n-th transient error in a row: 1 s doubling to RETRY_MAX_MS. */
 uint32_t backoff_ms(unsigned errors);
 /* A reply that is a passing error (rate limited, storage full, internal, or no error at
- * all where an answer was due): sets *pause_until (the server's retry_after_ms, else the
- * backoff for ++*errors; at most a minute) and returns true. */
-bool pause_after_passing_error(const Parley__Frame *f, unsigned *errors, uint64_t *pause_until);
+ * all where an answer was due): sets the pause (the server's retry_after_ms, else the
+ * backoff for one more error in a row; at most a minute) and returns true. */
+bool pause_after_passing_error(const Parley__Frame *f, client_pause *z);
 bool same_id(const uint8_t *a, const uint8_t *b);
 const char *server_reason(const Parley__Error *e);
 void emit(parley *p, const parley_event *ev);
 void emit_error(parley *p, int status, const char *reason);
-void emit_state(parley *p, const uint8_t id[PARLEY_ID_LEN], const char *peer, parley_state st,
+void emit_state(parley *p, const uint8_t id[PARLEY_ID_LEN], const char *conversation, parley_state st,
                 uint64_t server_ms, const char *reason);
 void emit_identity_changed(parley *p, const char *phone, uint32_t device, bool was_verified);
 

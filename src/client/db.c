@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <sodium.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +84,18 @@ static const char schema_v4[] =
     "  SELECT c.phone, p.device_id, p.account_id, p.identity_key, p.updated_ms"
     "  FROM peer_identities p JOIN contacts c ON c.account_id = p.account_id WHERE c.phone IS NOT NULL;";
 
+/* v5: conversations. A message belongs to a conversation named as the API names it:
+ * "+E164" for a one-to-one chat (the other party's number, as before: a number that
+ * moves to a new account keeps its chat, as in WhatsApp), "group:" and 32 hex digits
+ * for a group. Messages and the outbox are keyed by it; peer_phone stays the other
+ * party (in a group: the author). Rows from before were all one-to-one. */
+static const char schema_v5[] =
+    "ALTER TABLE messages ADD COLUMN conversation TEXT;"  /* NULL: a sender the server could not name */
+    "UPDATE messages SET conversation = peer_phone WHERE peer_phone IS NOT NULL AND peer_phone <> '';"
+    "DROP INDEX IF EXISTS messages_conversation;"
+    "CREATE INDEX messages_conversation ON messages (conversation, seq);"
+    "ALTER TABLE outbox RENAME COLUMN phone TO conversation;";
+
 static const char schema_v3[] =
     "ALTER TABLE identity ADD COLUMN next_prekey_id INTEGER NOT NULL DEFAULT 1;"
     "ALTER TABLE contacts ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;"
@@ -149,11 +162,37 @@ const char *db_errmsg(const db *d)
 
 /* ---- the statement cache ------------------------------------------------------- */
 
-sqlite3_stmt *db_statement(db *d, int domain, int which, const char *sql)
+/* The slots taken so far, in every handle: a query takes the next on its first use. */
+static atomic_int slots_taken;
+
+sqlite3_stmt *db_q(db *d, db_query *qy)
 {
-    sqlite3_stmt **st = &d->stmts[domain * DB_DOMAIN_QUERIES + which];
+    int slot = atomic_load_explicit(&qy->slot, memory_order_relaxed);
+    if (slot == 0) {
+        /* first use in this process; a handle on another thread may be at it too: the
+         * first to store its number wins, and the other's number stays unused */
+        int mine = atomic_fetch_add_explicit(&slots_taken, 1, memory_order_relaxed) + 1;
+        if (atomic_compare_exchange_strong_explicit(&qy->slot, &slot, mine, memory_order_relaxed,
+                                                    memory_order_relaxed))
+            slot = mine;
+    }
+    size_t i = (size_t)slot - 1;
+    if (i >= d->n_stmts) {
+        size_t n = d->n_stmts ? d->n_stmts : 32;
+        while (n <= i)
+            n *= 2;
+        sqlite3_stmt **grown = realloc(d->stmts, n * sizeof *grown);
+        if (!grown) {
+            snprintf(d->err, sizeof d->err, "out of memory");
+            return NULL;
+        }
+        memset(grown + d->n_stmts, 0, (n - d->n_stmts) * sizeof *grown);
+        d->stmts = grown;
+        d->n_stmts = n;
+    }
+    sqlite3_stmt **st = &d->stmts[i];
     if (!*st) {
-        if (sqlite3_prepare_v3(d->sql, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) != SQLITE_OK) {
+        if (sqlite3_prepare_v3(d->sql, qy->sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) != SQLITE_OK) {
             fail(d, "preparing a query");
             *st = NULL;
             return NULL;
@@ -262,7 +301,10 @@ static int migrate(db *d)
     if (version < 4 && ((rc = exec(d, schema_v4)) != DB_OK ||
                         (rc = exec(d, "UPDATE schema_version SET version = 4")) != DB_OK))
         goto out;
-    /* later versions: if (version < 5) ... */
+    if (version < 5 && ((rc = exec(d, schema_v5)) != DB_OK ||
+                        (rc = exec(d, "UPDATE schema_version SET version = 5")) != DB_OK))
+        goto out;
+    /* later versions: if (version < 6) ... */
     return exec(d, "COMMIT");
 out:
     exec(d, "ROLLBACK");
@@ -319,8 +361,9 @@ void db_close(db *d)
 {
     if (!d)
         return;
-    for (int i = 0; i < DB_STATEMENTS; i++)
+    for (size_t i = 0; i < d->n_stmts; i++)
         sqlite3_finalize(d->stmts[i]);
+    free(d->stmts);
     sqlite3_close(d->sql);
     free(d);
 }
@@ -372,37 +415,12 @@ void db_rollback(db *d)
 
 /* ---- identity -------------------------------------------------------------------- */
 
-/* Cached statements, one per query (the statement cache: db_internal.h). */
-enum {
-    Q_IDENTITY_GET,
-    Q_IDENTITY_CREATE,
-    Q_IDENTITY_KEY,
-    Q_IDENTITY_PENDING,
-    Q_IDENTITY_REGISTERED,
-    Q_COUNT
-};
-_Static_assert(Q_COUNT <= DB_DOMAIN_QUERIES, "too many queries for one domain: raise DB_DOMAIN_QUERIES");
-
-static const char *const query_sql[Q_COUNT] = {
-    [Q_IDENTITY_GET] = "SELECT registration_id, server_url, pending_phone, phone, account_id, device_id"
-                       " FROM identity WHERE id = 1",
-    [Q_IDENTITY_CREATE] = "INSERT INTO identity (id, private_key, registration_id) VALUES (1, ?, ?)",
-    [Q_IDENTITY_KEY] = "SELECT private_key FROM identity WHERE id = 1",
-    [Q_IDENTITY_PENDING] = "UPDATE identity SET server_url = ?, pending_phone = ? WHERE id = 1",
-    [Q_IDENTITY_REGISTERED] = "UPDATE identity SET phone = ?, account_id = ?, device_id = ?,"
-                              " pending_phone = NULL WHERE id = 1",
-};
-
-/* The cached statement for which, reset and ready for binding; NULL on error. */
-static sqlite3_stmt *q(db *d, int which)
-{
-    return db_statement(d, DB_Q_IDENTITY, which, query_sql[which]);
-}
-
 int db_identity_get(db *d, db_identity *out)
 {
+    static db_query get = {"SELECT registration_id, server_url, pending_phone, phone, account_id, device_id"
+                           " FROM identity WHERE id = 1"};
     memset(out, 0, sizeof *out);
-    sqlite3_stmt *st = q(d, Q_IDENTITY_GET);
+    sqlite3_stmt *st = db_q(d, &get);
     if (!st)
         return DB_ERROR;
     int rc = sqlite3_step(st);
@@ -421,7 +439,8 @@ int db_identity_get(db *d, db_identity *out)
 
 int db_identity_create(db *d, const uint8_t priv[DB_KEY_LEN], uint32_t registration_id)
 {
-    sqlite3_stmt *st = q(d, Q_IDENTITY_CREATE);
+    static db_query create = {"INSERT INTO identity (id, private_key, registration_id) VALUES (1, ?, ?)"};
+    sqlite3_stmt *st = db_q(d, &create);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, priv, DB_KEY_LEN, SQLITE_STATIC);
@@ -431,7 +450,8 @@ int db_identity_create(db *d, const uint8_t priv[DB_KEY_LEN], uint32_t registrat
 
 int db_identity_key(db *d, uint8_t priv[DB_KEY_LEN])
 {
-    sqlite3_stmt *st = q(d, Q_IDENTITY_KEY);
+    static db_query key = {"SELECT private_key FROM identity WHERE id = 1"};
+    sqlite3_stmt *st = db_q(d, &key);
     if (!st)
         return DB_ERROR;
     int rc = sqlite3_step(st);
@@ -446,7 +466,8 @@ int db_identity_key(db *d, uint8_t priv[DB_KEY_LEN])
 
 int db_identity_set_pending(db *d, const char *server_url, const char *phone)
 {
-    sqlite3_stmt *st = q(d, Q_IDENTITY_PENDING);
+    static db_query pending = {"UPDATE identity SET server_url = ?, pending_phone = ? WHERE id = 1"};
+    sqlite3_stmt *st = db_q(d, &pending);
     if (!st)
         return DB_ERROR;
     bind_text_or_null(st, 1, server_url);
@@ -456,7 +477,9 @@ int db_identity_set_pending(db *d, const char *server_url, const char *phone)
 
 int db_identity_set_registered(db *d, const char *phone, const uint8_t account[DB_ID_LEN], uint32_t device)
 {
-    sqlite3_stmt *st = q(d, Q_IDENTITY_REGISTERED);
+    static db_query registered = {"UPDATE identity SET phone = ?, account_id = ?, device_id = ?,"
+                                  " pending_phone = NULL WHERE id = 1"};
+    sqlite3_stmt *st = db_q(d, &registered);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_text(st, 1, phone, -1, SQLITE_TRANSIENT);

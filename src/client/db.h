@@ -20,7 +20,8 @@
 #define DB_URL_MAX PARLEY_URL_MAX
 #define DB_MAX_DEVICES 16
 #define DB_KEY_LEN 32
-#define DB_SCHEMA_VERSION 4
+#define DB_CONVERSATION_MAX PARLEY_CONVERSATION_MAX
+#define DB_SCHEMA_VERSION 5
 
 enum { DB_OK = 0, DB_NOT_FOUND = 1, DB_ERROR = -1 };
 
@@ -106,7 +107,8 @@ typedef struct {
     uint8_t id[DB_ID_LEN];
     bool outgoing;
     int kind;                            /* DB_KIND_* (read back; messages are stored as MESSAGE) */
-    char peer_phone[DB_PHONE_MAX + 1];   /* "" when unknown */
+    char conversation[DB_CONVERSATION_MAX + 1]; /* its chat ("+E164" or "group:..."); "" when unknown */
+    char peer_phone[DB_PHONE_MAX + 1];   /* the other party (incoming: the sender); "" when unknown */
     bool has_peer_account;
     uint8_t peer_account[DB_ID_LEN];
     uint32_t from_device;
@@ -125,7 +127,7 @@ int db_outgoing_add(db *d, const db_message *m, const uint8_t *body, size_t body
 
 typedef struct {
     uint8_t id[DB_ID_LEN];
-    char phone[DB_PHONE_MAX + 1];        /* the conversation */
+    char conversation[DB_CONVERSATION_MAX + 1]; /* "+E164" or "group:..." */
     uint8_t *body;                       /* the packed Content */
     size_t body_len;
     uint8_t *sealed;                     /* NULL, or the packed Send with the ciphertexts */
@@ -196,13 +198,13 @@ enum { DB_FILL_DONE, DB_FILL_HAD_TEXT, DB_FILL_ABSENT };
 int db_incoming_fill(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t id[DB_ID_LEN],
                      const char *text, size_t text_len, uint64_t sent_ms, int *result);
 
-/* A notice in the conversation with phone (state READ, never a receipt), to be shown
+/* A notice in the conversation with phone (its one-to-one chat; state READ, never a receipt), to be shown
  * by recv/listen like a message. */
 int db_notice_add(db *d, int kind, const char *phone, const uint8_t account[DB_ID_LEN], uint32_t device,
                   const char *text);
 
-/* Every RECEIVED message from phone becomes READ with a receipt to send. */
-int db_mark_read(db *d, const char *phone, size_t *count);
+/* Every RECEIVED message of the conversation becomes READ with a receipt to send. */
+int db_mark_read(db *d, const char *conversation, size_t *count);
 
 /* Read receipts to send: up to max ids of one author account (the oldest first). */
 int db_receipts_pending(db *d, uint8_t account[DB_ID_LEN], uint8_t (*ids)[DB_ID_LEN], size_t max,
@@ -217,9 +219,9 @@ int db_receipts_sent(db *d, const uint8_t account[DB_ID_LEN], const uint8_t (*id
 /* An outgoing message's state; DB_NOT_FOUND if there is none with this id. */
 int db_message_state(db *d, const uint8_t id[DB_ID_LEN], int *state);
 
-/* The conversation with phone in local order; fn returns false to stop. */
+/* A conversation ("+E164" or "group:...") in local order; fn returns false to stop. */
 typedef bool (*db_message_fn)(void *ctx, const db_message *m);
-int db_history(db *d, const char *phone, db_message_fn fn, void *ctx);
+int db_history(db *d, const char *conversation, db_message_fn fn, void *ctx);
 
 /* Incoming messages not shown yet, in local order; and marking them shown. */
 int db_unshown(db *d, db_message_fn fn, void *ctx);
@@ -242,7 +244,7 @@ int db_retry_sent(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, cons
 
 typedef struct {
     uint8_t original[DB_ID_LEN];     /* the message a resend replaces */
-    char phone[DB_PHONE_MAX + 1];    /* its conversation */
+    char conversation[DB_CONVERSATION_MAX + 1]; /* its conversation */
     char *text;                      /* malloc'd; the caller frees (and wipes) it */
     size_t text_len;
     uint64_t sent_ms;
@@ -266,7 +268,7 @@ int db_resend_source_get(db *d, const uint8_t id[DB_ID_LEN], const uint8_t accou
 
 /* Queues a resend (new id, body = the Content naming the original) to (account, device)
  * only, and remembers which message it replaces. */
-int db_resend_add(db *d, const uint8_t new_id[DB_ID_LEN], const uint8_t original[DB_ID_LEN], const char *phone,
+int db_resend_add(db *d, const uint8_t new_id[DB_ID_LEN], const uint8_t original[DB_ID_LEN], const char *conversation,
                   const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t *body, size_t body_len);
 
 /* ---- our prekeys -------------------------------------------------------------------- */

@@ -5,38 +5,10 @@
 
 #include "clock.h"
 
-/* Cached statements, one per query (the statement cache: db_internal.h). */
-enum {
-    Q_CONTACT_CLEAR_PHONE,
-    Q_CONTACT_PUT,
-    Q_CONTACT_BY_PHONE,
-    Q_CONTACT_BY_ACCOUNT,
-    Q_CONTACT_VERIFIED,
-    Q_CONTACT_SET_VERIFIED,
-    Q_CONTACT_CLEAR_VERIFIED,
-    Q_COUNT
-};
-_Static_assert(Q_COUNT <= DB_DOMAIN_QUERIES, "too many queries for one domain: raise DB_DOMAIN_QUERIES");
-
-static const char *const query_sql[Q_COUNT] = {
-    [Q_CONTACT_CLEAR_PHONE] = "UPDATE contacts SET phone = NULL WHERE phone = ? AND account_id IS NOT ?",
-    [Q_CONTACT_PUT] = "INSERT INTO contacts (account_id, phone, device_ids, updated_ms) VALUES (?, ?, ?, ?)"
-                      " ON CONFLICT (account_id) DO UPDATE SET phone = coalesce(excluded.phone, phone),"
-                      " device_ids = excluded.device_ids, updated_ms = excluded.updated_ms",
-    [Q_CONTACT_BY_PHONE] = "SELECT account_id, phone, device_ids FROM contacts WHERE phone = ?",
-    [Q_CONTACT_BY_ACCOUNT] = "SELECT account_id, phone, device_ids FROM contacts WHERE account_id = ?",
-    [Q_CONTACT_VERIFIED] = "SELECT verified FROM contacts WHERE account_id = ?",
-    [Q_CONTACT_SET_VERIFIED] = "UPDATE contacts SET verified = ? WHERE account_id = ?",
-    [Q_CONTACT_CLEAR_VERIFIED] = "UPDATE contacts SET verified = 0 WHERE account_id = ? AND verified != 0",
-};
-
-/* The cached statement for which, reset and ready for binding; NULL on error. */
-static sqlite3_stmt *q(db *d, int which)
-{
-    return db_statement(d, DB_Q_CONTACTS, which, query_sql[which]);
-}
-
 /* ---- contacts -------------------------------------------------------------------- */
+
+/* db_contact_put and db_contact_forget_phone */
+static db_query clear_phone = {"UPDATE contacts SET phone = NULL WHERE phone = ? AND account_id IS NOT ?"};
 
 int db_contact_put(db *d, const db_contact *c)
 {
@@ -52,14 +24,17 @@ int db_contact_put(db *d, const db_contact *c)
         return DB_ERROR;
     sqlite3_stmt *st;
     if (c->phone[0]) { /* the number now belongs to this account only */
-        if (!(st = q(d, Q_CONTACT_CLEAR_PHONE)))
+        if (!(st = db_q(d, &clear_phone)))
             goto fail;
         sqlite3_bind_text(st, 1, c->phone, -1, SQLITE_TRANSIENT);
         sqlite3_bind_blob(st, 2, c->account, DB_ID_LEN, SQLITE_TRANSIENT);
         if (run(d, st, "updating a contact") != DB_OK)
             goto fail;
     }
-    if (!(st = q(d, Q_CONTACT_PUT)))
+    static db_query put = {"INSERT INTO contacts (account_id, phone, device_ids, updated_ms) VALUES (?, ?, ?, ?)"
+                           " ON CONFLICT (account_id) DO UPDATE SET phone = coalesce(excluded.phone, phone),"
+                           " device_ids = excluded.device_ids, updated_ms = excluded.updated_ms"};
+    if (!(st = db_q(d, &put)))
         goto fail;
     sqlite3_bind_blob(st, 1, c->account, DB_ID_LEN, SQLITE_TRANSIENT);
     bind_text_or_null(st, 2, c->phone);
@@ -94,7 +69,8 @@ static int contact_row(db *d, sqlite3_stmt *st, db_contact *out)
 
 int db_contact_by_phone(db *d, const char *phone, db_contact *out)
 {
-    sqlite3_stmt *st = q(d, Q_CONTACT_BY_PHONE);
+    static db_query by_phone = {"SELECT account_id, phone, device_ids FROM contacts WHERE phone = ?"};
+    sqlite3_stmt *st = db_q(d, &by_phone);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_text(st, 1, phone, -1, SQLITE_TRANSIENT);
@@ -103,7 +79,8 @@ int db_contact_by_phone(db *d, const char *phone, db_contact *out)
 
 int db_contact_by_account(db *d, const uint8_t account[DB_ID_LEN], db_contact *out)
 {
-    sqlite3_stmt *st = q(d, Q_CONTACT_BY_ACCOUNT);
+    static db_query by_account = {"SELECT account_id, phone, device_ids FROM contacts WHERE account_id = ?"};
+    sqlite3_stmt *st = db_q(d, &by_account);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, account, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -112,7 +89,7 @@ int db_contact_by_account(db *d, const uint8_t account[DB_ID_LEN], db_contact *o
 
 int db_contact_forget_phone(db *d, const char *phone)
 {
-    sqlite3_stmt *st = q(d, Q_CONTACT_CLEAR_PHONE);
+    sqlite3_stmt *st = db_q(d, &clear_phone);
     if (!st)
         return DB_ERROR;
     static const uint8_t none[DB_ID_LEN]; /* no account is all zero: clears every holder */
@@ -126,7 +103,8 @@ int db_contact_forget_phone(db *d, const char *phone)
 int db_contact_verified(db *d, const uint8_t account[DB_ID_LEN], bool *verified)
 {
     *verified = false;
-    sqlite3_stmt *st = q(d, Q_CONTACT_VERIFIED);
+    static db_query get = {"SELECT verified FROM contacts WHERE account_id = ?"};
+    sqlite3_stmt *st = db_q(d, &get);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, account, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -139,7 +117,8 @@ int db_contact_verified(db *d, const uint8_t account[DB_ID_LEN], bool *verified)
 
 int db_contact_set_verified(db *d, const uint8_t account[DB_ID_LEN], bool verified)
 {
-    sqlite3_stmt *st = q(d, Q_CONTACT_SET_VERIFIED);
+    static db_query set = {"UPDATE contacts SET verified = ? WHERE account_id = ?"};
+    sqlite3_stmt *st = db_q(d, &set);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_int(st, 1, verified);
@@ -152,7 +131,8 @@ int db_contact_set_verified(db *d, const uint8_t account[DB_ID_LEN], bool verifi
 /* A changed identity key clears the mark (db_peer_identity_put in db_signal.c). */
 int contact_clear_verified(db *d, const uint8_t account[DB_ID_LEN], bool *was)
 {
-    sqlite3_stmt *st = q(d, Q_CONTACT_CLEAR_VERIFIED);
+    static db_query clear = {"UPDATE contacts SET verified = 0 WHERE account_id = ? AND verified != 0"};
+    sqlite3_stmt *st = db_q(d, &clear);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, account, DB_ID_LEN, SQLITE_TRANSIENT);

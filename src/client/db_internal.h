@@ -11,19 +11,16 @@
  *   db_outbox.c    the outbox, RETRY receipts we send, resends and their recipients
  *   db_signal.c    the Signal state: our prekeys, sessions, the identity keys seen
  *
- * Statements: each file keeps its own queries next to the code that runs them, an enum
- * of ids from 0 (Q_..., then Q_COUNT) and a table of SQL by id, and reaches them through
- * a q() of its own that names its domain:
+ * Statements: each query is written in the function that runs it (or, shared by two,
+ * right above the first of them), as a static db_query, and reached through db_q():
  *
- *     static sqlite3_stmt *q(db *d, int which)
- *     {
- *         return db_statement(d, DB_Q_CONTACTS, which, query_sql[which]);
- *     }
+ *     static db_query get = {"SELECT verified FROM contacts WHERE account_id = ?"};
+ *     sqlite3_stmt *st = db_q(d, &get);
  *
- * The handle keeps one flat array of statements: a domain's start at domain *
- * DB_DOMAIN_QUERIES (each file checks that its Q_COUNT fits). A statement is prepared
- * on first use (SQLITE_PREPARE_PERSISTENT), kept for the handle's life and finalized by
- * db_close. */
+ * A query takes a slot on first use, process-wide (the same slot in every handle); a
+ * handle keeps a growable array of statements by slot. A statement is prepared on first
+ * use on that handle (SQLITE_PREPARE_PERSISTENT), kept for the handle's life and
+ * finalized by db_close. */
 #ifndef PARLEY_CLIENT_DB_INTERNAL_H
 #define PARLEY_CLIENT_DB_INTERNAL_H
 
@@ -37,23 +34,26 @@
 
 #include "db.h"
 
-/* The domains of the statement cache, one a file. */
-enum db_domain { DB_Q_IDENTITY, DB_Q_CONTACTS, DB_Q_MESSAGES, DB_Q_OUTBOX, DB_Q_SIGNAL, DB_Q_DOMAINS };
-
-#define DB_DOMAIN_QUERIES 32 /* statement slots a domain has */
-#define DB_STATEMENTS (DB_Q_DOMAINS * DB_DOMAIN_QUERIES)
+/* A query: its SQL, and its slot in every handle's statement cache (0 until its first
+ * use, then the slot + 1; assigned once, process-wide, by db_q). Declare it static with
+ * the SQL only, as above. */
+typedef struct {
+    const char *sql;
+    _Atomic int slot;
+} db_query;
 
 struct db {
     sqlite3 *sql;
-    sqlite3_stmt *stmts[DB_STATEMENTS];
-    int depth;          /* db_begin nesting */
-    bool doomed;        /* an inner part failed: the outermost commit rolls back */
+    sqlite3_stmt **stmts; /* by slot; NULL: not prepared on this handle yet */
+    size_t n_stmts;
+    int depth;            /* db_begin nesting */
+    bool doomed;          /* an inner part failed: the outermost commit rolls back */
     char err[256];
 };
 
-/* The cached statement which of domain (sql its text), reset and ready for binding;
- * NULL on error (db_errmsg says why). In db.c. */
-sqlite3_stmt *db_statement(db *d, int domain, int which, const char *sql);
+/* The cached statement for qy on d, reset and ready for binding; NULL on error (db_errmsg
+ * says why). In db.c. */
+sqlite3_stmt *db_q(db *d, db_query *qy);
 
 static inline int fail(db *d, const char *what)
 {
@@ -145,7 +145,24 @@ static inline int exists_row(db *d, sqlite3_stmt *st, const char *what)
     return rc == SQLITE_ROW ? DB_OK : rc == SQLITE_DONE ? DB_NOT_FOUND : fail(d, what);
 }
 
-/* Steps a "SELECT count(*)" statement (st as q() gave it: NULL is an error already
+/* Steps a statement whose rows give an id in column 0 into ids (at most max; a row
+ * without a valid id is skipped), counting them in *n: DB_OK, or DB_ERROR with *n = 0. */
+static inline int id_rows(db *d, sqlite3_stmt *st, uint8_t (*ids)[DB_ID_LEN], size_t max, size_t *n,
+                          const char *what)
+{
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && *n < max)
+        if (copy_blob(ids[*n], DB_ID_LEN, st, 0))
+            (*n)++;
+    done(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        *n = 0;
+        return fail(d, what);
+    }
+    return DB_OK;
+}
+
+/* Steps a "SELECT count(*)" statement (st as db_q() gave it: NULL is an error already
  * reported) into *n. */
 static inline int count_query(db *d, sqlite3_stmt *st, size_t *n)
 {
@@ -163,7 +180,7 @@ static inline int count_query(db *d, sqlite3_stmt *st, size_t *n)
 
 /* db_outbox.c: queues the outbox entry of a new outgoing message (db_outgoing_add), and
  * drops the entry of id once its message has left PENDING. */
-int outbox_add(db *d, const uint8_t id[DB_ID_LEN], const char *phone, const uint8_t *body, size_t body_len);
+int outbox_add(db *d, const uint8_t id[DB_ID_LEN], const char *conversation, const uint8_t *body, size_t body_len);
 int outbox_delete(db *d, const uint8_t id[DB_ID_LEN]);
 
 /* db_contacts.c: clears account's verified mark (a changed identity key); *was becomes

@@ -11,95 +11,15 @@
 
 enum { DIR_IN = 0, DIR_OUT = 1 };
 
-/* Cached statements, one per query (the statement cache: db_internal.h). */
-enum {
-    Q_MESSAGE_ADD,
-    Q_OUT_SENT,
-    Q_OUT_SENT_LATE,
-    Q_OUT_FAILED,
-    Q_OUT_ADVANCE,
-    Q_OUT_READ_UP_TO_IDS,
-    Q_OUT_READ_UP_TO,
-    Q_MARK_READ,
-    Q_RECEIPTS_ACCOUNT,
-    Q_RECEIPTS_IDS,
-    Q_RECEIPTS_COUNT,
-    Q_RECEIPT_SENT,
-    Q_MESSAGE_STATE,
-    Q_HISTORY,
-    Q_UNSHOWN,
-    Q_MARK_SHOWN,
-    Q_INCOMING_SEEN,
-    Q_INCOMING_EXISTS,
-    Q_ABSORB,
-    Q_FILL,
-    Q_NOTICE_ADD,
-    Q_COUNT
-};
-_Static_assert(Q_COUNT <= DB_DOMAIN_QUERIES, "too many queries for one domain: raise DB_DOMAIN_QUERIES");
-
-static const char *const query_sql[Q_COUNT] = {
-    [Q_MESSAGE_ADD] = "INSERT OR IGNORE INTO messages (id, direction, peer_phone, peer_account, from_device,"
-                      " text, problem, sent_ms, server_time_ms, state, created_ms, shown)"
-                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?2)", /* incoming: not shown yet */
-    [Q_OUT_SENT] = "UPDATE messages SET state = 2, server_time_ms = ?, peer_account = ?"
-                   " WHERE direction = 1 AND id = ? AND state = 1",
-    /* the ack of a message a receipt already moved on: record the time all the same */
-    [Q_OUT_SENT_LATE] = "UPDATE messages SET server_time_ms = ?, peer_account = ?"
-                        " WHERE direction = 1 AND id = ? AND state > 2 AND server_time_ms = 0",
-    [Q_OUT_FAILED] = "UPDATE messages SET state = 0, problem = ? WHERE direction = 1 AND id = ? AND state = 1",
-    /* forward only, never from failed (0). A pending message (1) may move too: the
-     * server had it (we lost its ack), and it has no account yet, so the receipt's
-     * sender must be the contact its number belongs to */
-    [Q_OUT_ADVANCE] = "UPDATE messages SET state = ?1 WHERE direction = 1 AND id = ?2"
-                      " AND state >= 1 AND state < ?1 AND (peer_account = ?3 OR (peer_account IS NULL"
-                      " AND peer_phone = (SELECT phone FROM contacts WHERE account_id = ?3)))",
-    [Q_OUT_READ_UP_TO_IDS] = "SELECT id FROM messages WHERE direction = 1 AND peer_account = ?"
-                             " AND server_time_ms <= ? AND state IN (2, 3) ORDER BY seq",
-    [Q_OUT_READ_UP_TO] = "UPDATE messages SET state = 4 WHERE direction = 1 AND peer_account = ?"
-                         " AND server_time_ms <= ? AND state IN (2, 3)",
-    [Q_MARK_READ] = "UPDATE messages SET state = 4, read_receipt_sent = 0"
-                    " WHERE direction = 0 AND peer_phone = ? AND state = 5",
-    [Q_RECEIPTS_ACCOUNT] = "SELECT peer_account FROM messages WHERE direction = 0 AND state = 4"
-                           " AND read_receipt_sent = 0 AND peer_account IS NOT NULL ORDER BY seq LIMIT 1",
-    [Q_RECEIPTS_IDS] = "SELECT id FROM messages WHERE direction = 0 AND state = 4 AND read_receipt_sent = 0"
-                       " AND peer_account = ? ORDER BY seq LIMIT ?",
-    [Q_RECEIPTS_COUNT] = "SELECT (SELECT count(*) FROM messages WHERE direction = 0 AND state = 4"
-                         " AND read_receipt_sent = 0 AND peer_account IS NOT NULL)"
-                         " + (SELECT count(*) FROM retry_receipts WHERE sent = 0)",
-    [Q_RECEIPT_SENT] = "UPDATE messages SET read_receipt_sent = 1"
-                       " WHERE direction = 0 AND peer_account = ? AND id = ? AND state = 4",
-    [Q_MESSAGE_STATE] = "SELECT state FROM messages WHERE direction = 1 AND id = ?",
-    [Q_HISTORY] = "SELECT id, direction, peer_phone, peer_account, from_device, text, problem, sent_ms,"
-                  " server_time_ms, state, seq, kind FROM messages WHERE peer_phone = ? ORDER BY seq",
-    [Q_UNSHOWN] = "SELECT id, direction, peer_phone, peer_account, from_device, text, problem, sent_ms,"
-                  " server_time_ms, state, seq, kind FROM messages WHERE direction = 0 AND shown = 0 ORDER BY seq",
-    [Q_MARK_SHOWN] = "UPDATE messages SET shown = 1 WHERE direction = 0 AND shown = 0 AND seq <= ?",
-    [Q_INCOMING_SEEN] = "SELECT 1 FROM messages WHERE direction = 0 AND peer_account = ?1 AND from_device = ?2"
-                        " AND id = ?3 UNION ALL SELECT 1 FROM absorbed WHERE account_id = ?1 AND device_id = ?2"
-                        " AND message_id = ?3 LIMIT 1",
-    [Q_INCOMING_EXISTS] = "SELECT 1 FROM messages WHERE direction = 0 AND peer_account = ? AND from_device = ?"
-                          " AND id = ?",
-    [Q_ABSORB] = "INSERT OR IGNORE INTO absorbed (account_id, device_id, message_id, created_ms) VALUES (?, ?, ?, ?)",
-    [Q_FILL] = "UPDATE messages SET text = ?4, problem = NULL, sent_ms = ?5, shown = 0 WHERE direction = 0"
-               " AND kind = 0 AND peer_account = ?1 AND from_device = ?2 AND id = ?3 AND text IS NULL",
-    /* a notice: state read with its receipt "sent", so no receipt ever names it */
-    [Q_NOTICE_ADD] = "INSERT INTO messages (id, direction, kind, peer_phone, peer_account, from_device, text,"
-                     " state, read_receipt_sent, server_time_ms, created_ms, shown)"
-                     " VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, 4, 1, ?7, ?7, 0)",
-};
-
-/* The cached statement for which, reset and ready for binding; NULL on error. */
-static sqlite3_stmt *q(db *d, int which)
-{
-    return db_statement(d, DB_Q_MESSAGES, which, query_sql[which]);
-}
-
 /* ---- messages -------------------------------------------------------------------- */
 
 static int message_insert(db *d, const db_message *m, int state, bool *inserted)
 {
-    sqlite3_stmt *st = q(d, Q_MESSAGE_ADD);
+    static db_query add = {
+        "INSERT OR IGNORE INTO messages (id, direction, peer_phone, peer_account, from_device,"
+        " text, problem, sent_ms, server_time_ms, state, created_ms, shown, conversation)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?2, ?12)"}; /* incoming: not shown yet */
+    sqlite3_stmt *st = db_q(d, &add);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, m->id, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -119,6 +39,7 @@ static int message_insert(db *d, const db_message *m, int state, bool *inserted)
     sqlite3_bind_int64(st, 9, (sqlite3_int64)m->server_time_ms);
     sqlite3_bind_int(st, 10, state);
     sqlite3_bind_int64(st, 11, (sqlite3_int64)clock_wall_ms());
+    bind_text_or_null(st, 12, m->conversation);
     int rc = run(d, st, "storing a message");
     if (rc == DB_OK)
         *inserted = sqlite3_changes(d->sql) > 0;
@@ -136,7 +57,7 @@ int db_outgoing_add(db *d, const db_message *m, const uint8_t *body, size_t body
         snprintf(d->err, sizeof d->err, "a message with this id exists");
         goto fail;
     }
-    if (outbox_add(d, m->id, m->peer_phone, body, body_len) != DB_OK)
+    if (outbox_add(d, m->id, m->conversation, body, body_len) != DB_OK)
         goto fail;
     return db_commit(d);
 fail:
@@ -151,9 +72,14 @@ int db_outgoing_sent(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[D
     if (db_begin(d) != DB_OK)
         return DB_ERROR;
     /* pending -> sent; or, if a receipt moved it on already, only the time */
-    const int queries[] = {Q_OUT_SENT, Q_OUT_SENT_LATE};
+    static db_query sent = {"UPDATE messages SET state = 2, server_time_ms = ?, peer_account = ?"
+                            " WHERE direction = 1 AND id = ? AND state = 1"};
+    /* the ack of a message a receipt already moved on: record the time all the same */
+    static db_query sent_late = {"UPDATE messages SET server_time_ms = ?, peer_account = ?"
+                                 " WHERE direction = 1 AND id = ? AND state > 2 AND server_time_ms = 0"};
+    db_query *const queries[] = {&sent, &sent_late};
     for (size_t i = 0; i < 2 && !*changed; i++) {
-        sqlite3_stmt *st = q(d, queries[i]);
+        sqlite3_stmt *st = db_q(d, queries[i]);
         if (!st)
             goto fail;
         sqlite3_bind_int64(st, 1, (sqlite3_int64)server_time_ms);
@@ -177,7 +103,9 @@ int db_outgoing_failed(db *d, const uint8_t id[DB_ID_LEN], const char *reason, b
     *changed = false;
     if (db_begin(d) != DB_OK)
         return DB_ERROR;
-    sqlite3_stmt *st = q(d, Q_OUT_FAILED);
+    static db_query failed = {
+        "UPDATE messages SET state = 0, problem = ? WHERE direction = 1 AND id = ? AND state = 1"};
+    sqlite3_stmt *st = db_q(d, &failed);
     if (!st)
         goto fail;
     bind_text_or_null(st, 1, reason);
@@ -204,7 +132,13 @@ int db_outgoing_advance(db *d, const uint8_t id[DB_ID_LEN], const uint8_t peer_a
     }
     if (db_begin(d) != DB_OK)
         return DB_ERROR;
-    sqlite3_stmt *st = q(d, Q_OUT_ADVANCE);
+    /* forward only, never from failed (0). A pending message (1) may move too: the
+     * server had it (we lost its ack), and it has no account yet, so the receipt's
+     * sender must be the contact its number belongs to */
+    static db_query advance = {"UPDATE messages SET state = ?1 WHERE direction = 1 AND id = ?2"
+                               " AND state >= 1 AND state < ?1 AND (peer_account = ?3 OR (peer_account IS NULL"
+                               " AND peer_phone = (SELECT phone FROM contacts WHERE account_id = ?3)))"};
+    sqlite3_stmt *st = db_q(d, &advance);
     if (!st)
         goto fail;
     sqlite3_bind_int(st, 1, state);
@@ -230,7 +164,9 @@ int db_outgoing_read_up_to(db *d, const uint8_t peer_account[DB_ID_LEN], uint64_
     size_t cap = 0;
     if (db_begin(d) != DB_OK)
         return DB_ERROR;
-    sqlite3_stmt *st = q(d, Q_OUT_READ_UP_TO_IDS);
+    static db_query unread_ids = {"SELECT id FROM messages WHERE direction = 1 AND peer_account = ?"
+                                  " AND server_time_ms <= ? AND state IN (2, 3) ORDER BY seq"};
+    sqlite3_stmt *st = db_q(d, &unread_ids);
     if (!st)
         goto fail;
     sqlite3_bind_blob(st, 1, peer_account, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -256,7 +192,9 @@ int db_outgoing_read_up_to(db *d, const uint8_t peer_account[DB_ID_LEN], uint64_
         fail(d, "reading messages");
         goto fail;
     }
-    if (!(st = q(d, Q_OUT_READ_UP_TO)))
+    static db_query mark_read = {"UPDATE messages SET state = 4 WHERE direction = 1 AND peer_account = ?"
+                                 " AND server_time_ms <= ? AND state IN (2, 3)"};
+    if (!(st = db_q(d, &mark_read)))
         goto fail;
     sqlite3_bind_blob(st, 1, peer_account, DB_ID_LEN, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, (sqlite3_int64)(up_to_ms > INT64_MAX ? INT64_MAX : up_to_ms));
@@ -282,13 +220,15 @@ int db_incoming_add(db *d, const db_message *m, bool *inserted)
     return message_insert(d, m, PARLEY_STATE_RECEIVED, inserted);
 }
 
-int db_mark_read(db *d, const char *phone, size_t *count)
+int db_mark_read(db *d, const char *conversation, size_t *count)
 {
     *count = 0;
-    sqlite3_stmt *st = q(d, Q_MARK_READ);
+    static db_query mark = {"UPDATE messages SET state = 4, read_receipt_sent = 0"
+                            " WHERE direction = 0 AND conversation = ? AND state = 5"};
+    sqlite3_stmt *st = db_q(d, &mark);
     if (!st)
         return DB_ERROR;
-    sqlite3_bind_text(st, 1, phone, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 1, conversation, -1, SQLITE_TRANSIENT);
     int rc = run(d, st, "marking messages read");
     if (rc == DB_OK)
         *count = (size_t)sqlite3_changes(d->sql);
@@ -298,7 +238,9 @@ int db_mark_read(db *d, const char *phone, size_t *count)
 int db_receipts_pending(db *d, uint8_t account[DB_ID_LEN], uint8_t (*ids)[DB_ID_LEN], size_t max, size_t *n)
 {
     *n = 0;
-    sqlite3_stmt *st = q(d, Q_RECEIPTS_ACCOUNT);
+    static db_query next_account = {"SELECT peer_account FROM messages WHERE direction = 0 AND state = 4"
+                                    " AND read_receipt_sent = 0 AND peer_account IS NOT NULL ORDER BY seq LIMIT 1"};
+    sqlite3_stmt *st = db_q(d, &next_account);
     if (!st)
         return DB_ERROR;
     int rc = sqlite3_step(st);
@@ -308,24 +250,21 @@ int db_receipts_pending(db *d, uint8_t account[DB_ID_LEN], uint8_t (*ids)[DB_ID_
         return rc == SQLITE_DONE ? DB_OK : fail(d, "reading receipts");
     if (!found)
         return DB_OK;
-    if (!(st = q(d, Q_RECEIPTS_IDS)))
+    static db_query pending_ids = {"SELECT id FROM messages WHERE direction = 0 AND state = 4 AND read_receipt_sent = 0"
+                                   " AND peer_account = ? ORDER BY seq LIMIT ?"};
+    if (!(st = db_q(d, &pending_ids)))
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, account, DB_ID_LEN, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW && *n < max)
-        if (copy_blob(ids[*n], DB_ID_LEN, st, 0))
-            (*n)++;
-    done(st);
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
-        *n = 0;
-        return fail(d, "reading receipts");
-    }
-    return DB_OK;
+    return id_rows(d, st, ids, max, n, "reading receipts");
 }
 
 int db_receipts_pending_count(db *d, size_t *n)
 {
-    return count_query(d, q(d, Q_RECEIPTS_COUNT), n);
+    static db_query count = {"SELECT (SELECT count(*) FROM messages WHERE direction = 0 AND state = 4"
+                             " AND read_receipt_sent = 0 AND peer_account IS NOT NULL)"
+                             " + (SELECT count(*) FROM retry_receipts WHERE sent = 0)"};
+    return count_query(d, db_q(d, &count), n);
 }
 
 int db_receipts_sent(db *d, const uint8_t account[DB_ID_LEN], const uint8_t (*ids)[DB_ID_LEN], size_t n)
@@ -333,7 +272,9 @@ int db_receipts_sent(db *d, const uint8_t account[DB_ID_LEN], const uint8_t (*id
     if (db_begin(d) != DB_OK)
         return DB_ERROR;
     for (size_t i = 0; i < n; i++) {
-        sqlite3_stmt *st = q(d, Q_RECEIPT_SENT);
+        static db_query sent = {"UPDATE messages SET read_receipt_sent = 1"
+                                " WHERE direction = 0 AND peer_account = ? AND id = ? AND state = 4"};
+        sqlite3_stmt *st = db_q(d, &sent);
         if (!st)
             goto fail;
         sqlite3_bind_blob(st, 1, account, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -349,7 +290,8 @@ fail:
 
 int db_message_state(db *d, const uint8_t id[DB_ID_LEN], int *state)
 {
-    sqlite3_stmt *st = q(d, Q_MESSAGE_STATE);
+    static db_query get = {"SELECT state FROM messages WHERE direction = 1 AND id = ?"};
+    sqlite3_stmt *st = db_q(d, &get);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -362,7 +304,7 @@ int db_message_state(db *d, const uint8_t id[DB_ID_LEN], int *state)
     return rc == SQLITE_DONE ? DB_NOT_FOUND : fail(d, "reading a message");
 }
 
-/* Walks the rows of a message query (the columns of Q_HISTORY). */
+/* Walks the rows of a message query (the columns of db_history's query). */
 static int each_message(db *d, sqlite3_stmt *st, db_message_fn fn, void *ctx, const char *what)
 {
     int rc;
@@ -382,6 +324,7 @@ static int each_message(db *d, sqlite3_stmt *st, db_message_fn fn, void *ctx, co
         m.state = sqlite3_column_int(st, 9);
         m.local_seq = sqlite3_column_int64(st, 10);
         m.kind = sqlite3_column_int(st, 11);
+        copy_text(m.conversation, sizeof m.conversation, st, 12);
         if (!fn(ctx, &m)) {
             rc = SQLITE_DONE;
             break;
@@ -391,24 +334,31 @@ static int each_message(db *d, sqlite3_stmt *st, db_message_fn fn, void *ctx, co
     return rc == SQLITE_DONE ? DB_OK : fail(d, what);
 }
 
-int db_history(db *d, const char *phone, db_message_fn fn, void *ctx)
+int db_history(db *d, const char *conversation, db_message_fn fn, void *ctx)
 {
-    sqlite3_stmt *st = q(d, Q_HISTORY);
+    static db_query history = {
+        "SELECT id, direction, peer_phone, peer_account, from_device, text, problem, sent_ms,"
+        " server_time_ms, state, seq, kind, conversation FROM messages WHERE conversation = ? ORDER BY seq"};
+    sqlite3_stmt *st = db_q(d, &history);
     if (!st)
         return DB_ERROR;
-    sqlite3_bind_text(st, 1, phone, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 1, conversation, -1, SQLITE_TRANSIENT);
     return each_message(d, st, fn, ctx, "reading the conversation");
 }
 
 int db_unshown(db *d, db_message_fn fn, void *ctx)
 {
-    sqlite3_stmt *st = q(d, Q_UNSHOWN);
+    static db_query unshown = {
+        "SELECT id, direction, peer_phone, peer_account, from_device, text, problem, sent_ms,"
+        " server_time_ms, state, seq, kind, conversation FROM messages WHERE direction = 0 AND shown = 0 ORDER BY seq"};
+    sqlite3_stmt *st = db_q(d, &unshown);
     return st ? each_message(d, st, fn, ctx, "reading the messages not shown yet") : DB_ERROR;
 }
 
 int db_mark_shown(db *d, int64_t up_to_seq)
 {
-    sqlite3_stmt *st = q(d, Q_MARK_SHOWN);
+    static db_query mark = {"UPDATE messages SET shown = 1 WHERE direction = 0 AND shown = 0 AND seq <= ?"};
+    sqlite3_stmt *st = db_q(d, &mark);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_int64(st, 1, up_to_seq);
@@ -421,7 +371,10 @@ int db_incoming_seen(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, c
                      bool *seen)
 {
     *seen = false;
-    sqlite3_stmt *st = q(d, Q_INCOMING_SEEN);
+    static db_query lookup = {"SELECT 1 FROM messages WHERE direction = 0 AND peer_account = ?1 AND from_device = ?2"
+                              " AND id = ?3 UNION ALL SELECT 1 FROM absorbed WHERE account_id = ?1 AND device_id = ?2"
+                              " AND message_id = ?3 LIMIT 1"};
+    sqlite3_stmt *st = db_q(d, &lookup);
     if (!st)
         return DB_ERROR;
     bind_key3(st, account, device, id);
@@ -432,7 +385,9 @@ int db_incoming_seen(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, c
 
 int db_incoming_absorb(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t id[DB_ID_LEN])
 {
-    sqlite3_stmt *st = q(d, Q_ABSORB);
+    static db_query absorb = {
+        "INSERT OR IGNORE INTO absorbed (account_id, device_id, message_id, created_ms) VALUES (?, ?, ?, ?)"};
+    sqlite3_stmt *st = db_q(d, &absorb);
     if (!st)
         return DB_ERROR;
     bind_key3(st, account, device, id);
@@ -444,7 +399,9 @@ int db_incoming_fill(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, c
                      const char *text, size_t text_len, uint64_t sent_ms, int *result)
 {
     *result = DB_FILL_ABSENT;
-    sqlite3_stmt *st = q(d, Q_FILL);
+    static db_query fill = {"UPDATE messages SET text = ?4, problem = NULL, sent_ms = ?5, shown = 0 WHERE direction = 0"
+                            " AND kind = 0 AND peer_account = ?1 AND from_device = ?2 AND id = ?3 AND text IS NULL"};
+    sqlite3_stmt *st = db_q(d, &fill);
     if (!st)
         return DB_ERROR;
     bind_key3(st, account, device, id);
@@ -456,7 +413,9 @@ int db_incoming_fill(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, c
         *result = DB_FILL_DONE;
         return DB_OK;
     }
-    if (!(st = q(d, Q_INCOMING_EXISTS)))
+    static db_query exists = {"SELECT 1 FROM messages WHERE direction = 0 AND peer_account = ? AND from_device = ?"
+                              " AND id = ?"};
+    if (!(st = db_q(d, &exists)))
         return DB_ERROR;
     bind_key3(st, account, device, id);
     int rc = exists_row(d, st, "reading a message");
@@ -468,7 +427,11 @@ int db_incoming_fill(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, c
 int db_notice_add(db *d, int kind, const char *phone, const uint8_t account[DB_ID_LEN], uint32_t device,
                   const char *text)
 {
-    sqlite3_stmt *st = q(d, Q_NOTICE_ADD);
+    /* a notice: state read with its receipt "sent", so no receipt ever names it */
+    static db_query add = {"INSERT INTO messages (id, direction, kind, peer_phone, conversation, peer_account,"
+                           " from_device, text, state, read_receipt_sent, server_time_ms, created_ms, shown)"
+                           " VALUES (?1, 0, ?2, ?3, ?3, ?4, ?5, ?6, 4, 1, ?7, ?7, 0)"};
+    sqlite3_stmt *st = db_q(d, &add);
     if (!st)
         return DB_ERROR;
     uint8_t id[DB_ID_LEN];

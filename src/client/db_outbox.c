@@ -7,81 +7,17 @@
 
 #include "clock.h"
 
-/* Cached statements, one per query (the statement cache: db_internal.h). */
-enum {
-    Q_OUTBOX_ADD,
-    Q_OUTBOX_LOAD,
-    Q_OUTBOX_COUNT,
-    Q_OUTBOX_DELETE,
-    Q_OUTBOX_SEALED,
-    Q_OUTBOX_SEAL,
-    Q_OUTBOX_UNSEAL,
-    Q_RETRY_ADD,
-    Q_RETRY_TARGET,
-    Q_RETRY_IDS,
-    Q_RETRY_SENT,
-    Q_RECIPIENT_ADD,
-    Q_RECIPIENT_IDENTITY,
-    Q_RESEND_IDENTITY,
-    Q_RESEND_MAPPED,
-    Q_RESEND_DIRECT,
-    Q_RESEND_COUNT,
-    Q_RESEND_ADD,
-    Q_OUTBOX_ADD_RESEND,
-    Q_COUNT
-};
-_Static_assert(Q_COUNT <= DB_DOMAIN_QUERIES, "too many queries for one domain: raise DB_DOMAIN_QUERIES");
-
-static const char *const query_sql[Q_COUNT] = {
-    [Q_OUTBOX_ADD] = "INSERT INTO outbox (message_id, phone, body, created_ms) VALUES (?, ?, ?, ?)",
-    [Q_OUTBOX_LOAD] = "SELECT message_id, phone, body, sealed, mismatches, resend_account, resend_device"
-                      " FROM outbox ORDER BY seq LIMIT ?",
-    [Q_OUTBOX_COUNT] = "SELECT count(*) FROM outbox",
-    [Q_OUTBOX_DELETE] = "DELETE FROM outbox WHERE message_id = ?",
-    [Q_OUTBOX_SEALED] = "SELECT sealed FROM outbox WHERE message_id = ? AND sealed IS NOT NULL",
-    [Q_OUTBOX_SEAL] = "UPDATE outbox SET sealed = ? WHERE message_id = ?",
-    [Q_OUTBOX_UNSEAL] = "UPDATE outbox SET sealed = NULL, mismatches = mismatches + 1 WHERE message_id = ?"
-                        " RETURNING mismatches",
-    [Q_RETRY_ADD] = "INSERT OR IGNORE INTO retry_receipts (account_id, device_id, message_id, created_ms)"
-                    " VALUES (?, ?, ?, ?)",
-    [Q_RETRY_TARGET] = "SELECT account_id, device_id FROM retry_receipts WHERE sent = 0 ORDER BY created_ms LIMIT 1",
-    [Q_RETRY_IDS] = "SELECT message_id FROM retry_receipts WHERE sent = 0 AND account_id = ? AND device_id = ?"
-                    " ORDER BY created_ms LIMIT ?",
-    [Q_RETRY_SENT] = "UPDATE retry_receipts SET sent = 1 WHERE account_id = ? AND device_id = ? AND message_id = ?",
-    [Q_RECIPIENT_ADD] = "INSERT OR REPLACE INTO recipients (message_id, account_id, device_id, identity_key)"
-                        " VALUES (?, ?, ?, ?)",
-    [Q_RECIPIENT_IDENTITY] = "SELECT identity_key FROM recipients WHERE message_id = ? AND account_id = ?"
-                             " AND device_id = ?",
-    [Q_RESEND_IDENTITY] = "SELECT r.identity_key FROM resends s JOIN recipients r ON r.message_id = s.original_id"
-                          " AND r.account_id = s.account_id AND r.device_id = s.device_id WHERE s.new_id = ?",
-    [Q_RESEND_MAPPED] = "SELECT original_id FROM resends WHERE new_id = ? AND account_id = ? AND device_id = ?",
-    /* a message of ours sealed for that very device (not merely for its account: a device
-     * added since must not obtain older messages by asking) */
-    [Q_RESEND_DIRECT] = "SELECT id, peer_phone, text, sent_ms FROM messages WHERE direction = 1 AND kind = 0"
-                        " AND id = ?1 AND text IS NOT NULL AND EXISTS (SELECT 1 FROM recipients"
-                        " WHERE message_id = ?1 AND account_id = ?2 AND device_id = ?3)",
-    [Q_RESEND_COUNT] = "SELECT count(*) FROM resends WHERE original_id = ? AND account_id = ? AND device_id = ?",
-    [Q_RESEND_ADD] = "INSERT INTO resends (new_id, original_id, account_id, device_id, created_ms) VALUES (?, ?, ?, ?, ?)",
-    [Q_OUTBOX_ADD_RESEND] = "INSERT INTO outbox (message_id, phone, body, created_ms, resend_account, resend_device)"
-                            " VALUES (?, ?, ?, ?, ?, ?)",
-};
-
-/* The cached statement for which, reset and ready for binding; NULL on error. */
-static sqlite3_stmt *q(db *d, int which)
-{
-    return db_statement(d, DB_Q_OUTBOX, which, query_sql[which]);
-}
-
 /* ---- the outbox ---------------------------------------------------------------- */
 
 /* The entry of a new outgoing message (db_outgoing_add in db_messages.c). */
-int outbox_add(db *d, const uint8_t id[DB_ID_LEN], const char *phone, const uint8_t *body, size_t body_len)
+int outbox_add(db *d, const uint8_t id[DB_ID_LEN], const char *conversation, const uint8_t *body, size_t body_len)
 {
-    sqlite3_stmt *st = q(d, Q_OUTBOX_ADD);
+    static db_query add = {"INSERT INTO outbox (message_id, conversation, body, created_ms) VALUES (?, ?, ?, ?)"};
+    sqlite3_stmt *st = db_q(d, &add);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 2, phone, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, conversation, -1, SQLITE_TRANSIENT);
     sqlite3_bind_blob(st, 3, body, (int)body_len, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 4, (sqlite3_int64)clock_wall_ms());
     return run(d, st, "queueing a message");
@@ -90,7 +26,9 @@ int outbox_add(db *d, const uint8_t id[DB_ID_LEN], const char *phone, const uint
 int db_outbox_load(db *d, db_outbox_entry *out, size_t max, size_t *n)
 {
     *n = 0;
-    sqlite3_stmt *st = q(d, Q_OUTBOX_LOAD);
+    static db_query load = {"SELECT message_id, conversation, body, sealed, mismatches, resend_account, resend_device"
+                            " FROM outbox ORDER BY seq LIMIT ?"};
+    sqlite3_stmt *st = db_q(d, &load);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)max);
@@ -100,7 +38,7 @@ int db_outbox_load(db *d, db_outbox_entry *out, size_t max, size_t *n)
         memset(e, 0, sizeof *e);
         if (!copy_blob(e->id, DB_ID_LEN, st, 0))
             continue; /* cannot happen: the schema checks the length */
-        copy_text(e->phone, sizeof e->phone, st, 1);
+        copy_text(e->conversation, sizeof e->conversation, st, 1);
         db_blob body = {0}, sealed = {0};
         if (dup_blob(&body, st, 2) != DB_OK ||
             (sqlite3_column_type(st, 3) == SQLITE_BLOB && dup_blob(&sealed, st, 3) != DB_OK)) {
@@ -141,13 +79,15 @@ void db_outbox_free(db_outbox_entry *e, size_t n)
 
 int db_outbox_count(db *d, size_t *n)
 {
-    return count_query(d, q(d, Q_OUTBOX_COUNT), n);
+    static db_query count = {"SELECT count(*) FROM outbox"};
+    return count_query(d, db_q(d, &count), n);
 }
 
 /* Drops the entry of id, whose message left PENDING (db_outgoing_sent, _failed, _advance). */
 int outbox_delete(db *d, const uint8_t id[DB_ID_LEN])
 {
-    sqlite3_stmt *st = q(d, Q_OUTBOX_DELETE);
+    static db_query drop = {"DELETE FROM outbox WHERE message_id = ?"};
+    sqlite3_stmt *st = db_q(d, &drop);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -158,7 +98,8 @@ int outbox_delete(db *d, const uint8_t id[DB_ID_LEN])
 
 int db_outbox_sealed(db *d, const uint8_t id[DB_ID_LEN], db_blob *out)
 {
-    sqlite3_stmt *st = q(d, Q_OUTBOX_SEALED);
+    static db_query get = {"SELECT sealed FROM outbox WHERE message_id = ? AND sealed IS NOT NULL"};
+    sqlite3_stmt *st = db_q(d, &get);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -167,7 +108,8 @@ int db_outbox_sealed(db *d, const uint8_t id[DB_ID_LEN], db_blob *out)
 
 int db_outbox_seal(db *d, const uint8_t id[DB_ID_LEN], const uint8_t *sealed, size_t len)
 {
-    sqlite3_stmt *st = q(d, Q_OUTBOX_SEAL);
+    static db_query seal = {"UPDATE outbox SET sealed = ? WHERE message_id = ?"};
+    sqlite3_stmt *st = db_q(d, &seal);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, sealed, (int)len, SQLITE_STATIC);
@@ -180,7 +122,9 @@ int db_outbox_seal(db *d, const uint8_t id[DB_ID_LEN], const uint8_t *sealed, si
 int db_outbox_unseal(db *d, const uint8_t id[DB_ID_LEN], uint32_t *count)
 {
     *count = 0;
-    sqlite3_stmt *st = q(d, Q_OUTBOX_UNSEAL);
+    static db_query unseal = {"UPDATE outbox SET sealed = NULL, mismatches = mismatches + 1 WHERE message_id = ?"
+                              " RETURNING mismatches"};
+    sqlite3_stmt *st = db_q(d, &unseal);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -197,7 +141,9 @@ int db_outbox_unseal(db *d, const uint8_t id[DB_ID_LEN], uint32_t *count)
 
 int db_retry_add(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t id[DB_ID_LEN])
 {
-    sqlite3_stmt *st = q(d, Q_RETRY_ADD);
+    static db_query add = {"INSERT OR IGNORE INTO retry_receipts (account_id, device_id, message_id, created_ms)"
+                           " VALUES (?, ?, ?, ?)"};
+    sqlite3_stmt *st = db_q(d, &add);
     if (!st)
         return DB_ERROR;
     bind_key3(st, account, device, id);
@@ -209,7 +155,9 @@ int db_retry_pending(db *d, uint8_t account[DB_ID_LEN], uint32_t *device, uint8_
                      size_t max, size_t *n)
 {
     *n = 0;
-    sqlite3_stmt *st = q(d, Q_RETRY_TARGET);
+    static db_query target = {
+        "SELECT account_id, device_id FROM retry_receipts WHERE sent = 0 ORDER BY created_ms LIMIT 1"};
+    sqlite3_stmt *st = db_q(d, &target);
     if (!st)
         return DB_ERROR;
     int rc = sqlite3_step(st);
@@ -221,20 +169,15 @@ int db_retry_pending(db *d, uint8_t account[DB_ID_LEN], uint32_t *device, uint8_
         return rc == SQLITE_DONE ? DB_OK : fail(d, "reading retry receipts");
     if (!found)
         return DB_OK;
-    if (!(st = q(d, Q_RETRY_IDS)))
+    static db_query pending_ids = {
+        "SELECT message_id FROM retry_receipts WHERE sent = 0 AND account_id = ? AND device_id = ?"
+        " ORDER BY created_ms LIMIT ?"};
+    if (!(st = db_q(d, &pending_ids)))
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, account, DB_ID_LEN, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, *device);
     sqlite3_bind_int64(st, 3, (sqlite3_int64)max);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW && *n < max)
-        if (copy_blob(ids[*n], DB_ID_LEN, st, 0))
-            (*n)++;
-    done(st);
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
-        *n = 0;
-        return fail(d, "reading retry receipts");
-    }
-    return DB_OK;
+    return id_rows(d, st, ids, max, n, "reading retry receipts");
 }
 
 int db_retry_sent(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t (*ids)[DB_ID_LEN],
@@ -243,7 +186,9 @@ int db_retry_sent(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, cons
     if (db_begin(d) != DB_OK)
         return DB_ERROR;
     for (size_t i = 0; i < n; i++) {
-        sqlite3_stmt *st = q(d, Q_RETRY_SENT);
+        static db_query sent = {
+            "UPDATE retry_receipts SET sent = 1 WHERE account_id = ? AND device_id = ? AND message_id = ?"};
+        sqlite3_stmt *st = db_q(d, &sent);
         if (!st)
             goto fail;
         bind_key3(st, account, device, ids[i]);
@@ -261,7 +206,9 @@ fail:
 int db_recipient_add(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[DB_ID_LEN], uint32_t device,
                      const uint8_t identity_key[DB_KEY_LEN])
 {
-    sqlite3_stmt *st = q(d, Q_RECIPIENT_ADD);
+    static db_query add = {"INSERT OR REPLACE INTO recipients (message_id, account_id, device_id, identity_key)"
+                           " VALUES (?, ?, ?, ?)"};
+    sqlite3_stmt *st = db_q(d, &add);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -274,7 +221,9 @@ int db_recipient_add(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[D
 int db_recipient_identity(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[DB_ID_LEN], uint32_t device,
                           uint8_t identity_key[DB_KEY_LEN])
 {
-    sqlite3_stmt *st = q(d, Q_RECIPIENT_IDENTITY);
+    static db_query get = {"SELECT identity_key FROM recipients WHERE message_id = ? AND account_id = ?"
+                           " AND device_id = ?"};
+    sqlite3_stmt *st = db_q(d, &get);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -290,7 +239,9 @@ int db_recipient_identity(db *d, const uint8_t id[DB_ID_LEN], const uint8_t acco
 
 int db_resend_identity(db *d, const uint8_t new_id[DB_ID_LEN], uint8_t identity_key[DB_KEY_LEN])
 {
-    sqlite3_stmt *st = q(d, Q_RESEND_IDENTITY);
+    static db_query get = {"SELECT r.identity_key FROM resends s JOIN recipients r ON r.message_id = s.original_id"
+                           " AND r.account_id = s.account_id AND r.device_id = s.device_id WHERE s.new_id = ?"};
+    sqlite3_stmt *st = db_q(d, &get);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, new_id, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -309,7 +260,8 @@ int db_resend_source_get(db *d, const uint8_t id[DB_ID_LEN], const uint8_t accou
     uint8_t original[DB_ID_LEN];
     memcpy(original, id, DB_ID_LEN);
     /* one of our resends: the RETRY names its new id */
-    sqlite3_stmt *st = q(d, Q_RESEND_MAPPED);
+    static db_query mapping = {"SELECT original_id FROM resends WHERE new_id = ? AND account_id = ? AND device_id = ?"};
+    sqlite3_stmt *st = db_q(d, &mapping);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -324,7 +276,12 @@ int db_resend_source_get(db *d, const uint8_t id[DB_ID_LEN], const uint8_t accou
             memcpy(original, mapped.data, DB_ID_LEN);
         db_blob_free(&mapped);
     }
-    if (!(st = q(d, Q_RESEND_DIRECT)))
+    /* a message of ours sealed for that very device (not merely for its account: a device
+     * added since must not obtain older messages by asking) */
+    static db_query direct = {"SELECT id, conversation, text, sent_ms FROM messages WHERE direction = 1 AND kind = 0"
+                              " AND id = ?1 AND text IS NOT NULL AND EXISTS (SELECT 1 FROM recipients"
+                              " WHERE message_id = ?1 AND account_id = ?2 AND device_id = ?3)"};
+    if (!(st = db_q(d, &direct)))
         return DB_ERROR;
     sqlite3_bind_blob(st, 1, original, DB_ID_LEN, SQLITE_TRANSIENT);
     sqlite3_bind_blob(st, 2, account, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -332,7 +289,7 @@ int db_resend_source_get(db *d, const uint8_t id[DB_ID_LEN], const uint8_t accou
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         memcpy(out->original, original, DB_ID_LEN);
-        copy_text(out->phone, sizeof out->phone, st, 1);
+        copy_text(out->conversation, sizeof out->conversation, st, 1);
         size_t len = (size_t)sqlite3_column_bytes(st, 2);
         const unsigned char *text = sqlite3_column_text(st, 2);
         out->text = malloc(len + 1);
@@ -352,7 +309,8 @@ int db_resend_source_get(db *d, const uint8_t id[DB_ID_LEN], const uint8_t accou
         snprintf(d->err, sizeof d->err, "out of memory");
         return DB_ERROR;
     }
-    if (!(st = q(d, Q_RESEND_COUNT))) {
+    static db_query count = {"SELECT count(*) FROM resends WHERE original_id = ? AND account_id = ? AND device_id = ?"};
+    if (!(st = db_q(d, &count))) {
         free(out->text);
         out->text = NULL;
         return DB_ERROR;
@@ -372,13 +330,15 @@ int db_resend_source_get(db *d, const uint8_t id[DB_ID_LEN], const uint8_t accou
     return DB_OK;
 }
 
-int db_resend_add(db *d, const uint8_t new_id[DB_ID_LEN], const uint8_t original[DB_ID_LEN], const char *phone,
+int db_resend_add(db *d, const uint8_t new_id[DB_ID_LEN], const uint8_t original[DB_ID_LEN], const char *conversation,
                   const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t *body, size_t body_len)
 {
     if (db_begin(d) != DB_OK)
         return DB_ERROR;
     uint64_t now = clock_wall_ms();
-    sqlite3_stmt *st = q(d, Q_RESEND_ADD);
+    static db_query add = {
+        "INSERT INTO resends (new_id, original_id, account_id, device_id, created_ms) VALUES (?, ?, ?, ?, ?)"};
+    sqlite3_stmt *st = db_q(d, &add);
     if (!st)
         goto fail;
     sqlite3_bind_blob(st, 1, new_id, DB_ID_LEN, SQLITE_TRANSIENT);
@@ -388,10 +348,13 @@ int db_resend_add(db *d, const uint8_t new_id[DB_ID_LEN], const uint8_t original
     sqlite3_bind_int64(st, 5, (sqlite3_int64)now);
     if (run(d, st, "recording a resend") != DB_OK)
         goto fail;
-    if (!(st = q(d, Q_OUTBOX_ADD_RESEND)))
+    static db_query queue = {
+        "INSERT INTO outbox (message_id, conversation, body, created_ms, resend_account, resend_device)"
+        " VALUES (?, ?, ?, ?, ?, ?)"};
+    if (!(st = db_q(d, &queue)))
         goto fail;
     sqlite3_bind_blob(st, 1, new_id, DB_ID_LEN, SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 2, phone, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, conversation, -1, SQLITE_TRANSIENT);
     sqlite3_bind_blob(st, 3, body, (int)body_len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, (sqlite3_int64)now);
     sqlite3_bind_blob(st, 5, account, DB_ID_LEN, SQLITE_TRANSIENT);

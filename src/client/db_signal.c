@@ -7,82 +7,22 @@
 
 #include "clock.h"
 
-/* Cached statements, one per query (the statement cache: db_internal.h). */
-enum {
-    Q_SPK_REPLACE,
-    Q_SPK_ADD,
-    Q_SPK_CURRENT,
-    Q_SPK_GET,
-    Q_SPK_PRUNE,
-    Q_PK_NEXT,
-    Q_PK_SET_NEXT,
-    Q_PK_EXISTS,
-    Q_PK_ADD,
-    Q_PK_GET,
-    Q_PK_DELETE,
-    Q_PK_COUNT,
-    Q_PK_NOT_UPLOADED,
-    Q_PK_UPLOADED,
-    Q_SESSION_GET,
-    Q_SESSION_PUT,
-    Q_SESSION_DELETE,
-    Q_PEER_ID_GET,
-    Q_PEER_ID_PUT,
-    Q_PHONE_ID_GET,
-    Q_PHONE_ID_PUT,
-    Q_COUNT
-};
-_Static_assert(Q_COUNT <= DB_DOMAIN_QUERIES, "too many queries for one domain: raise DB_DOMAIN_QUERIES");
-
-static const char *const query_sql[Q_COUNT] = {
-    [Q_SPK_REPLACE] = "UPDATE signed_prekeys SET replaced_ms = ? WHERE replaced_ms IS NULL",
-    [Q_SPK_ADD] = "INSERT OR REPLACE INTO signed_prekeys (id, record, created_ms, replaced_ms) VALUES (?, ?, ?, NULL)",
-    [Q_SPK_CURRENT] = "SELECT id, record, created_ms FROM signed_prekeys WHERE replaced_ms IS NULL"
-                      " ORDER BY created_ms DESC LIMIT 1",
-    [Q_SPK_GET] = "SELECT record FROM signed_prekeys WHERE id = ?",
-    [Q_SPK_PRUNE] = "DELETE FROM signed_prekeys WHERE replaced_ms IS NOT NULL AND replaced_ms < ?",
-    [Q_PK_NEXT] = "SELECT next_prekey_id FROM identity WHERE id = 1",
-    [Q_PK_SET_NEXT] = "UPDATE identity SET next_prekey_id = ? WHERE id = 1",
-    [Q_PK_EXISTS] = "SELECT 1 FROM prekeys WHERE id = ?",
-    [Q_PK_ADD] = "INSERT INTO prekeys (id, record, created_ms) VALUES (?, ?, ?)",
-    [Q_PK_GET] = "SELECT record FROM prekeys WHERE id = ?",
-    [Q_PK_DELETE] = "DELETE FROM prekeys WHERE id = ?",
-    [Q_PK_COUNT] = "SELECT count(*) FROM prekeys",
-    [Q_PK_NOT_UPLOADED] = "SELECT id, record FROM prekeys WHERE uploaded = 0 ORDER BY created_ms, id LIMIT ?",
-    [Q_PK_UPLOADED] = "UPDATE prekeys SET uploaded = 1 WHERE id = ?",
-    [Q_SESSION_GET] = "SELECT record FROM sessions WHERE account_id = ? AND device_id = ?",
-    [Q_SESSION_PUT] = "INSERT INTO sessions (account_id, device_id, record, updated_ms) VALUES (?, ?, ?, ?)"
-                      " ON CONFLICT (account_id, device_id) DO UPDATE SET record = excluded.record,"
-                      " updated_ms = excluded.updated_ms",
-    [Q_SESSION_DELETE] = "DELETE FROM sessions WHERE account_id = ? AND device_id = ?",
-    [Q_PEER_ID_GET] = "SELECT identity_key FROM peer_identities WHERE account_id = ? AND device_id = ?",
-    [Q_PEER_ID_PUT] = "INSERT INTO peer_identities (account_id, device_id, identity_key, first_seen_ms, updated_ms)"
-                      " VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (account_id, device_id) DO UPDATE SET"
-                      " identity_key = excluded.identity_key, updated_ms = excluded.updated_ms",
-    [Q_PHONE_ID_GET] = "SELECT account_id, identity_key FROM phone_identities WHERE phone = ? AND device_id = ?",
-    [Q_PHONE_ID_PUT] = "INSERT INTO phone_identities (phone, device_id, account_id, identity_key, updated_ms)"
-                       " VALUES (?, ?, ?, ?, ?) ON CONFLICT (phone, device_id) DO UPDATE SET"
-                       " account_id = excluded.account_id, identity_key = excluded.identity_key,"
-                       " updated_ms = excluded.updated_ms",
-};
-
-/* The cached statement for which, reset and ready for binding; NULL on error. */
-static sqlite3_stmt *q(db *d, int which)
-{
-    return db_statement(d, DB_Q_SIGNAL, which, query_sql[which]);
-}
-
 /* ---- our prekeys ---------------------------------------------------------------------- */
 
 int db_signed_prekey_add(db *d, uint32_t id, const uint8_t *record, size_t len, uint64_t now_ms)
 {
     if (db_begin(d) != DB_OK)
         return DB_ERROR;
-    sqlite3_stmt *st = q(d, Q_SPK_REPLACE);
+    static db_query replace = {"UPDATE signed_prekeys SET replaced_ms = ? WHERE replaced_ms IS NULL"};
+    sqlite3_stmt *st = db_q(d, &replace);
     if (!st)
         goto fail;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)now_ms);
-    if (run(d, st, "replacing the signed prekey") != DB_OK || !(st = q(d, Q_SPK_ADD)))
+    if (run(d, st, "replacing the signed prekey") != DB_OK)
+        goto fail;
+    static db_query add = {
+        "INSERT OR REPLACE INTO signed_prekeys (id, record, created_ms, replaced_ms) VALUES (?, ?, ?, NULL)"};
+    if (!(st = db_q(d, &add)))
         goto fail;
     sqlite3_bind_int64(st, 1, id);
     sqlite3_bind_blob(st, 2, record, (int)len, SQLITE_STATIC);
@@ -99,7 +39,9 @@ int db_signed_prekey_current(db *d, uint32_t *id, db_blob *record, uint64_t *cre
 {
     record->data = NULL;
     record->len = 0;
-    sqlite3_stmt *st = q(d, Q_SPK_CURRENT);
+    static db_query current = {"SELECT id, record, created_ms FROM signed_prekeys WHERE replaced_ms IS NULL"
+                               " ORDER BY created_ms DESC LIMIT 1"};
+    sqlite3_stmt *st = db_q(d, &current);
     if (!st)
         return DB_ERROR;
     int rc = sqlite3_step(st);
@@ -118,7 +60,8 @@ int db_signed_prekey_current(db *d, uint32_t *id, db_blob *record, uint64_t *cre
 
 int db_signed_prekey_get(db *d, uint32_t id, db_blob *record)
 {
-    sqlite3_stmt *st = q(d, Q_SPK_GET);
+    static db_query get = {"SELECT record FROM signed_prekeys WHERE id = ?"};
+    sqlite3_stmt *st = db_q(d, &get);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_int64(st, 1, id);
@@ -127,7 +70,8 @@ int db_signed_prekey_get(db *d, uint32_t id, db_blob *record)
 
 int db_signed_prekey_prune(db *d, uint64_t before_ms, size_t *n)
 {
-    sqlite3_stmt *st = q(d, Q_SPK_PRUNE);
+    static db_query prune = {"DELETE FROM signed_prekeys WHERE replaced_ms IS NOT NULL AND replaced_ms < ?"};
+    sqlite3_stmt *st = db_q(d, &prune);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)(before_ms > INT64_MAX ? INT64_MAX : before_ms));
@@ -143,7 +87,8 @@ int db_prekey_next_id(db *d, uint32_t *id)
 {
     if (db_begin(d) != DB_OK)
         return DB_ERROR;
-    sqlite3_stmt *st = q(d, Q_PK_NEXT);
+    static db_query get_next = {"SELECT next_prekey_id FROM identity WHERE id = 1"};
+    sqlite3_stmt *st = db_q(d, &get_next);
     if (!st)
         goto fail;
     int rc = sqlite3_step(st);
@@ -160,7 +105,8 @@ int db_prekey_next_id(db *d, uint32_t *id)
     for (uint32_t tries = 0;; tries++) {
         if (next < 1 || next > PREKEY_ID_MAX)
             next = 1;
-        if (!(st = q(d, Q_PK_EXISTS)))
+        static db_query held = {"SELECT 1 FROM prekeys WHERE id = ?"};
+        if (!(st = db_q(d, &held)))
             goto fail;
         sqlite3_bind_int64(st, 1, next);
         rc = exists_row(d, st, "reading prekeys");
@@ -175,7 +121,8 @@ int db_prekey_next_id(db *d, uint32_t *id)
         next++;
     }
     *id = next;
-    if (!(st = q(d, Q_PK_SET_NEXT)))
+    static db_query set_next = {"UPDATE identity SET next_prekey_id = ? WHERE id = 1"};
+    if (!(st = db_q(d, &set_next)))
         goto fail;
     sqlite3_bind_int64(st, 1, next >= PREKEY_ID_MAX ? 1 : next + 1);
     if (run(d, st, "updating the prekey counter") != DB_OK)
@@ -188,7 +135,8 @@ fail:
 
 int db_prekey_add(db *d, uint32_t id, const uint8_t *record, size_t len)
 {
-    sqlite3_stmt *st = q(d, Q_PK_ADD);
+    static db_query add = {"INSERT INTO prekeys (id, record, created_ms) VALUES (?, ?, ?)"};
+    sqlite3_stmt *st = db_q(d, &add);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_int64(st, 1, id);
@@ -199,7 +147,8 @@ int db_prekey_add(db *d, uint32_t id, const uint8_t *record, size_t len)
 
 int db_prekey_get(db *d, uint32_t id, db_blob *record)
 {
-    sqlite3_stmt *st = q(d, Q_PK_GET);
+    static db_query get = {"SELECT record FROM prekeys WHERE id = ?"};
+    sqlite3_stmt *st = db_q(d, &get);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_int64(st, 1, id);
@@ -208,7 +157,8 @@ int db_prekey_get(db *d, uint32_t id, db_blob *record)
 
 int db_prekey_delete(db *d, uint32_t id)
 {
-    sqlite3_stmt *st = q(d, Q_PK_DELETE);
+    static db_query drop = {"DELETE FROM prekeys WHERE id = ?"};
+    sqlite3_stmt *st = db_q(d, &drop);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_int64(st, 1, id);
@@ -217,13 +167,16 @@ int db_prekey_delete(db *d, uint32_t id)
 
 int db_prekey_count(db *d, size_t *n)
 {
-    return count_query(d, q(d, Q_PK_COUNT), n);
+    static db_query count = {"SELECT count(*) FROM prekeys"};
+    return count_query(d, db_q(d, &count), n);
 }
 
 int db_prekeys_not_uploaded(db *d, db_key_row *out, size_t max, size_t *n)
 {
     *n = 0;
-    sqlite3_stmt *st = q(d, Q_PK_NOT_UPLOADED);
+    static db_query not_uploaded = {
+        "SELECT id, record FROM prekeys WHERE uploaded = 0 ORDER BY created_ms, id LIMIT ?"};
+    sqlite3_stmt *st = db_q(d, &not_uploaded);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)max);
@@ -251,7 +204,8 @@ int db_prekeys_uploaded(db *d, const uint32_t *ids, size_t n)
     if (db_begin(d) != DB_OK)
         return DB_ERROR;
     for (size_t i = 0; i < n; i++) {
-        sqlite3_stmt *st = q(d, Q_PK_UPLOADED);
+        static db_query uploaded = {"UPDATE prekeys SET uploaded = 1 WHERE id = ?"};
+        sqlite3_stmt *st = db_q(d, &uploaded);
         if (!st)
             goto fail;
         sqlite3_bind_int64(st, 1, ids[i]);
@@ -272,9 +226,12 @@ static void bind_device(sqlite3_stmt *st, const uint8_t account[DB_ID_LEN], uint
     sqlite3_bind_int64(st, 2, device);
 }
 
+/* db_session_get and db_session_exists */
+static db_query session_get = {"SELECT record FROM sessions WHERE account_id = ? AND device_id = ?"};
+
 int db_session_get(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, db_blob *record)
 {
-    sqlite3_stmt *st = q(d, Q_SESSION_GET);
+    sqlite3_stmt *st = db_q(d, &session_get);
     if (!st)
         return DB_ERROR;
     bind_device(st, account, device);
@@ -283,7 +240,10 @@ int db_session_get(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, db_
 
 int db_session_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, const uint8_t *record, size_t len)
 {
-    sqlite3_stmt *st = q(d, Q_SESSION_PUT);
+    static db_query put = {"INSERT INTO sessions (account_id, device_id, record, updated_ms) VALUES (?, ?, ?, ?)"
+                           " ON CONFLICT (account_id, device_id) DO UPDATE SET record = excluded.record,"
+                           " updated_ms = excluded.updated_ms"};
+    sqlite3_stmt *st = db_q(d, &put);
     if (!st)
         return DB_ERROR;
     bind_device(st, account, device);
@@ -294,7 +254,8 @@ int db_session_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, con
 
 int db_session_delete(db *d, const uint8_t account[DB_ID_LEN], uint32_t device)
 {
-    sqlite3_stmt *st = q(d, Q_SESSION_DELETE);
+    static db_query drop = {"DELETE FROM sessions WHERE account_id = ? AND device_id = ?"};
+    sqlite3_stmt *st = db_q(d, &drop);
     if (!st)
         return DB_ERROR;
     bind_device(st, account, device);
@@ -304,7 +265,7 @@ int db_session_delete(db *d, const uint8_t account[DB_ID_LEN], uint32_t device)
 int db_session_exists(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, bool *exists)
 {
     *exists = false;
-    sqlite3_stmt *st = q(d, Q_SESSION_GET);
+    sqlite3_stmt *st = db_q(d, &session_get);
     if (!st)
         return DB_ERROR;
     bind_device(st, account, device);
@@ -315,7 +276,8 @@ int db_session_exists(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, 
 
 int db_peer_identity_get(db *d, const uint8_t account[DB_ID_LEN], uint32_t device, uint8_t key[DB_KEY_LEN])
 {
-    sqlite3_stmt *st = q(d, Q_PEER_ID_GET);
+    static db_query get = {"SELECT identity_key FROM peer_identities WHERE account_id = ? AND device_id = ?"};
+    sqlite3_stmt *st = db_q(d, &get);
     if (!st)
         return DB_ERROR;
     bind_device(st, account, device);
@@ -331,7 +293,8 @@ int db_peer_identity_get(db *d, const uint8_t account[DB_ID_LEN], uint32_t devic
 static int phone_identity_get(db *d, const char *phone, uint32_t device, uint8_t account[DB_ID_LEN],
                               uint8_t key[DB_KEY_LEN])
 {
-    sqlite3_stmt *st = q(d, Q_PHONE_ID_GET);
+    static db_query get = {"SELECT account_id, identity_key FROM phone_identities WHERE phone = ? AND device_id = ?"};
+    sqlite3_stmt *st = db_q(d, &get);
     if (!st)
         return DB_ERROR;
     sqlite3_bind_text(st, 1, phone, -1, SQLITE_TRANSIENT);
@@ -374,7 +337,11 @@ int db_peer_identity_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t devic
     }
     sqlite3_stmt *st;
     if (!account_known || account_changed) {
-        if (!(st = q(d, Q_PEER_ID_PUT)))
+        static db_query peer_put = {
+            "INSERT INTO peer_identities (account_id, device_id, identity_key, first_seen_ms, updated_ms)"
+            " VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (account_id, device_id) DO UPDATE SET"
+            " identity_key = excluded.identity_key, updated_ms = excluded.updated_ms"};
+        if (!(st = db_q(d, &peer_put)))
             goto fail;
         bind_device(st, account, device);
         sqlite3_bind_blob(st, 3, key, DB_KEY_LEN, SQLITE_TRANSIENT);
@@ -383,7 +350,12 @@ int db_peer_identity_put(db *d, const uint8_t account[DB_ID_LEN], uint32_t devic
             goto fail;
     }
     if (by_phone) {
-        if (!(st = q(d, Q_PHONE_ID_PUT)))
+        static db_query phone_put = {
+            "INSERT INTO phone_identities (phone, device_id, account_id, identity_key, updated_ms)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (phone, device_id) DO UPDATE SET"
+            " account_id = excluded.account_id, identity_key = excluded.identity_key,"
+            " updated_ms = excluded.updated_ms"};
+        if (!(st = db_q(d, &phone_put)))
             goto fail;
         sqlite3_bind_text(st, 1, phone, -1, SQLITE_TRANSIENT);
         sqlite3_bind_int64(st, 2, device);

@@ -93,8 +93,11 @@ static bool is_unnamed(const parley *p, const uint8_t *account)
 
 static void add_unnamed(parley *p, const uint8_t *account)
 {
-    if (!p->in.unnamed && !(p->in.unnamed = malloc(MAX_UNNAMED * sizeof *p->in.unnamed)))
-        return; /* asked again next time */
+    if (!p->in.unnamed && !(p->in.unnamed = malloc(MAX_UNNAMED * sizeof *p->in.unnamed))) {
+        /* not recorded, it would be asked for again and again: start over later */
+        conn_fail(&p->conn, PARLEY_ERR_NOMEM, false, "out of memory");
+        return;
+    }
     if (!is_unnamed(p, account)) {
         if (p->in.n_unnamed == MAX_UNNAMED) /* forget the oldest; worst case it is asked again */
             memmove(p->in.unnamed[0], p->in.unnamed[1], (MAX_UNNAMED - 1) * PARLEY_ID_LEN), p->in.n_unnamed--;
@@ -331,6 +334,7 @@ static int store_message(parley *p, const Parley__Envelope *e, env_result *res)
     memcpy(m.id, e->message_id.data, PARLEY_ID_LEN);
     memcpy(res->id, m.id, PARLEY_ID_LEN);
     snprintf(m.peer_phone, sizeof m.peer_phone, "%s", res->phone);
+    snprintf(m.conversation, sizeof m.conversation, "%s", res->phone); /* one-to-one: the sender's chat */
     m.has_peer_account = true;
     memcpy(m.peer_account, e->sender_account.data, PARLEY_ID_LEN);
     m.from_device = e->sender_device;
@@ -479,6 +483,7 @@ static bool handle_deliver(parley *p, const Parley__Deliver *d)
             parley_message *m = &ev.message;
             memcpy(m->id, res[i].id, PARLEY_ID_LEN);
             m->peer = res[i].phone[0] ? res[i].phone : NULL;
+            m->conversation = m->peer; /* one-to-one: the chat is the sender's */
             m->from_device = e->sender_device;
             m->server_time_ms = e->server_time_ms;
             m->sent_ms = res[i].content && res[i].content->has_sent_ms ? res[i].content->sent_ms : 0;
@@ -508,9 +513,14 @@ static bool handle_deliver(parley *p, const Parley__Deliver *d)
     return true;
 }
 
-/* Handles queued Deliver frames in order, each once the names of its senders are known. */
+/* Handles queued Deliver frames in order, each once the names of its senders are known.
+ * Not re-entered: the event callback may call the API (an echo bot sends), whose pump
+ * must not start on the frame whose events are being reported. */
 static void process_deliveries(parley *p)
 {
+    if (p->in.delivering)
+        return;
+    p->in.delivering = true;
     /* only name_of asks for accounts, for the head frame: while one is out, it waits */
     while (p->in.dq_len && p->ready && !req_count(p, &lookup_account_request)) {
         Parley__Frame *f = p->in.dq[p->in.dq_head];
@@ -525,18 +535,19 @@ static void process_deliveries(parley *p)
                 named &= name_of(p, e->sender_account.data, phone, true);
         }
         if (!named)
-            return; /* a lookup answer brings us back */
+            break; /* a lookup answer brings us back */
         if (!handle_deliver(p, d)) {
             conn_fail(&p->conn, PARLEY_ERR_STORAGE, false, "cannot store incoming messages; trying again later");
-            return;
+            break;
         }
         if (!p->in.dq_len) /* the connection went down while reporting (session_reset) */
-            return;
+            break;
         p->in.dq_bytes -= p->in.dq_sizes[p->in.dq_head];
         p->in.dq_head = (p->in.dq_head + 1) % MAX_DELIVER_QUEUE;
         p->in.dq_len--;
         parley__frame__free_unpacked(f, NULL);
     }
+    p->in.delivering = false;
 }
 
 
@@ -544,7 +555,7 @@ static void process_deliveries(parley *p)
 
 static void pump_receipts(parley *p)
 {
-    if (!p->ready || p->in.receipts_disabled || clock_mono_ms() < p->in.receipt_pause_until ||
+    if (!p->ready || p->in.receipts_disabled || clock_mono_ms() < p->in.receipt_pause.until ||
         req_count(p, &receipt_request) > 0)
         return;
     receipt_req *r = req_new(p, &receipt_request, sizeof *r);
@@ -605,12 +616,12 @@ static void on_receipt_reply(parley *p, request *req, const Parley__Frame *f)
     const receipt_req *r = (const receipt_req *)req;
     char reason[300];
     if (f->body_case == PARLEY__FRAME__BODY_RECEIPT_ACK) {
-        p->in.receipt_errors = 0;
+        p->in.receipt_pause.errors = 0;
         if (receipts_done(p, r) != DB_OK)
             emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
         return;
     }
-    if (pause_after_passing_error(f, &p->in.receipt_errors, &p->in.receipt_pause_until))
+    if (pause_after_passing_error(f, &p->in.receipt_pause))
         return;
     uint32_t code = f->body_case == PARLEY__FRAME__BODY_ERROR ? f->error->code : 0;
     if (r->retry &&
@@ -646,31 +657,29 @@ static bool on_deliver(parley *p, Parley__Frame *f)
     return true;
 }
 
-static void inbox_pump(parley *p)
+static uint64_t receipts_deadline(const parley *p)
 {
-    process_deliveries(p);
-    pump_receipts(p);
+    return p->in.receipts_disabled ? UINT64_MAX : pause_deadline(&p->in.receipt_pause);
 }
 
-static uint64_t inbox_deadline(const parley *p)
+static void receipts_timers(parley *p, uint64_t now)
 {
-    return p->in.receipt_pause_until && !p->in.receipts_disabled ? p->in.receipt_pause_until : UINT64_MAX;
-}
-
-static void inbox_timers(parley *p, uint64_t now)
-{
-    if (p->in.receipt_pause_until && now >= p->in.receipt_pause_until) {
-        p->in.receipt_pause_until = 0;
+    if (pause_over(&p->in.receipt_pause, now))
         pump_receipts(p);
-    }
 }
 
 const client_feature inbox_feature = {
     .name = "inbox",
     .down = inbox_down,
-    .pump = inbox_pump,
+    .pump = process_deliveries,
     .push_body = PARLEY__FRAME__BODY_DELIVER,
     .push = on_deliver,
-    .deadline = inbox_deadline,
-    .timers = inbox_timers,
+};
+
+/* The receipts we send: a feature of their own so that they go after the outbox. */
+const client_feature receipts_feature = {
+    .name = "receipts",
+    .pump = pump_receipts,
+    .deadline = receipts_deadline,
+    .timers = receipts_timers,
 };

@@ -133,7 +133,7 @@ void keys_wanted(parley *p)
 /* When a status query is due: asks for our key status; the answer says what to upload. */
 static void keys_check(parley *p)
 {
-    if (!p->ready || p->keys.disabled || !p->keys.wanted || clock_mono_ms() < p->keys.pause_until ||
+    if (!p->ready || p->keys.disabled || !p->keys.wanted || clock_mono_ms() < p->keys.pause.until ||
         req_count(p, &keys_status_request) || req_count(p, &keys_upload_request))
         return;
     keys_req *r = req_new(p, &keys_status_request, sizeof *r);
@@ -201,7 +201,7 @@ static void on_keys_reply(parley *p, request *req, const Parley__Frame *f)
     const keys_req *r = (const keys_req *)req;
     char reason[400];
     if (f->body_case == PARLEY__FRAME__BODY_KEYS_UPLOADED) {
-        p->keys.errors = 0;
+        p->keys.pause.errors = 0;
         if (req->type == &keys_status_request)
             upload_what_is_missing(p, f->keys_uploaded);
         else if (db_prekeys_uploaded(p->db, r->key_ids, r->n_key_ids) != DB_OK)
@@ -209,7 +209,7 @@ static void on_keys_reply(parley *p, request *req, const Parley__Frame *f)
         return;
     }
     /* passing (key uploads count against the send rate): ask again after a pause */
-    if (pause_after_passing_error(f, &p->keys.errors, &p->keys.pause_until)) {
+    if (pause_after_passing_error(f, &p->keys.pause)) {
         p->keys.wanted = true;
         return;
     }
@@ -244,7 +244,8 @@ static uint64_t keys_deadline(const parley *p)
     if (p->keys.disabled)
         return UINT64_MAX;
     uint64_t t = p->keys.next_check ? p->keys.next_check : UINT64_MAX;
-    return p->keys.pause_until && p->keys.pause_until < t ? p->keys.pause_until : t;
+    uint64_t pause = pause_deadline(&p->keys.pause);
+    return pause < t ? pause : t;
 }
 
 static void keys_timers(parley *p, uint64_t now)
@@ -255,10 +256,8 @@ static void keys_timers(parley *p, uint64_t now)
         p->keys.wanted = true;
         keys_check(p);
     }
-    if (p->keys.pause_until && now >= p->keys.pause_until) {
-        p->keys.pause_until = 0;
+    if (pause_over(&p->keys.pause, now))
         keys_check(p);
-    }
 }
 
 const client_feature keys_feature = {

@@ -12,14 +12,15 @@
 #include "content.pb-c.h"
 #include "utf8.h"
 
-int parley_send_text(parley *p, const char *phone, const char *text, uint8_t id_out[PARLEY_ID_LEN])
+int parley_send_text(parley *p, const char *conversation, const char *text, uint8_t id_out[PARLEY_ID_LEN])
 {
     if (db_identity_get(p->db, &p->ident) != DB_OK)
         return db_err(p);
     if (!p->ident.registered)
         return set_err(p, PARLEY_ERR_NOT_REGISTERED, "this profile is not registered yet");
-    if (!parley_phone_valid(phone))
-        return invalid_phone(p, phone);
+    int rc = check_conversation(p, conversation);
+    if (rc != PARLEY_OK)
+        return rc;
     size_t len = text ? strlen(text) : 0;
     if (len == 0)
         return set_err(p, PARLEY_ERR_INVALID, "the message is empty");
@@ -31,7 +32,8 @@ int parley_send_text(parley *p, const char *phone, const char *text, uint8_t id_
     memset(&m, 0, sizeof m);
     new_message_id(m.id);
     m.outgoing = true;
-    snprintf(m.peer_phone, sizeof m.peer_phone, "%s", phone);
+    snprintf(m.conversation, sizeof m.conversation, "%s", conversation);
+    snprintf(m.peer_phone, sizeof m.peer_phone, "%s", conversation); /* one-to-one: the recipient */
     m.text = text;
     m.text_len = len;
     m.sent_ms = clock_wall_ms();
@@ -44,7 +46,7 @@ int parley_send_text(parley *p, const char *phone, const char *text, uint8_t id_
     if (!body)
         return set_err(p, PARLEY_ERR_NOMEM, "out of memory");
     parley__content__pack(&c, body);
-    int rc = db_outgoing_add(p->db, &m, body, body_len);
+    rc = db_outgoing_add(p->db, &m, body, body_len);
     sodium_memzero(body, body_len);
     free(body);
     if (rc != DB_OK)
@@ -77,12 +79,13 @@ int parley_pending_receipts(parley *p, size_t *n)
     return db_receipts_pending_count(p->db, n) == DB_OK ? PARLEY_OK : db_err(p);
 }
 
-int parley_mark_read(parley *p, const char *phone, size_t *count)
+int parley_mark_read(parley *p, const char *conversation, size_t *count)
 {
     size_t n = 0;
-    if (!parley_phone_valid(phone))
-        return invalid_phone(p, phone);
-    if (db_mark_read(p->db, phone, &n) != DB_OK)
+    int rc = check_conversation(p, conversation);
+    if (rc != PARLEY_OK)
+        return rc;
+    if (db_mark_read(p->db, conversation, &n) != DB_OK)
         return db_err(p);
     if (count)
         *count = n;
@@ -104,6 +107,7 @@ static bool history_row(void *ctx, const db_message *m)
     pm.outgoing = m->outgoing;
     pm.kind = m->kind == DB_KIND_MESSAGE ? PARLEY_MESSAGE_TEXT : PARLEY_MESSAGE_IDENTITY_CHANGED;
     pm.was_verified = m->kind == DB_KIND_IDENTITY_CHANGED_VERIFIED;
+    pm.conversation = m->conversation[0] ? m->conversation : NULL;
     pm.peer = m->peer_phone[0] ? m->peer_phone : NULL;
     pm.from_device = m->from_device;
     pm.server_time_ms = m->server_time_ms;
@@ -144,10 +148,11 @@ int parley_take_unshown(parley *p, parley_message_fn fn, void *ctx)
     return u.stopped ? set_err(p, PARLEY_ERR_STATE, "showing the messages stopped") : PARLEY_OK;
 }
 
-int parley_history(parley *p, const char *phone, parley_message_fn fn, void *ctx)
+int parley_history(parley *p, const char *conversation, parley_message_fn fn, void *ctx)
 {
-    if (!parley_phone_valid(phone))
-        return invalid_phone(p, phone);
+    int rc = check_conversation(p, conversation);
+    if (rc != PARLEY_OK)
+        return rc;
     history_ctx h = {fn, ctx};
-    return db_history(p->db, phone, history_row, &h) == DB_OK ? PARLEY_OK : db_err(p);
+    return db_history(p->db, conversation, history_row, &h) == DB_OK ? PARLEY_OK : db_err(p);
 }

@@ -53,7 +53,7 @@ typedef struct {
 typedef struct {
     request base;
     uint8_t account[PARLEY_ID_LEN];     /* whose bundles */
-    char phone[PARLEY_PHONE_MAX + 1];   /* the conversation */
+    char phone[PARLEY_CONVERSATION_MAX + 1]; /* the conversation (with this number) */
     uint8_t id[PARLEY_ID_LEN];          /* the outbox entry (zero: none) */
     bool for_identity;                  /* asked by parley_fetch_identity */
     uint32_t devices[DB_MAX_DEVICES];   /* the devices asked for */
@@ -64,21 +64,21 @@ typedef struct {
     request base;
     uint8_t id[PARLEY_ID_LEN];          /* the outbox entry */
     uint8_t account[PARLEY_ID_LEN];     /* the recipient */
-    char phone[PARLEY_PHONE_MAX + 1];   /* the conversation */
+    char phone[PARLEY_CONVERSATION_MAX + 1]; /* the conversation (with this number) */
     bool resend;                        /* a resend (it has no message of its own) */
 } send_req;
 
 static void pause_sends(parley *p, uint32_t ms)
 {
     uint64_t until = clock_mono_ms() + ms;
-    if (until > p->out.pause_until)
-        p->out.pause_until = until;
+    if (until > p->out.pause.until)
+        p->out.pause.until = until;
 }
 
 static void transient_send_error(parley *p)
 {
-    p->out.errors++;
-    pause_sends(p, backoff_ms(p->out.errors));
+    p->out.pause.errors++;
+    pause_sends(p, backoff_ms(p->out.pause.errors));
 }
 
 /* The message fails for good (a resend, which has no message, just leaves the outbox). */
@@ -102,7 +102,7 @@ static void fail_phone(parley *p, const char *phone, const char *reason)
         return;
     if (db_outbox_load(p->db, e, OUTBOX_SCAN, &n) == DB_OK) {
         for (size_t i = 0; i < n; i++)
-            if (strcmp(e[i].phone, phone) == 0)
+            if (strcmp(e[i].conversation, phone) == 0)
                 fail_message(p, e[i].id, phone, reason);
         db_outbox_free(e, n);
     }
@@ -504,7 +504,7 @@ static bool ensure_sessions(parley *p, const db_outbox_entry *e, const target *t
             continue;
         all = false;
         if (!fetch_in_flight(p, account))
-            fetch_bundles(p, account, missing, m, e->phone, e->id, false);
+            fetch_bundles(p, account, missing, m, e->conversation, e->id, false);
     }
     return all;
 }
@@ -524,13 +524,13 @@ static void send_sealed(parley *p, const db_outbox_entry *e, const uint8_t *seal
     f.body_case = PARLEY__FRAME__BODY_SEND;
     f.send = s;
     if (!conn_fits(&p->conn, &f)) { /* a server that now takes smaller frames */
-        fail_message(p, e->id, e->phone, "the message is larger than this server accepts");
+        fail_message(p, e->id, e->conversation, "the message is larger than this server accepts");
     } else {
         send_req *r = req_new(p, &send_request, sizeof *r);
         if (r) {
             memcpy(r->id, e->id, PARLEY_ID_LEN);
             memcpy(r->account, s->recipient_account.data, PARLEY_ID_LEN);
-            snprintf(r->phone, sizeof r->phone, "%s", e->phone);
+            snprintf(r->phone, sizeof r->phone, "%s", e->conversation);
             r->resend = e->resend;
             req_send(p, &r->base, &f);
         }
@@ -653,7 +653,7 @@ static bool seal_entry(parley *p, const db_outbox_entry *e, const uint8_t recipi
     if (r) {
         memcpy(r->id, e->id, PARLEY_ID_LEN);
         memcpy(r->account, recipient, PARLEY_ID_LEN);
-        snprintf(r->phone, sizeof r->phone, "%s", e->phone);
+        snprintf(r->phone, sizeof r->phone, "%s", e->conversation);
         r->resend = e->resend;
         req_send(p, &r->base, &f);
     }
@@ -671,7 +671,7 @@ out:
     if (err_code)
         emit_error(p, err_code, err_msg);
     if (failure || drop) { /* a dropped resend just leaves the outbox */
-        fail_message(p, e->id, e->phone, failure);
+        fail_message(p, e->id, e->conversation, failure);
         ok = false;
     }
     for (size_t i = 0; sl && i < n; i++)
@@ -693,7 +693,7 @@ static void note_to_self(parley *p, const db_outbox_entry *e, const uint8_t acco
         return;
     }
     if (changed)
-        emit_state(p, e->id, e->phone, PARLEY_STATE_SENT, now, NULL);
+        emit_state(p, e->id, e->conversation, PARLEY_STATE_SENT, now, NULL);
 }
 
 /* A resend whose device is no longer listed has nothing to do. */
@@ -710,6 +710,11 @@ static bool resend_target_gone(parley *p, const db_outbox_entry *e)
  * conversation may go), true when it went or waits for something. */
 static bool send_entry(parley *p, const db_outbox_entry *e)
 {
+    if (parley_conversation_kind_of(e->conversation) != PARLEY_CONVERSATION_DIRECT) {
+        /* a profile written by a newer parley (group sends come with the groups issue) */
+        fail_message(p, e->id, e->conversation, "this version of parley cannot send to groups");
+        return false;
+    }
     if (e->sealed) {
         send_sealed(p, e, e->sealed, e->sealed_len);
         return true;
@@ -718,29 +723,29 @@ static bool send_entry(parley *p, const db_outbox_entry *e)
     memset(&c, 0, sizeof c);
     const uint8_t *recipient = e->resend_account;
     if (!e->resend) {
-        int rc = db_contact_by_phone(p->db, e->phone, &c);
+        int rc = db_contact_by_phone(p->db, e->conversation, &c);
         if (rc == DB_ERROR) {
             emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
             return true;
         }
         if (rc == DB_NOT_FOUND || c.n_devices == 0) {
-            lookup_phone(p, e->phone);
+            lookup_phone(p, e->conversation);
             return true;
         }
         recipient = c.account;
         if (e->body_len + CONN_BODY_OVERHEAD > p->conn.max_frame) { /* the server's own limit */
-            fail_message(p, e->id, e->phone, "the message is larger than this server accepts");
+            fail_message(p, e->id, e->conversation, "the message is larger than this server accepts");
             return false;
         }
     } else if (resend_target_gone(p, e)) {
-        fail_message(p, e->id, e->phone, NULL);
+        fail_message(p, e->id, e->conversation, NULL);
         return false;
     }
     target t[2 * DB_MAX_DEVICES];
     size_t n = entry_targets(p, e, &c, t);
     if (n == 0) {
         if (e->resend)
-            fail_message(p, e->id, e->phone, NULL);
+            fail_message(p, e->id, e->conversation, NULL);
         else
             note_to_self(p, e, c.account);
         return !e->resend;
@@ -771,13 +776,13 @@ static void pump_identity(parley *p)
 
 static void pump_outbox(parley *p)
 {
-    if (!p->ready || !p->out.own_known || p->out.disabled || clock_mono_ms() < p->out.pause_until)
+    if (!p->ready || !p->out.own_known || p->out.disabled || clock_mono_ms() < p->out.pause.until)
         return;
     pump_identity(p);
     if (req_count(p, &send_request) >= MAX_SENDS)
         return;
     db_outbox_entry *e = calloc(OUTBOX_SCAN, sizeof *e);
-    char(*seen)[PARLEY_PHONE_MAX + 1] = calloc(OUTBOX_SCAN, sizeof *seen);
+    char(*seen)[PARLEY_CONVERSATION_MAX + 1] = calloc(OUTBOX_SCAN, sizeof *seen);
     size_t n = 0, n_seen = 0;
     bool again = false;
     if (!e || !seen || db_outbox_load(p->db, e, OUTBOX_SCAN, &n) != DB_OK) {
@@ -791,11 +796,11 @@ static void pump_outbox(parley *p)
         /* an earlier entry of the same conversation goes first */
         bool blocked = false;
         for (size_t j = 0; j < n_seen && !blocked; j++)
-            blocked = strcmp(seen[j], e[i].phone) == 0;
+            blocked = strcmp(seen[j], e[i].conversation) == 0;
         if (blocked)
             continue;
-        snprintf(seen[n_seen++], sizeof seen[0], "%s", e[i].phone);
-        if (phone_busy(p, e[i].phone))
+        snprintf(seen[n_seen++], sizeof seen[0], "%s", e[i].conversation);
+        if (phone_busy(p, e[i].conversation))
             continue;
         if (!send_entry(p, &e[i]))
             again = true; /* it failed for good: the next of its conversation may go */
@@ -828,7 +833,7 @@ static void on_send_reply(parley *p, request *req, const Parley__Frame *f)
             emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
             return;
         }
-        p->out.errors = 0;
+        p->out.pause.errors = 0;
         if (r->resend)
             return; /* a resend has no message of its own to report */
         /* unchanged: another process on this profile recorded the ack first; report the
@@ -951,7 +956,7 @@ bool queue_resend(parley *p, const uint8_t id[PARLEY_ID_LEN], const uint8_t acco
         ok = ok && body && e2e_session_archive(p->db, account, device) == E2E_OK;
         if (ok) {
             parley__content__pack(&c, body);
-            ok = db_resend_add(p->db, new_id, src.original, src.phone, account, device, body, len) == DB_OK;
+            ok = db_resend_add(p->db, new_id, src.original, src.conversation, account, device, body, len) == DB_OK;
             sodium_memzero(body, len);
         }
         free(body);
@@ -986,15 +991,13 @@ static void outbox_down(parley *p)
 
 static uint64_t outbox_deadline(const parley *p)
 {
-    return p->out.pause_until && !p->out.disabled ? p->out.pause_until : UINT64_MAX;
+    return p->out.disabled ? UINT64_MAX : pause_deadline(&p->out.pause);
 }
 
 static void outbox_timers(parley *p, uint64_t now)
 {
-    if (p->out.pause_until && now >= p->out.pause_until) {
-        p->out.pause_until = 0;
+    if (pause_over(&p->out.pause, now))
         pump_outbox(p);
-    }
 }
 
 const client_feature outbox_feature = {

@@ -39,6 +39,7 @@ static int add_outgoing(db *d, uint8_t idv, const char *phone, const char *text)
     fill_id(m.id, idv);
     m.outgoing = true;
     snprintf(m.peer_phone, sizeof m.peer_phone, "%s", phone);
+    snprintf(m.conversation, sizeof m.conversation, "%s", phone);
     m.text = text;
     m.text_len = strlen(text);
     m.sent_ms = 1000 + idv;
@@ -65,6 +66,7 @@ static int add_incoming(db *d, uint8_t sender, uint32_t device, uint8_t idv, con
     fill_id(m.peer_account, sender);
     m.from_device = device;
     snprintf(m.peer_phone, sizeof m.peer_phone, "%s", phone);
+    snprintf(m.conversation, sizeof m.conversation, "%s", phone);
     m.text = "hi";
     m.text_len = 2;
     m.server_time_ms = 5000 + idv;
@@ -184,7 +186,7 @@ static void test_outbox_and_states(void)
     CHECK_RC(db_outbox_load(d, e, 8, &n), DB_OK);
     CHECK(n == 3);
     CHECK(n == 3 && e[0].id[0] == 1 && e[1].id[0] == 2 && e[2].id[0] == 3);
-    CHECK(n == 3 && strcmp(e[2].phone, "+15550000004") == 0);
+    CHECK(n == 3 && strcmp(e[2].conversation, "+15550000004") == 0);
     CHECK(n == 3 && e[1].body_len == 3 && e[1].body[0] == 2);
     db_outbox_free(e, n);
     CHECK_RC(db_outbox_load(d, e, 2, &n), DB_OK); /* bounded */
@@ -676,7 +678,7 @@ static void test_retries(void)
     CHECK_RC(db_resend_source_get(d, id, peer, 3, &src), DB_NOT_FOUND);     /* a device added since */
     CHECK_RC(db_resend_source_get(d, id, peer, 1, &src), DB_OK);
     CHECK(strcmp(src.text, "sealed text") == 0 && src.resends == 0 && src.original[0] == 0x60);
-    CHECK(strcmp(src.phone, "+15550000022") == 0 && src.sent_ms == 1000 + 0x60);
+    CHECK(strcmp(src.conversation, "+15550000022") == 0 && src.sent_ms == 1000 + 0x60);
     free(src.text);
     CHECK_RC(db_resend_source_get(d, id, me, 2, &src), DB_OK);
     free(src.text);
@@ -737,6 +739,7 @@ static void test_retries(void)
     memcpy(m.peer_account, peer, DB_ID_LEN);
     m.from_device = 1;
     snprintf(m.peer_phone, sizeof m.peer_phone, "+15550000022");
+    snprintf(m.conversation, sizeof m.conversation, "+15550000022");
     m.problem = "could not be decrypted";
     bool inserted = false, seen = false;
     CHECK_RC(db_incoming_add(d, &m, &inserted), DB_OK);
@@ -800,7 +803,13 @@ static void test_migration_from_v2(void)
         "INSERT INTO messages (id, direction, peer_phone, text, state, created_ms)"
         " VALUES (x'01010101010101010101010101010101', 1, '+15550000031', 'old', 1, 1);"
         "INSERT INTO outbox (message_id, phone, body, created_ms)"
-        " VALUES (x'01010101010101010101010101010101', '+15550000031', x'0a036f6c64', 1);";
+        " VALUES (x'01010101010101010101010101010101', '+15550000031', x'0a036f6c64', 1);"
+        /* incoming: one from +15550000031 (read), one unread, one from a sender never named */
+        "INSERT INTO messages (id, direction, peer_phone, peer_account, from_device, text, state, created_ms)"
+        " VALUES (x'02020202020202020202020202020202', 0, '+15550000031', x'31313131313131313131313131313131', 1,"
+        " 'hi', 4, 2), (x'03030303030303030303030303030303', 0, '+15550000031',"
+        " x'31313131313131313131313131313131', 1, 'unread', 5, 3), (x'04040404040404040404040404040404', 0, NULL,"
+        " x'32323232323232323232323232323232', 1, 'who', 5, 4);";
     CHECK(sqlite3_exec(s, v2, NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(s);
     db *d = NULL;
@@ -817,10 +826,18 @@ static void test_migration_from_v2(void)
     size_t n = 0;
     CHECK_RC(db_outbox_load(d, e, 2, &n), DB_OK);
     CHECK(n == 1 && e[0].body_len == 5 && !e[0].sealed && !e[0].resend);
+    CHECK(n == 1 && strcmp(e[0].conversation, "+15550000031") == 0); /* v5: the outbox names its chat */
     db_outbox_free(e, n);
+    /* v5: every row of a number is its one-to-one chat; a sender never named is in none */
     history_count h = {0};
     CHECK_RC(db_history(d, "+15550000031", count_row, &h), DB_OK);
-    CHECK(h.n == 1 && strcmp(h.last_text, "old") == 0);
+    CHECK(h.n == 3 && h.out == 1 && h.in == 2 && strcmp(h.last_text, "unread") == 0);
+    size_t marked = 0;
+    CHECK_RC(db_mark_read(d, "+15550000031", &marked), DB_OK);
+    CHECK(marked == 1);
+    history_count none = {0};
+    CHECK_RC(db_history(d, "", count_row, &none), DB_OK);
+    CHECK(none.n == 0);
     uint32_t pk = 0;
     CHECK_RC(db_prekey_next_id(d, &pk), DB_OK);
     CHECK(pk == 1);

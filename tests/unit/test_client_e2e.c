@@ -130,6 +130,7 @@ static int open_wire(profile *to, profile *from, const wire *w, char *out, size_
     memset(&m, 0, sizeof m);
     randombytes_buf(m.id, sizeof m.id);
     snprintf(m.peer_phone, sizeof m.peer_phone, "%s", from->phone);
+    snprintf(m.conversation, sizeof m.conversation, "%s", from->phone);
     m.has_peer_account = true;
     memcpy(m.peer_account, from->account, DB_ID_LEN);
     m.from_device = 1;

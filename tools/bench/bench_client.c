@@ -129,6 +129,7 @@ static void open_and_store(profile *to, profile *from, const e2e_sealed *s)
     memset(&m, 0, sizeof m);
     randombytes_buf(m.id, sizeof m.id);
     snprintf(m.peer_phone, sizeof m.peer_phone, "%s", from->phone);
+    snprintf(m.conversation, sizeof m.conversation, "%s", from->phone);
     m.has_peer_account = true;
     memcpy(m.peer_account, from->account, DB_ID_LEN);
     m.from_device = 1;

@@ -315,6 +315,7 @@ static void print_message(const parley_message *m)
     cJSON_AddStringToObject(o, "type", "message");
     cJSON_AddStringToObject(o, "id", id);
     add_str_or_null(o, "from", m->peer);
+    add_str_or_null(o, "conversation", m->conversation);
     cJSON_AddNumberToObject(o, "from_device", m->from_device);
     cJSON_AddNumberToObject(o, "ts", (double)m->server_time_ms);
     cJSON_AddStringToObject(o, "text", m->text);
@@ -532,10 +533,10 @@ static bool loop_until(session *s, bool (*done)(session *), uint64_t deadline)
         uint64_t now = clock_mono_ms();
         if (deadline && now >= deadline)
             return false;
-        struct pollfd fds[2];
+        struct pollfd fds[1 + PARLEY_MAX_POLLFDS];
         fds[0].fd = signal_pipe[0];
         fds[0].events = POLLIN;
-        nfds_t n = 1 + (nfds_t)parley_pollfd(s->p, &fds[1]);
+        nfds_t n = 1 + (nfds_t)parley_pollfds(s->p, &fds[1], PARLEY_MAX_POLLFDS);
         int t = parley_timeout_ms(s->p);
         if (deadline && (t < 0 || (uint64_t)t > deadline - now))
             t = (int)(deadline - now);
@@ -545,7 +546,7 @@ static bool loop_until(session *s, bool (*done)(session *), uint64_t deadline)
             s->fatal = PARLEY_ERR_STATE;
             return false;
         }
-        rc = parley_dispatch(s->p, rc > 0 && n == 2 ? fds[1].revents : 0);
+        rc = parley_dispatch(s->p, &fds[1], rc > 0 ? (int)n - 1 : 0);
         if (rc != PARLEY_OK && !s->fatal) {
             s->fatal = rc;
             snprintf(s->problem, sizeof s->problem, "%s", parley_errmsg(s->p));
@@ -873,6 +874,7 @@ static bool print_history_row(void *ctx, const parley_message *m)
         cJSON_AddStringToObject(o, "id", id);
         cJSON_AddStringToObject(o, "direction", m->outgoing ? "out" : "in");
         add_str_or_null(o, "from", from);
+        add_str_or_null(o, "conversation", m->conversation);
         cJSON_AddNumberToObject(o, "ts", (double)ts);
         add_str_or_null(o, "text", m->text);
         cJSON_AddStringToObject(o, "state", parley_state_name(m->state));

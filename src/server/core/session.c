@@ -25,6 +25,14 @@ bool session_returned(session *s)
     return false;
 }
 
+void session_ask_begin(session_ask *a, session *s, uint64_t request_id)
+{
+    a->s = s;
+    a->srv = session_server(s);
+    a->request_id = request_id;
+    session_hold(s);
+}
+
 void session_origin(const session *s, store_origin *o)
 {
     o->device = s->device;

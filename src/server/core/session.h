@@ -80,6 +80,18 @@ void session_close_replaced(session *s, bool replaced);
 
 void session_hold(session *s);
 bool session_returned(session *s);
+
+/* What a request made on behalf of a session carries back: the session (held until the
+ * request returns), the server (the connection may be gone by then) and the request id
+ * to answer. */
+typedef struct {
+    session *s;
+    server *srv;
+    uint64_t request_id;
+} session_ask;
+
+/* Before handing a request out for s: fills a and holds s. */
+void session_ask_begin(session_ask *a, session *s, uint64_t request_id);
 void session_origin(const session *s, store_origin *o);
 /* After a commit that appended to these devices' inboxes. */
 void session_wake(server *srv, const store_entries *appended);

@@ -41,8 +41,7 @@ static void on_connect(session *s, uint64_t rid, const Parley__Frame *f)
 
 typedef struct {
     store_device_query q;
-    session *s;
-    uint64_t request_id;
+    session_ask ask;
     uint8_t signed_msg[sizeof AUTH_CONTEXT - 1 + 32 + 16 + 4];
     bool has_signature;
     uint8_t signature[PS_SIG_LEN];
@@ -52,7 +51,7 @@ typedef struct {
 static void device_read(store_req *req, int status)
 {
     auth_request *a = (auth_request *)req;
-    session *s = a->s;
+    session *s = a->ask.s;
     if (!session_returned(s) || s->conn->closing) {
         free(a);
         return;
@@ -62,7 +61,7 @@ static void device_read(store_req *req, int status)
         status = STORE_NOT_FOUND; /* a Connect came meanwhile: this proof is for a device no longer named */
     if (status != STORE_OK || !a->has_signature ||
         !ps_xeddsa_verify(rec->identity_key, a->signed_msg, sizeof a->signed_msg, a->signature)) {
-        session_error(s, a->request_id, PERR_AUTH_FAILED,
+        session_error(s, a->ask.request_id, PERR_AUTH_FAILED,
                       status == STORE_NOT_FOUND ? "unknown device" : "the signature does not verify");
         free(a);
         return;
@@ -76,7 +75,7 @@ static void device_read(store_req *req, int status)
     Parley__Frame f = PARLEY__FRAME__INIT;
     f.body_case = PARLEY__FRAME__BODY_AUTHENTICATED;
     f.authenticated = &au;
-    session_reply(s, a->request_id, &f);
+    session_reply(s, a->ask.request_id, &f);
     free(a);
     session_authenticated(s); /* e.g. a receiving connection: claimed, and its inbox drained */
 }
@@ -109,9 +108,7 @@ static void on_authenticate(session *s, uint64_t rid, const Parley__Frame *f)
     s->state = SESSION_NEW;
     a->q.req.done = device_read;
     a->q.device = s->device;
-    a->s = s;
-    a->request_id = rid;
-    session_hold(s);
+    session_ask_begin(&a->ask, s, rid);
     store_get_device(session_server(s)->st, session_thread(s)->home, &a->q);
 }
 

@@ -65,15 +65,14 @@ uint32_t keys_parse(store_keys *out, const Parley__UploadKeys *m, const uint8_t 
 typedef struct {
     store_device_query q;         /* first: the identity key the signature is checked with */
     store_upload r;               /* then: the upload */
-    session *s;
-    uint64_t request_id;
+    session_ask ask;
     Parley__UploadKeys *m;        /* until the device's record is in */
 } upload_request;
 
 static void uploaded(store_req *req, int status)
 {
     upload_request *j = (upload_request *)((char *)req - offsetof(upload_request, r));
-    session *s = j->s;
+    session *s = j->ask.s;
     if (session_returned(s)) {
         if (status == STORE_OK) {
             Parley__KeysUploaded r = PARLEY__KEYS_UPLOADED__INIT;
@@ -84,9 +83,9 @@ static void uploaded(store_req *req, int status)
             Parley__Frame f = PARLEY__FRAME__INIT;
             f.body_case = PARLEY__FRAME__BODY_KEYS_UPLOADED;
             f.keys_uploaded = &r;
-            session_reply(s, j->request_id, &f);
+            session_reply(s, j->ask.request_id, &f);
         } else {
-            session_store_error(s, j->request_id, status);
+            session_store_error(s, j->ask.request_id, status);
         }
     }
     free(j);
@@ -95,7 +94,7 @@ static void uploaded(store_req *req, int status)
 static void device_read(store_req *req, int status)
 {
     upload_request *j = (upload_request *)req;
-    session *s = j->s;
+    session *s = j->ask.s;
     bool alive = session_returned(s);
     if (status == STORE_OK && memcmp(j->q.record.identity_key, j->r.from.key_prefix, sizeof j->r.from.key_prefix) != 0)
         status = STORE_REPLACED; /* registered again since this connection proved its key */
@@ -104,9 +103,9 @@ static void device_read(store_req *req, int status)
     const char *why = NULL;
     uint32_t code = 0;
     if (alive && status == STORE_OK && (code = keys_parse(&j->r.keys, j->m, j->q.record.identity_key, &why)) != 0)
-        session_error(s, j->request_id, code, why);
+        session_error(s, j->ask.request_id, code, why);
     else if (alive && status != STORE_OK)
-        session_store_error(s, j->request_id, status);
+        session_store_error(s, j->ask.request_id, status);
     parley__upload_keys__free_unpacked(j->m, NULL);
     j->m = NULL;
     if (!alive || status != STORE_OK || code) {
@@ -142,9 +141,7 @@ static void on_upload_keys(session *s, uint64_t rid, const Parley__Frame *f)
     session_origin(s, &j->r.from);
     j->q.req.done = device_read;
     j->q.device = s->device;
-    j->s = s;
-    j->request_id = rid;
-    session_hold(s);
+    session_ask_begin(&j->ask, s, rid);
     store_get_device(session_server(s)->st, session_thread(s)->home, &j->q);
 }
 
@@ -152,9 +149,7 @@ static void on_upload_keys(session *s, uint64_t rid, const Parley__Frame *f)
 
 typedef struct {
     store_fetch r;
-    session *s;
-    server *srv;                  /* the connection may be gone when it completes */
-    uint64_t request_id;
+    session_ask ask;
 } fetch_request;
 
 static void send_bundles(session *s, uint64_t rid, const store_fetch *r)
@@ -203,14 +198,14 @@ static void send_bundles(session *s, uint64_t rid, const store_fetch *r)
 static void fetched(store_req *req, int status)
 {
     fetch_request *j = (fetch_request *)req;
-    session *s = j->s;
+    session *s = j->ask.s;
     if (status == STORE_OK)
-        session_wake(j->srv, &j->r.notices);
+        session_wake(j->ask.srv, &j->r.notices);
     if (session_returned(s)) {
         if (status == STORE_OK)
-            send_bundles(s, j->request_id, &j->r);
+            send_bundles(s, j->ask.request_id, &j->r);
         else
-            session_store_error(s, j->request_id, status);
+            session_store_error(s, j->ask.request_id, status);
     }
     store_entries_free(&j->r.notices);
     free(j);
@@ -240,10 +235,7 @@ static void on_fetch_bundles(session *s, uint64_t rid, const Parley__Frame *f)
     j->r.n_wanted = m->n_device_ids;
     j->r.low = KEYS_LOW;
     j->r.now = clock_wall_ms();
-    j->s = s;
-    j->srv = session_server(s);
-    j->request_id = rid;
-    session_hold(s);
+    session_ask_begin(&j->ask, s, rid);
     store_fetch_bundles(session_server(s)->st, session_thread(s)->home, &j->r);
 }
 

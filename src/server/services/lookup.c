@@ -8,24 +8,23 @@
 
 typedef struct {
     store_lookup q;
-    session *s;
-    uint64_t request_id;
+    session_ask ask;
     bool asked_by_account;
 } lookup_request;
 
 static void looked_up(store_req *req, int status)
 {
     lookup_request *l = (lookup_request *)req;
-    session *s = l->s;
+    session *s = l->ask.s;
     if (!session_returned(s)) {
         free(l);
         return;
     }
     if (status == STORE_NOT_FOUND) {
-        session_error(s, l->request_id, PERR_UNKNOWN_ACCOUNT,
+        session_error(s, l->ask.request_id, PERR_UNKNOWN_ACCOUNT,
                       l->asked_by_account ? "no such account" : "no account has this number");
     } else if (status != STORE_OK) {
-        session_store_error(s, l->request_id, status);
+        session_store_error(s, l->ask.request_id, status);
     } else {
         Parley__DeviceList dl = PARLEY__DEVICE_LIST__INIT;
         dl.has_account_id = 1;
@@ -38,7 +37,7 @@ static void looked_up(store_req *req, int status)
         Parley__Frame f = PARLEY__FRAME__INIT;
         f.body_case = PARLEY__FRAME__BODY_LOOKUP_RESULT;
         f.lookup_result = &lr;
-        session_reply(s, l->request_id, &f);
+        session_reply(s, l->ask.request_id, &f);
     }
     free(l);
 }
@@ -65,9 +64,7 @@ static void on_lookup(session *s, uint64_t rid, const Parley__Frame *f)
         memcpy(l->q.account, m->account_id.data, STORE_ACCOUNT_ID_LEN);
     else
         snprintf(l->q.phone, sizeof l->q.phone, "%s", m->phone);
-    l->s = s;
-    l->request_id = rid;
-    session_hold(s);
+    session_ask_begin(&l->ask, s, rid);
     store_lookup_account(session_server(s)->st, session_thread(s)->home, &l->q);
 }
 

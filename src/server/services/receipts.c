@@ -11,27 +11,25 @@
 
 typedef struct {
     store_post r;
-    session *s;
-    server *srv;             /* the connection may be gone when it completes */
-    uint64_t request_id;
+    session_ask ask;
     uint8_t envelope[];      /* packed here, once, on the I/O thread */
 } receipt_request;
 
 static void posted(store_req *req, int status)
 {
     receipt_request *j = (receipt_request *)req;
-    session *s = j->s;
+    session *s = j->ask.s;
     if (status == STORE_OK)
-        session_wake(j->srv, &j->r.appended);
+        session_wake(j->ask.srv, &j->r.appended);
     if (session_returned(s)) {
         if (status == STORE_OK) {
             Parley__ReceiptAck ack = PARLEY__RECEIPT_ACK__INIT;
             Parley__Frame f = PARLEY__FRAME__INIT;
             f.body_case = PARLEY__FRAME__BODY_RECEIPT_ACK;
             f.receipt_ack = &ack;
-            session_reply(s, j->request_id, &f);
+            session_reply(s, j->ask.request_id, &f);
         } else {
-            session_store_error(s, j->request_id, status);
+            session_store_error(s, j->ask.request_id, status);
         }
     }
     store_entries_free(&j->r.appended);
@@ -92,10 +90,7 @@ static void on_receipt(session *s, uint64_t rid, const Parley__Frame *f)
     j->r.envelope = j->envelope;
     j->r.len = len;
     j->r.now = now;
-    j->s = s;
-    j->srv = session_server(s);
-    j->request_id = rid;
-    session_hold(s);
+    session_ask_begin(&j->ask, s, rid);
     store_post_receipt(session_server(s)->st, session_thread(s)->home, &j->r);
 }
 

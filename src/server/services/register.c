@@ -66,9 +66,7 @@ static code_entry *find_code(const char *phone, bool create)
 
 typedef struct {
     uv_work_t work;
-    session *s;
-    server *srv;
-    uint64_t request_id;
+    session_ask ask;
     char phone[STORE_PHONE_MAX + 1];
     char code[7];
     int rc;
@@ -78,17 +76,17 @@ typedef struct {
 static void sms_job_run(uv_work_t *w)
 {
     sms_job *j = w->data;
-    j->rc = sms_send(j->srv->cfg.sms, j->phone, j->code, j->err, sizeof j->err);
+    j->rc = sms_send(j->ask.srv->cfg.sms, j->phone, j->code, j->err, sizeof j->err);
 }
 
 static void sms_job_done(uv_work_t *w, int status)
 {
     sms_job *j = w->data;
-    session *s = j->s;
+    session *s = j->ask.s;
     if (session_returned(s)) {
         if (status != 0 || j->rc != 0) {
             fprintf(stderr, "parleyd: SMS for %s failed: %s\n", j->phone, j->err);
-            session_error(s, j->request_id, PERR_INTERNAL, "the code could not be sent; try again later");
+            session_error(s, j->ask.request_id, PERR_INTERNAL, "the code could not be sent; try again later");
         } else {
             Parley__CodeRequested cr = PARLEY__CODE_REQUESTED__INIT;
             cr.has_expires_in_seconds = 1;
@@ -96,7 +94,7 @@ static void sms_job_done(uv_work_t *w, int status)
             Parley__Frame f = PARLEY__FRAME__INIT;
             f.body_case = PARLEY__FRAME__BODY_CODE_REQUESTED;
             f.code_requested = &cr;
-            session_reply(s, j->request_id, &f);
+            session_reply(s, j->ask.request_id, &f);
         }
     }
     sodium_memzero(j->code, sizeof j->code);
@@ -137,11 +135,8 @@ static void on_request_code(session *s, uint64_t rid, const Parley__Frame *f)
         return;
     }
     j->work.data = j;
-    j->s = s;
-    j->srv = session_server(s);
-    j->request_id = rid;
     snprintf(j->phone, sizeof j->phone, "%s", m->phone);
-    session_hold(s);
+    session_ask_begin(&j->ask, s, rid);
     if (uv_queue_work(s->conn->tcp.loop, &j->work, sms_job_run, sms_job_done) != 0) {
         s->pending--;
         free(j);
@@ -187,25 +182,23 @@ static uint32_t check_code(const char *phone, const char *code)
 
 typedef struct {
     store_registration r;
-    session *s;
-    server *srv;                  /* the connection may be gone when it completes */
-    uint64_t request_id;
+    session_ask ask;
 } register_request;
 
 /* Back on the connection's thread, after the commit: only now is the device durable. */
 static void register_done(store_req *req, int status)
 {
     register_request *j = (register_request *)req;
-    session *s = j->s;
+    session *s = j->ask.s;
     if (status == STORE_OK) { /* connections of the replaced device end */
         store_device d = {.device = j->r.primary.device};
         memcpy(d.account, j->r.account, STORE_ACCOUNT_ID_LEN);
-        bus_kick(j->srv->bus, &d, BUS_KICK_ALL);
+        bus_kick(j->ask.srv->bus, &d, BUS_KICK_ALL);
     }
     if (!session_returned(s)) {
         /* the connection is gone; the registration stands */
     } else if (status != STORE_OK) {
-        session_store_error(s, j->request_id, status);
+        session_store_error(s, j->ask.request_id, status);
     } else {
         Parley__Registered r = PARLEY__REGISTERED__INIT;
         r.has_account_id = 1;
@@ -215,7 +208,7 @@ static void register_done(store_req *req, int status)
         Parley__Frame f = PARLEY__FRAME__INIT;
         f.body_case = PARLEY__FRAME__BODY_REGISTERED;
         f.registered = &r;
-        session_reply(s, j->request_id, &f);
+        session_reply(s, j->ask.request_id, &f);
     }
     free(j);
 }
@@ -263,10 +256,7 @@ static void on_register(session *s, uint64_t rid, const Parley__Frame *f)
     j->r.max_held = KEYS_MAX_HELD;
     j->r.now = clock_wall_ms();
     randombytes_buf(j->r.new_id, sizeof j->r.new_id);
-    j->s = s;
-    j->srv = session_server(s);
-    j->request_id = rid;
-    session_hold(s);
+    session_ask_begin(&j->ask, s, rid);
     store_register(session_server(s)->st, session_thread(s)->home, &j->r);
 }
 

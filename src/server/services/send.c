@@ -11,9 +11,7 @@
 
 typedef struct {
     store_send r;
-    session *s;
-    server *srv;                  /* the connection may be gone when it completes */
-    uint64_t request_id;
+    session_ask ask;
 } send_request;
 
 static void mismatch_error(session *s, uint64_t rid, store_send *r)
@@ -42,9 +40,9 @@ static void mismatch_error(session *s, uint64_t rid, store_send *r)
 static void send_done(store_req *req, int status)
 {
     send_request *j = (send_request *)req;
-    session *s = j->s;
+    session *s = j->ask.s;
     if (status == STORE_OK && !j->r.duplicate)
-        session_wake(j->srv, &j->r.targets);
+        session_wake(j->ask.srv, &j->r.targets);
     if (session_returned(s)) {
         if (status == STORE_OK) {
             Parley__SendAck ack = PARLEY__SEND_ACK__INIT;
@@ -55,11 +53,11 @@ static void send_done(store_req *req, int status)
             Parley__Frame f = PARLEY__FRAME__INIT;
             f.body_case = PARLEY__FRAME__BODY_SEND_ACK;
             f.send_ack = &ack;
-            session_reply(s, j->request_id, &f);
+            session_reply(s, j->ask.request_id, &f);
         } else if (status == STORE_DEVICE_MISMATCH) {
-            mismatch_error(s, j->request_id, &j->r);
+            mismatch_error(s, j->ask.request_id, &j->r);
         } else {
-            session_store_error(s, j->request_id, status);
+            session_store_error(s, j->ask.request_id, status);
         }
     }
     store_entries_free(&j->r.targets);
@@ -154,10 +152,7 @@ static void on_send(session *s, uint64_t rid, const Parley__Frame *f)
         return;
     }
     j->r.req.done = send_done;
-    j->s = s;
-    j->srv = session_server(s);
-    j->request_id = rid;
-    session_hold(s);
+    session_ask_begin(&j->ask, s, rid);
     store_accept_send(session_server(s)->st, session_thread(s)->home, &j->r);
 }
 
