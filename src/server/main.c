@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "services.h"
@@ -40,7 +41,46 @@ static const opt_spec options[] = {
      NULL},
     {"--fetch-rate", "N", OPT_U32, CFG(fetch_rate), 1, 1000000, "10",
      "prekey bundle fetches per second per device, bursts of 2N", NULL},
+    {"--max-conns-per-address", "N", OPT_U32, CFG(max_conns_per_address), 0, 10000000, "256",
+     "connections one client address may hold at once, 0 for no limit", NULL},
+    {"--max-connections", "N", OPT_U32, CFG(max_connections), 1, 100000000, NULL,
+     "connections in all (default: the descriptor limit, raised to its maximum, less a reserve of 256)", NULL},
+    {"--trusted-proxy", "ADDR[,ADDR...]", OPT_STRING, CFG(trusted_proxies), 0, 0, "",
+     "addresses exempt from the per-address connection limits (a TLS proxy, a load balancer)", NULL},
+    {"--auth-timeout", "SECONDS", OPT_U32, CFG(auth_timeout_seconds), 1, 3600, "10",
+     "a connection must upgrade, and then authenticate, within this long", NULL},
+    {"--code-rate", "N", OPT_U32, CFG(code_rate), 1, 100000000, "10",
+     "verification codes one client address may ask for an hour", NULL},
+    {"--code-global-rate", "N", OPT_U32, CFG(code_global_rate), 1, 100000000, "100",
+     "verification codes the server sends a minute, all numbers together", NULL},
+    {"--sms-queue", "N", OPT_U32, CFG(sms_queue), 1, 1000000, "16",
+     "SMS sends waiting for the provider at once; more are refused (busy)", NULL},
+    {"--lookup-rate", "N", OPT_U32, CFG(lookup_rate), 1, 1000000, "10",
+     "number lookups per second per device (bursts of 2N), and 4N per client address", NULL},
+    {"--lookup-daily", "N", OPT_U32, CFG(lookup_daily), 1, 100000000, "2000",
+     "number lookups a device may make a day", NULL},
+    {"--output-budget", "BYTES", OPT_BYTES, CFG(output_budget), 1u << 20, 4095u << 20, "256M",
+     "answers queued for all connections together; past it connections with large queues are cut", NULL},
+    {"--fetch-target-rate", "N", OPT_U32, CFG(fetch_target_rate), 1, 100000000, "20",
+     "bundles with a one-time prekey handed out per account a minute (more come without one)", NULL},
 };
+
+#define FD_RESERVE 256 /* descriptors kept for the store, the SMS provider, and accepting to refuse */
+
+/* Raises the soft descriptor limit to the hard one; returns what it is now. */
+static uint64_t raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 1024;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    return rl.rlim_cur == RLIM_INFINITY ? UINT32_MAX : (uint64_t)rl.rlim_cur;
+}
 
 static int parse_args(server_config *cfg, int argc, char **argv)
 {
@@ -57,6 +97,13 @@ static int parse_args(server_config *cfg, int argc, char **argv)
         cfg->threads = cores > 0 ? (uint32_t)(cores < 256 ? cores : 256) : 1;
     if (!cfg->sms[0])
         snprintf(cfg->sms, sizeof cfg->sms, "file:%s/sms.log", cfg->data_dir);
+    uint64_t nofile = raise_nofile();
+    uint64_t room = nofile > 2 * FD_RESERVE ? nofile - FD_RESERVE : nofile / 2;
+    if (!cfg->max_connections)
+        cfg->max_connections = (uint32_t)(room < UINT32_MAX ? room : UINT32_MAX);
+    else if (cfg->max_connections > room)
+        fprintf(stderr, "parleyd: --max-connections %u is above what %llu descriptors allow; connections may fail\n",
+                cfg->max_connections, (unsigned long long)nofile);
     return 0;
 }
 
@@ -83,10 +130,23 @@ int main(int argc, char **argv)
         return 1;
     }
     /* a million device buckets (16 MiB of address space, touched only where used);
-     * 4096 address buckets */
+     * 65,536 address buckets (a rate per period: rate_table_init_per) */
+    char err[256];
+    if (admission_init(&srv.admit, srv.cfg.max_conns_per_address, srv.cfg.max_connections, srv.cfg.trusted_proxies,
+                       err, sizeof err) != 0) {
+        fprintf(stderr, "parleyd: %s\n", err);
+        store_close(srv.st);
+        return 2;
+    }
     if (rate_table_init(&srv.rates[RATE_SENDS], 1 << 20, srv.cfg.send_rate, srv.cfg.send_rate * 2) != 0 ||
-        rate_table_init(&srv.rates[RATE_CONNECTIONS], 4096, srv.cfg.conn_rate, srv.cfg.conn_rate) != 0 ||
+        rate_table_init(&srv.rates[RATE_CONNECTIONS], 1 << 16, srv.cfg.conn_rate, srv.cfg.conn_rate) != 0 ||
         rate_table_init(&srv.rates[RATE_FETCHES], 1 << 20, srv.cfg.fetch_rate, srv.cfg.fetch_rate * 2) != 0 ||
+        rate_table_init(&srv.rates[RATE_LOOKUPS], 1 << 20, srv.cfg.lookup_rate, srv.cfg.lookup_rate * 2) != 0 ||
+        rate_table_init(&srv.rates[RATE_LOOKUPS_ADDRESS], 1 << 16, srv.cfg.lookup_rate * 4, srv.cfg.lookup_rate * 8) != 0 ||
+        rate_table_init_per(&srv.rates[RATE_LOOKUPS_DAILY], 1 << 20, srv.cfg.lookup_daily, 86400000, srv.cfg.lookup_daily) != 0 ||
+        rate_table_init_per(&srv.rates[RATE_CODES], 1 << 16, srv.cfg.code_rate, 3600000, srv.cfg.code_rate) != 0 ||
+        rate_table_init_per(&srv.rates[RATE_CODES_GLOBAL], 1, srv.cfg.code_global_rate, 60000, srv.cfg.code_global_rate) != 0 ||
+        rate_table_init_per(&srv.rates[RATE_FETCH_TARGET], 1 << 20, srv.cfg.fetch_target_rate, 60000, srv.cfg.fetch_target_rate) != 0 ||
         server_start(&srv, parley_services) != 0) {
         store_close(srv.st);
         return 1;
@@ -102,6 +162,7 @@ int main(int argc, char **argv)
     store_close(srv.st);
     for (int i = RATE_NONE + 1; i < RATE_CLASSES; i++)
         rate_table_destroy(&srv.rates[i]);
+    admission_free(&srv.admit);
     /* how well commits were grouped (what a benchmark run wants to know) */
     fprintf(stderr, "parleyd: stopped after %llu commits of %llu writes\n", (unsigned long long)st.commits,
             (unsigned long long)st.writes);

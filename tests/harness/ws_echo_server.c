@@ -22,7 +22,7 @@ static bool on_message(ws_conn *c, int opcode, uint8_t *data, size_t len)
     return true;
 }
 
-static const ws_conn_callbacks callbacks = {NULL, on_message, NULL};
+static const ws_conn_callbacks callbacks = {.on_message = on_message};
 
 static void on_connection(uv_stream_t *srv, int status)
 {
@@ -81,7 +81,7 @@ int main(int argc, char **argv)
 
     signal(SIGPIPE, SIG_IGN);
     uv_loop_t *loop = uv_default_loop();
-    ws_thread_init(&thread, loop, &callbacks, limits, 0);
+    ws_thread_init(&thread, loop, &callbacks, limits, 0, 0);
     uv_tcp_init(loop, &server);
     int rc;
     if ((rc = uv_tcp_bind(&server, (const struct sockaddr *)&addr, 0)) != 0 ||

@@ -37,6 +37,35 @@ static void test_token_bucket(void)
     CHECK(retry == UINT32_MAX);
 }
 
+/* A slow rate (1,000 a day) asked every 100 ms still refills: the time not yet worth a
+ * thousandth of a token is kept, not dropped at each call (a thousandth is rounded to
+ * whole milliseconds, so within a percent). */
+static void test_slow_rate(void)
+{
+    rate_bucket b = {0};
+    uint32_t retry = 0;
+    uint64_t now = 1000;
+    CHECK(token_take_per(&b, 1000, 86400000, 1, now, &retry));
+    CHECK(!token_take_per(&b, 1000, 86400000, 1, now, &retry));
+    CHECK(retry == 86400); /* one token in 86.4 s */
+    int got = 0;
+    uint64_t when = 0;
+    for (int i = 1; i <= 1000 && !got; i++) {
+        now += 100;
+        if (token_take_per(&b, 1000, 86400000, 1, now, &retry)) {
+            got = i;
+            when = now - 1000;
+        }
+    }
+    CHECK(got && when >= 85500 && when <= 87300); /* 86.4 s, within a percent */
+    /* 5 an hour: the sixth within the hour waits for 12 minutes */
+    rate_bucket h = {0};
+    for (int i = 0; i < 5; i++)
+        CHECK(token_take_per(&h, 5, 3600000, 5, 5000, &retry));
+    CHECK(!token_take_per(&h, 5, 3600000, 5, 5000, &retry));
+    CHECK(retry == 720000);
+}
+
 static void test_rate_table(void)
 {
     rate_table t;
@@ -284,6 +313,16 @@ static void test_bus(void)
     CHECK(second.kicked == 1 && second.replaced == 1 && !second.claim.held);
     CHECK(other.kicked == 0 && other.claim.held);
 
+    /* a connection that authenticated (took its order) before the device was registered
+     * again, and claims only after the kick, is refused; one authenticated after is not */
+    owner early, late_ok;
+    make_owner(&early, b, 0xD4, 1, 0);
+    bus_kick(b, &early.device, BUS_KICK_ALL);
+    CHECK(!bus_claim_device(b, &early.claim));
+    make_owner(&late_ok, b, 0xD4, 1, 1);
+    CHECK(bus_claim_device(b, &late_ok.claim));
+    bus_release(b, &late_ok.claim);
+
     /* a released claim gets no more mail, even mail already posted */
     bus_wake(b, &other.device);
     bus_release(b, &other.claim);
@@ -330,6 +369,7 @@ static void test_bus(void)
 int main(void)
 {
     RUN(test_token_bucket());
+    RUN(test_slow_rate());
     RUN(test_rate_table());
     RUN(test_dispatch_table());
     RUN(test_claim_orders());

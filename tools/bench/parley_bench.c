@@ -733,9 +733,10 @@ static bool start_server(void)
     for (int attempt = 0; attempt < 3; attempt++) {
         cfg.port = free_port();
         snprintf(listen_at, sizeof listen_at, "127.0.0.1:%u", cfg.port);
-        char *argv[16 + MAX_SERVER_ARGS] = {exe, "--listen", listen_at, "--data", data, "--sms", sms, "--conn-rate",
-                                           "0", "--send-rate", "1000000"};
-        int argc = 11;
+        /* thousands of devices from a few loopback addresses: no per-address limits */
+        char *argv[18 + MAX_SERVER_ARGS] = {exe, "--listen", listen_at, "--data", data, "--sms", sms, "--conn-rate",
+                                           "0", "--send-rate", "1000000", "--max-conns-per-address", "0"};
+        int argc = 13;
         if (O.server_threads) {
             argv[argc++] = "--threads";
             argv[argc++] = threads;

@@ -63,15 +63,33 @@ static void usage(FILE *out)
             DEFAULT_TIMEOUT_S);
 }
 
+/* Text from other people (and from the server: error and close reasons) goes to a
+ * terminal: control characters (escape sequences, carriage returns that would fake
+ * lines) are shown as \xNN, the rest as it is. */
+static void put_printable(FILE *out, const char *t)
+{
+    for (const unsigned char *c = (const unsigned char *)t; *c; c++) {
+        if (*c < 0x20 || *c == 0x7f)
+            fprintf(out, "\\x%02x", *c);
+        else if (*c == 0xc2 && c[1] >= 0x80 && c[1] <= 0x9f) /* C1 controls, e.g. U+009B (CSI) */
+            fprintf(out, "\\u%04x", *++c);
+        else
+            fputc(*c, out);
+    }
+}
+
+/* Every message on stderr may carry words from the server: printed through put_printable. */
 static void fail_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void fail_msg(const char *fmt, ...)
 {
+    char buf[2048];
     va_list ap;
     va_start(ap, fmt);
-    fputs("parley: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    fputs("parley: ", stderr);
+    put_printable(stderr, buf);
+    fputc('\n', stderr);
 }
 
 static void hex_id(char out[2 * PARLEY_ID_LEN + 1], const uint8_t id[PARLEY_ID_LEN])
@@ -842,20 +860,6 @@ typedef struct {
     const char *me;
 } history_out;
 
-/* Text from other people goes to a terminal: control characters (escape sequences,
- * carriage returns that would fake lines) are shown as \xNN, the rest as it is. */
-static void put_printable(const char *t)
-{
-    for (const unsigned char *c = (const unsigned char *)t; *c; c++) {
-        if (*c < 0x20 || *c == 0x7f)
-            printf("\\x%02x", *c);
-        else if (*c == 0xc2 && c[1] >= 0x80 && c[1] <= 0x9f) /* C1 controls, e.g. U+009B (CSI) */
-            printf("\\u%04x", *++c);
-        else
-            putchar(*c);
-    }
-}
-
 static bool print_history_row(void *ctx, const parley_message *m)
 {
     history_out *h = ctx;
@@ -893,10 +897,10 @@ static bool print_history_row(void *ctx, const parley_message *m)
     else
         printf("%s  %-3s  %-9s  ", when, m->outgoing ? "out" : "in", parley_state_name(m->state));
     if (m->text) {
-        put_printable(m->text);
+        put_printable(stdout, m->text);
     } else {
         fputs("(unreadable: ", stdout);
-        put_printable(m->problem ? m->problem : "?");
+        put_printable(stdout, m->problem ? m->problem : "?");
         putchar(')');
     }
     putchar('\n');

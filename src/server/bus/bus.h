@@ -70,7 +70,9 @@ bool bus_claim_device(bus *b, bus_claim *c);
 /* On c's thread, before c goes away. */
 void bus_release(bus *b, bus_claim *c);
 
-/* Every claim of d older than order is kicked (BUS_KICK_ALL: every claim). */
+/* Every claim of d older than order is kicked. BUS_KICK_ALL (the device was registered
+ * again): every claim, and claims made later with an order from before this call are
+ * refused too. */
 void bus_kick(bus *b, const store_device *d, uint64_t order);
 
 /* After a commit that appended to d's inbox: the newest claim of d is woken. */

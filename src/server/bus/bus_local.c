@@ -13,6 +13,7 @@
 
 #define INITIAL_BUCKETS 1024
 #define MAX_THREADS 256
+#define TOMBSTONES 4096 /* devices replaced recently, by a hash: a collision forgets the older */
 
 enum { MAIL_WAKE = 1, MAIL_KICK, MAIL_EPHEMERAL };
 
@@ -43,14 +44,31 @@ struct bus {
     uint64_t last_order;
     int nthreads;
     mailbox *boxes;
+    /* Devices kicked whole (registered again), with the order of the kick: a claim older
+     * than that is refused even if it comes after the kick (a connection that
+     * authenticated with the old key just before the registration). */
+    struct {
+        store_device device;
+        uint64_t order;
+    } replaced[TOMBSTONES];
 };
 
-static size_t bucket_of(const bus *b, const store_device *d)
+static uint64_t device_hash(const store_device *d)
 {
     uint64_t h; /* account ids are random: their first bytes hash well already */
     memcpy(&h, d->account, sizeof h);
     h ^= (uint64_t)d->device * 0x9E3779B97F4A7C15ULL;
-    return (size_t)(h ^ h >> 29) & (b->nbuckets - 1);
+    return h ^ h >> 29;
+}
+
+static size_t bucket_of(const bus *b, const store_device *d)
+{
+    return (size_t)device_hash(d) & (b->nbuckets - 1);
+}
+
+static size_t tombstone_of(const store_device *d)
+{
+    return (size_t)device_hash(d) & (TOMBSTONES - 1);
 }
 
 static bool same_device(const store_device *a, const store_device *b)
@@ -189,6 +207,11 @@ bool bus_claim_device(bus *b, bus_claim *c)
     const store_device *d = device_of(b, c);
     pthread_mutex_lock(&b->lock);
     size_t nkick = threads_to_kick(b, d, c->order, threads, &newer);
+    size_t t = tombstone_of(d);
+    if (b->replaced[t].order > c->order && same_device(&b->replaced[t].device, d)) {
+        newer = true; /* the device was replaced after this claim's connection authenticated */
+        nkick = 0;
+    }
     if (!newer) {
         size_t k = bucket_of(b, d);
         c->next = b->buckets[k];
@@ -208,7 +231,13 @@ void bus_kick(bus *b, const store_device *d, uint64_t order)
 {
     int threads[MAX_THREADS];
     bool newer;
+    uint64_t now = order == BUS_KICK_ALL ? bus_order_next(b) : 0;
     pthread_mutex_lock(&b->lock);
+    if (order == BUS_KICK_ALL) {
+        size_t t = tombstone_of(d);
+        b->replaced[t].device = *d;
+        b->replaced[t].order = now;
+    }
     size_t nkick = threads_to_kick(b, d, order, threads, &newer);
     pthread_mutex_unlock(&b->lock);
     mail kick = {.kind = MAIL_KICK, .device = *d, .order = order};

@@ -6,14 +6,34 @@
 
 #define MAX_WAITING 64 /* requests of one connection waiting for the store */
 
+/* What each table limits, whom it is keyed by, and the words of its refusal. */
+enum { KEY_DEVICE, KEY_ADDRESS, KEY_SERVER };
+static const struct {
+    uint8_t key;
+    const char *what;
+} tables[RATE_CLASSES] = {
+    [RATE_SENDS] = {KEY_DEVICE, "too many sends and receipts from this device; slow down"},
+    [RATE_FETCHES] = {KEY_DEVICE, "too many prekey fetches from this device; slow down"},
+    [RATE_CONNECTIONS] = {KEY_ADDRESS, "too many new connections from this address"},
+    [RATE_LOOKUPS] = {KEY_DEVICE, "too many lookups from this device; slow down"},
+    [RATE_LOOKUPS_ADDRESS] = {KEY_ADDRESS, "too many lookups from this address; slow down"},
+    [RATE_LOOKUPS_DAILY] = {KEY_DEVICE, "this device looked up too many numbers today"},
+    [RATE_CODES] = {KEY_ADDRESS, "too many verification codes asked for from this address; try later"},
+    [RATE_CODES_GLOBAL] = {KEY_SERVER, "the server is sending too many verification codes; try later"},
+    [RATE_FETCH_TARGET] = {KEY_DEVICE, "the account's one-time prekeys are being fetched too fast"},
+};
+
+/* The tables a class takes a token from, in order (the class's own first). */
+static const uint8_t class_tables[RATE_CLASSES][3] = {
+    [RATE_SENDS] = {RATE_SENDS},
+    [RATE_FETCHES] = {RATE_FETCHES},
+    [RATE_LOOKUPS] = {RATE_LOOKUPS, RATE_LOOKUPS_ADDRESS, RATE_LOOKUPS_DAILY},
+    [RATE_CODES] = {RATE_CODES, RATE_CODES_GLOBAL},
+};
+
 const char *rate_class_what(int rate)
 {
-    switch (rate) {
-    case RATE_SENDS: return "sends and receipts";
-    case RATE_FETCHES: return "prekey fetches";
-    case RATE_CONNECTIONS: return "new connections";
-    default: return "requests";
-    }
+    return rate > RATE_NONE && rate < RATE_CLASSES && tables[rate].what ? tables[rate].what : "too many requests";
 }
 
 int dispatch_build(dispatch_table *t, const service *const *services)
@@ -39,22 +59,42 @@ const frame_route *dispatch_find(const dispatch_table *t, Parley__Frame__BodyCas
     return (unsigned)body < DISPATCH_SLOTS ? t->rows[body] : NULL;
 }
 
-/* One token of the device's bucket in the row's rate class (shared by all its
- * connections), else a RATE_LIMITED answer saying what; also refuses while the
- * connection has too many requests waiting (memory stays bounded). */
+/* One token from each table of the row's class (a device's buckets are shared by all
+ * its connections), else a RATE_LIMITED answer saying which limit; also refuses while
+ * the connection has too many requests waiting (memory stays bounded). */
 static bool take_token(session *s, uint64_t rid, int rate)
 {
-    uint32_t retry = 0;
     if (s->pending >= MAX_WAITING) {
         session_error_full(s, rid, PERR_RATE_LIMITED, "too many requests waiting for storage", 50, NULL);
         return false;
     }
-    if (rate_table_take(&session_server(s)->rates[rate], &s->device, sizeof s->device, clock_wall_ms(), &retry))
-        return true;
-    char reason[128];
-    snprintf(reason, sizeof reason, "too many %s from this device; slow down", rate_class_what(rate));
-    session_error_full(s, rid, PERR_RATE_LIMITED, reason, retry ? retry : 1, NULL);
-    return false;
+    server *srv = session_server(s);
+    uint64_t now = clock_wall_ms();
+    uint8_t address[16];
+    bool have_address = false, client_address = true;
+    for (int i = 0; i < 3 && class_tables[rate][i]; i++) {
+        int k = class_tables[rate][i];
+        const void *key = &s->device;
+        size_t len = sizeof s->device;
+        if (tables[k].key == KEY_ADDRESS) {
+            if (!have_address)
+                client_address = session_address(s, address);
+            have_address = true;
+            if (!client_address)
+                continue; /* a trusted proxy's: every client behind it shares it */
+            key = address;
+            len = sizeof address;
+        } else if (tables[k].key == KEY_SERVER) {
+            key = "";
+            len = 0;
+        }
+        uint32_t retry = 0;
+        if (!rate_table_take(&srv->rates[k], key, len, now, &retry)) {
+            session_error_full(s, rid, PERR_RATE_LIMITED, rate_class_what(k), retry ? retry : 1, NULL);
+            return false;
+        }
+    }
+    return true;
 }
 
 void dispatch_frame(const dispatch_table *t, session *s, const Parley__Frame *f)

@@ -112,8 +112,11 @@ static int threads_start(server *srv)
         t->finish.data = t;
         if (store_home_open(srv->st, &t->loop, &t->home) != STORE_OK || bus_thread_open(srv->bus, i, &t->loop) != 0)
             return UV_ENOMEM;
-        /* a connection silent for twice the heartbeat interval is closed */
-        ws_thread_init(&t->ws, &t->loop, &session_callbacks, limits, srv->cfg.heartbeat_seconds * 2000);
+        /* a connection silent for twice the heartbeat interval is closed, and one that has
+         * not authenticated within the authentication timeout */
+        ws_thread_init(&t->ws, &t->loop, &session_callbacks, limits, srv->cfg.heartbeat_seconds * 2000,
+                       srv->cfg.auth_timeout_seconds * 1000);
+        t->ws.output_budget = srv->cfg.output_budget;
         EACH_SERVICE (srv, svc)
             if (svc->thread_start && (rc = svc->thread_start(t)) != 0)
                 return rc;

@@ -41,6 +41,12 @@ void session_error_full(session *s, uint64_t request_id, uint32_t code, const ch
     f.body_case = PARLEY__FRAME__BODY_ERROR;
     f.error = &e;
     session_reply(s, request_id, &f);
+    /* a peer that keeps sending what it may not is closed, not answered without end: any
+     * error before authentication counts, after it only frames that make no sense */
+    bool counts = s->state != SESSION_AUTHENTICATED || code == PERR_MALFORMED_FRAME || code == PERR_UNKNOWN_FRAME ||
+                  code == PERR_NOT_AUTHENTICATED;
+    if (counts && ++s->errors >= SESSION_MAX_ERRORS && session_open(s))
+        ws_conn_close(s->conn, WS_CLOSE_POLICY, "too many errors");
 }
 
 void session_error(session *s, uint64_t request_id, uint32_t code, const char *reason)

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "admission.h"
 #include "bus.h"
 #include "clock.h"
 #include "errors.h"
@@ -37,14 +38,33 @@ typedef struct {
     uint32_t conn_rate;          /* new connections per second per address; 0: no limit */
     uint32_t deliver_window;     /* unacknowledged envelopes per receiving connection */
     uint32_t fetch_rate;         /* prekey bundle fetches per second per device (burst: twice) */
+    uint32_t max_conns_per_address; /* connections one address holds at once; 0: no cap */
+    uint32_t max_connections;    /* 0 until parsed: the descriptor limit less a reserve */
+    char trusted_proxies[512];   /* addresses exempt from the per-address limits */
+    uint32_t auth_timeout_seconds; /* accept to upgrade, upgrade to authentication */
+    uint32_t code_rate;          /* verification codes an address may ask for an hour */
+    uint32_t code_global_rate;   /* codes the whole server sends a minute */
+    uint32_t sms_queue;          /* SMS sends in flight at once; more are refused */
+    uint32_t lookup_rate;        /* lookups per second per device, and per address */
+    uint32_t lookup_daily;       /* lookups a device may make a day */
+    uint32_t fetch_target_rate;  /* bundles with a one-time prekey handed out per account a minute */
+    uint32_t output_budget;      /* bytes queued for all connections; past it the largest are cut */
 } server_config;
 
-/* Rate classes (service.h): each is one table of token buckets. */
+/* Rate tables, each of token buckets keyed by a device, a client address or nothing
+ * (one bucket for the server). A dispatch row names a class: its first table, and the
+ * class takes a token from each of its tables (rate_class_tables, dispatch.c). */
 enum {
     RATE_NONE = 0,
-    RATE_SENDS,                  /* per device: sends, receipts, key uploads */
-    RATE_FETCHES,                /* per device: prekey bundle fetches */
-    RATE_CONNECTIONS,            /* per client address: new connections */
+    RATE_SENDS,                  /* class; per device: sends, receipts, key uploads */
+    RATE_FETCHES,                /* class; per device: prekey bundle fetches */
+    RATE_CONNECTIONS,            /* per address: new connections (at accept, admission.h) */
+    RATE_LOOKUPS,                /* class; per device a second, with the two below */
+    RATE_LOOKUPS_ADDRESS,        /* per address a second */
+    RATE_LOOKUPS_DAILY,          /* per device a day */
+    RATE_CODES,                  /* class; per address an hour, with the one below */
+    RATE_CODES_GLOBAL,           /* the server, a minute (what the SMS provider bills) */
+    RATE_FETCH_TARGET,           /* per fetched account, a minute: one-time prekeys handed out */
     RATE_CLASSES
 };
 
@@ -70,6 +90,7 @@ struct server {
     store *st;
     bus *bus;
     rate_table rates[RATE_CLASSES];
+    admission admit;              /* who may connect (at accept) */
     const service *const *services;  /* NULL-terminated */
     const struct dispatch_table *dispatch;
     io_thread *io;

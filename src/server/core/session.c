@@ -25,6 +25,17 @@ bool session_returned(session *s)
     return false;
 }
 
+bool session_address(const session *s, uint8_t key[16])
+{
+    struct sockaddr_storage peer;
+    int len = sizeof peer;
+    memset(&peer, 0, sizeof peer);
+    if (!s->conn || uv_tcp_getpeername(&s->conn->tcp, (struct sockaddr *)&peer, &len) != 0)
+        memset(&peer, 0, sizeof peer);
+    address_key((const struct sockaddr *)&peer, key);
+    return !s->conn || !admission_trusted(&session_server(s)->admit, key);
+}
+
 void session_ask_begin(session_ask *a, session *s, uint64_t request_id)
 {
     a->s = s;
@@ -53,6 +64,7 @@ void session_wake(server *srv, const store_entries *appended)
 
 void session_authenticated(session *s)
 {
+    ws_conn_trust(s->conn); /* the authentication deadline is met: idle deadlines from now */
     EACH_SERVICE (session_server(s), svc)
         if (svc->authenticated && session_open(s))
             svc->authenticated(s);
@@ -99,6 +111,18 @@ const bus_owner session_bus_owner = {claim_device, claim_thread, claim_wake, cla
 
 /* ---- the connection's life ------------------------------------------------------------ */
 
+static int admit(ws_conn *c, const struct sockaddr *peer, uint32_t *retry_after_s)
+{
+    server *srv = ((io_thread *)c->tcp.loop->data)->srv;
+    return admission_admit(&srv->admit, &srv->rates[RATE_CONNECTIONS], peer, clock_wall_ms(), &c->admit_slot,
+                           retry_after_s);
+}
+
+static void released(ws_conn *c)
+{
+    admission_release(&((io_thread *)c->tcp.loop->data)->srv->admit, c->admit_slot);
+}
+
 static void on_open(ws_conn *c)
 {
     server *srv = ((io_thread *)c->tcp.loop->data)->srv;
@@ -109,21 +133,6 @@ static void on_open(ws_conn *c)
     }
     s->conn = c;
     c->user = s;
-    struct sockaddr_storage addr;
-    int alen = sizeof addr;
-    uint32_t retry = 0;
-    uint8_t key[16] = {0}; /* the address alone: every port of a client counts */
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&addr, &alen) == 0) {
-        if (addr.ss_family == AF_INET)
-            memcpy(key, &((const struct sockaddr_in *)&addr)->sin_addr, 4);
-        else if (addr.ss_family == AF_INET6)
-            memcpy(key, &((const struct sockaddr_in6 *)&addr)->sin6_addr, 16);
-    }
-    if (!rate_table_take(&srv->rates[RATE_CONNECTIONS], key, sizeof key, clock_wall_ms(), &retry)) {
-        session_error_full(s, 0, PERR_CONNECTION_RATE_LIMITED, NULL, retry ? retry : 1, NULL);
-        ws_conn_close(c, WS_CLOSE_POLICY, "connection rate limited");
-        return;
-    }
     Parley__Hello h = PARLEY__HELLO__INIT;
     h.has_protocol_version = 1;
     h.protocol_version = PARLEY_PROTOCOL_VERSION;
@@ -188,4 +197,4 @@ static void on_writable(ws_conn *c)
             svc->writable(s);
 }
 
-const ws_conn_callbacks session_callbacks = {on_open, on_message, on_closed, on_writable};
+const ws_conn_callbacks session_callbacks = {admit, released, on_open, on_message, on_closed, on_writable};

@@ -31,7 +31,8 @@ struct session {
     store_device device;          /* auth: claimed in Connect, proven by Authenticate */
     uint8_t key_prefix[8];        /* auth: of the identity key it proved */
     uint16_t pending;             /* requests out for it */
-    uint8_t state;                /* auth: SESSION_* */
+    uint8_t errors;               /* reply.c: protocol errors answered (it is closed past a few) */
+    uint8_t state : 2;            /* auth: SESSION_* */
     bool receive : 1;             /* deliver: the device's receiving connection */
     bool drained_sent : 1;        /* deliver: Deliver{drained} went out */
     bool pump_blocked : 1;        /* deliver: waits for the write queue to empty */
@@ -62,6 +63,10 @@ static inline bool session_open(const session *s)
 
 /* ---- frames out (reply.c) ---- */
 
+/* Errors a connection is answered before it is closed (1008 "too many errors"): every
+ * error before authentication, and malformed, unknown or unauthenticated frames after. */
+#define SESSION_MAX_ERRORS 16
+
 void session_send_frame(session *s, Parley__Frame *f);
 void session_reply(session *s, uint64_t request_id, Parley__Frame *f);
 /* An Error; reason NULL: the error table's text for code. */
@@ -80,6 +85,10 @@ void session_close_replaced(session *s, bool replaced);
 
 void session_hold(session *s);
 bool session_returned(session *s);
+
+/* The client's address as 16 bytes (address_key, admission.h); zeros if unknown. False
+ * for an address on --trusted-proxy: it is not the client's, so per-address limits skip it. */
+bool session_address(const session *s, uint8_t key[16]);
 
 /* What a request made on behalf of a session carries back: the session (held until the
  * request returns), the server (the connection may be gone by then) and the request id

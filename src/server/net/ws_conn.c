@@ -6,6 +6,7 @@
  * still writing a large message would lose our close frame (it would see 1006). */
 #include "ws_conn.h"
 
+#include <malloc.h>
 #include <sanitizer/asan_interface.h> /* no-ops unless built with AddressSanitizer */
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,14 @@
 #define LINGER_MS 1000
 #define SWEEP_MS 250
 #define WRITE_QUEUE_MAX (16u << 20) /* a peer this far behind in reading is cut off */
+#define UNTRUSTED_QUEUE_MAX (64u << 10) /* the same before it authenticated */
+#define UNTRUSTED_MESSAGE_MAX (64u << 10) /* the largest message before it authenticated */
+#define OFFENDER_QUEUE (256u << 10) /* over the output budget, queues this large are cut */
+#define TRIM_AFTER_CLOSES 256       /* closes between two returns of free memory to the system */
+
+/* Bytes handed to the kernel's write queues and not yet written, all threads together:
+ * past the output budget the connections with the largest queues are cut first. */
+static size_t queued_total;
 
 /* Connections come from slabs of the thread, not one malloc each: no allocator header
  * or size-class rounding per connection, and no long-lived connections scattered among
@@ -91,7 +100,9 @@ static void flush_out(ws_conn *c)
         uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, on_written) != 0) {
         free(w);
         ws_conn_abort(c);
+        return;
     }
+    __atomic_add_fetch(&queued_total, w->len, __ATOMIC_RELAXED);
 }
 
 static void on_flush(uv_prepare_t *h)
@@ -127,6 +138,8 @@ static void on_handle_closed(uv_handle_t *h)
     ws_thread *t = ws_conn_thread(c);
     if (c->upgraded && t->cb->on_closed)
         t->cb->on_closed(c);
+    if (c->admitted && t->cb->released)
+        t->cb->released(c);
     ws_reader_free(&c->reader);
     if (c->upgraded) { /* still listed even if a hang-up flushed it: unlist, drop the rest */
         for (size_t i = 0; i < t->ndirty; i++)
@@ -139,6 +152,7 @@ static void on_handle_closed(uv_handle_t *h)
         free(c->head);
     }
     t->nconns--;
+    t->closes++;
     conn_free(t, c);
     if (t->stopping && !t->nconns)
         release_thread(t);
@@ -162,6 +176,7 @@ static void on_written(uv_write_t *req, int status)
 {
     write_req *w = (write_req *)req;
     ws_conn *c = w->c;
+    __atomic_sub_fetch(&queued_total, w->len, __ATOMIC_RELAXED);
     if (status < 0) {
         ws_conn_abort(c);
     } else if (w->hang_up_after && !uv_is_closing((uv_handle_t *)&c->tcp)) {
@@ -193,11 +208,17 @@ static bool send_bytes(ws_conn *c, const uint8_t *hdr, size_t hlen, const uint8_
 {
     if (uv_is_closing((uv_handle_t *)&c->tcp))
         return false;
-    if (ws_conn_queued(c) > WRITE_QUEUE_MAX) { /* a slow reader does not hold our memory */
+    ws_thread *t = ws_conn_thread(c);
+    size_t queued = ws_conn_queued(c);
+    bool untrusted = !c->trusted && t->trust_timeout_ms;
+    /* a slow reader does not hold our memory: a small queue before authentication, a
+     * larger one after, and over the budget for all the largest queues go first */
+    if (queued > (untrusted ? UNTRUSTED_QUEUE_MAX : WRITE_QUEUE_MAX) ||
+        (t->output_budget && queued >= OFFENDER_QUEUE &&
+         __atomic_load_n(&queued_total, __ATOMIC_RELAXED) > t->output_budget)) {
         ws_conn_abort(c);
         return false;
     }
-    ws_thread *t = ws_conn_thread(c);
     size_t need = hlen + blen;
     bool gather = c->upgraded && !hang_up_after;
     write_req *w = gather ? c->out : NULL;
@@ -246,6 +267,7 @@ static bool send_bytes(ws_conn *c, const uint8_t *hdr, size_t hlen, const uint8_
         ws_conn_abort(c);
         return false;
     }
+    __atomic_add_fetch(&queued_total, w->len, __ATOMIC_RELAXED);
     return true;
 }
 
@@ -301,7 +323,9 @@ static const ws_handlers frame_handlers = {on_frame_message, on_frame_control};
 
 static void feed(ws_conn *c, uint8_t *data, size_t len)
 {
-    int code = ws_reader_feed(&c->reader, data, len, &ws_conn_thread(c)->limits, &frame_handlers, c);
+    ws_thread *t = ws_conn_thread(c);
+    const ws_limits *lim = c->trusted || !t->trust_timeout_ms ? &t->limits : &t->untrusted;
+    int code = ws_reader_feed(&c->reader, data, len, lim, &frame_handlers, c);
     if (code)
         ws_conn_close(c, (uint16_t)code, code == WS_CLOSE_TOO_BIG      ? "message too big"
                                          : code == WS_CLOSE_INVALID_DATA ? "invalid UTF-8"
@@ -328,7 +352,7 @@ static void on_handshake_bytes(ws_conn *c, char *data, size_t len)
     c->head = grown;
     memcpy(c->head + c->head_len, data, take);
     size_t before = c->head_len;
-    c->head_len += (uint32_t)take;
+    c->head_len += (uint16_t)take;
     size_t head_len = ws_handshake_head_len(c->head, c->head_len);
     if (!head_len) {
         if (c->head_len == WS_HANDSHAKE_MAX_HEAD) {
@@ -349,6 +373,7 @@ static void on_handshake_bytes(ws_conn *c, char *data, size_t len)
     c->upgraded = true;
     ws_thread *t = ws_conn_thread(c);
     c->deadline_ms = t->idle_timeout_ms ? uv_now(t->loop) + t->idle_timeout_ms : 0;
+    c->trust_deadline_ms = t->trust_timeout_ms ? uv_now(t->loop) + t->trust_timeout_ms : 0;
     send_bytes(c, (const uint8_t *)resp, resp_len, NULL, 0, false);
     if (t->cb->on_open)
         t->cb->on_open(c);
@@ -392,10 +417,14 @@ static void sweep_one(uv_handle_t *h, void *arg)
 {
     ws_thread *t = arg;
     ws_conn *c = conn_of(h, t);
-    uint64_t now = uv_now(t->loop);
-    if (!c || !c->deadline_ms || now < c->deadline_ms)
+    if (!c)
         return;
-    if (c->closing || !c->upgraded)
+    uint64_t now = uv_now(t->loop);
+    if (c->upgraded && !c->closing && c->trust_deadline_ms && now >= c->trust_deadline_ms)
+        ws_conn_close(c, WS_CLOSE_POLICY, "authentication timeout"); /* talk is not authentication */
+    else if (!c->deadline_ms || now < c->deadline_ms)
+        return;
+    else if (c->closing || !c->upgraded)
         ws_conn_abort(c);
     else
         ws_conn_close(c, WS_CLOSE_GOING_AWAY, "idle timeout");
@@ -405,15 +434,29 @@ static void on_sweep(uv_timer_t *timer)
 {
     ws_thread *t = timer->data;
     uv_walk(t->loop, sweep_one, t);
+#ifdef __GLIBC__
+    if (t->closes >= TRIM_AFTER_CLOSES) { /* what closed connections held goes back */
+        t->closes = 0;
+        malloc_trim(0);
+    }
+#endif
 }
 
 void ws_thread_init(ws_thread *t, uv_loop_t *loop, const ws_conn_callbacks *cb,
-                    ws_limits limits, uint32_t idle_timeout_ms)
+                    ws_limits limits, uint32_t idle_timeout_ms, uint32_t trust_timeout_ms)
 {
     t->loop = loop;
     t->cb = cb;
     t->limits = limits;
     t->idle_timeout_ms = idle_timeout_ms;
+    t->trust_timeout_ms = trust_timeout_ms;
+    t->untrusted = limits;
+    if (t->untrusted.max_frame > UNTRUSTED_MESSAGE_MAX)
+        t->untrusted.max_frame = UNTRUSTED_MESSAGE_MAX;
+    if (t->untrusted.max_message > UNTRUSTED_MESSAGE_MAX)
+        t->untrusted.max_message = UNTRUSTED_MESSAGE_MAX;
+    t->output_budget = 0;
+    t->closes = 0;
     t->nconns = 0;
     t->stopping = false;
     t->dirty = NULL;
@@ -436,12 +479,58 @@ void ws_thread_accept(ws_thread *t, uv_stream_t *server)
     uv_tcp_init(t->loop, &c->tcp);
     c->tcp.data = &t->conn_mark;
     ws_reader_init(&c->reader, true);
-    /* Until the upgrade, the idle deadline bounds a slow or silent handshake too. */
-    c->deadline_ms = uv_now(t->loop) + (t->idle_timeout_ms ? t->idle_timeout_ms : 10000);
+    /* Until the upgrade, a deadline that traffic does not move bounds a slow or silent
+     * handshake (a half-open connection holds a descriptor). */
+    uint32_t until_upgraded = t->trust_timeout_ms ? t->trust_timeout_ms : t->idle_timeout_ms;
+    c->deadline_ms = uv_now(t->loop) + (until_upgraded ? until_upgraded : 10000);
     t->nconns++;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
-        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
         ws_conn_abort(c);
+        return;
+    }
+    struct sockaddr_storage peer;
+    int plen = sizeof peer;
+    uint32_t retry_s = 1;
+    int refused = 0;
+    if (t->cb->admit) {
+        if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&peer, &plen) != 0)
+            memset(&peer, 0, sizeof peer);
+        refused = t->cb->admit(c, (const struct sockaddr *)&peer, &retry_s);
+        c->admitted = refused >= 0;
+        if (refused < 0) {
+            ws_conn_abort(c);
+            return;
+        }
+    }
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+        ws_conn_abort(c);
+        return;
+    }
+    if (refused) { /* answered before its request is read: it may come back after the wait */
+        char resp[160];
+        int n = snprintf(resp, sizeof resp,
+                         "HTTP/1.1 %d %s\r\nRetry-After: %u\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                         refused, refused == 503 ? "Service Unavailable" : "Too Many Requests", retry_s);
+        free(c->head);
+        c->head = NULL;
+        refuse(c, resp, (size_t)n);
+    }
+}
+
+void ws_conn_postpone(ws_conn *c, uint32_t ms)
+{
+    uint64_t until = uv_now(ws_conn_thread(c)->loop) + ms;
+    if (!c->trusted && !c->closing && c->upgraded && c->trust_deadline_ms && c->trust_deadline_ms < until)
+        c->trust_deadline_ms = until;
+}
+
+void ws_conn_trust(ws_conn *c)
+{
+    ws_thread *t = ws_conn_thread(c);
+    c->trusted = true;
+    c->trust_deadline_ms = 0;
+    if (c->upgraded && !c->closing)
+        c->deadline_ms = t->idle_timeout_ms ? uv_now(t->loop) + t->idle_timeout_ms : 0;
 }
 
 static void stop_one(uv_handle_t *h, void *arg)

@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include "ws.h"
@@ -22,6 +23,12 @@ typedef struct ws_conn ws_conn;
 typedef struct ws_thread ws_thread;
 
 typedef struct {
+    /* Optional, at accept, before anything is read: 0 takes the connection; an HTTP
+     * status (503) refuses it at once with that status and Retry-After retry_after_s;
+     * -1 closes it at once, unanswered. Both 0 and a status are released once, when the
+     * connection goes. */
+    int (*admit)(ws_conn *c, const struct sockaddr *peer, uint32_t *retry_after_s);
+    void (*released)(ws_conn *c);
     /* The upgrade succeeded; the connection may send from now on. */
     void (*on_open)(ws_conn *c);
     /* A complete data message (WS_OP_TEXT or WS_OP_BINARY). Return false to stop
@@ -39,6 +46,15 @@ struct ws_thread {
     ws_limits limits;
     const ws_conn_callbacks *cb;
     uint32_t idle_timeout_ms;  /* close a connection silent this long (0: never) */
+    uint32_t trust_timeout_ms; /* from accept to the upgrade, and from it to ws_conn_trust
+                                  (authentication): not extended by traffic (0: none; the idle
+                                  deadline applies as well).
+                                  Until then a connection also gets a small output queue and
+                                  small messages (64 KiB each) */
+    ws_limits untrusted;       /* limits before ws_conn_trust */
+    size_t output_budget;      /* bytes queued for all connections of all threads; past it,
+                                  connections with large queues are cut (0: no budget) */
+    uint32_t closes;           /* since free memory was last returned to the system */
     uv_timer_t sweep;          /* the one timer: heartbeat and linger deadlines */
     uv_prepare_t flush;        /* before each poll: writes what connections gathered */
     ws_conn **dirty;           /* connections with gathered frames */
@@ -62,10 +78,14 @@ struct ws_conn {
         char *head;          /* until the upgrade, the HTTP request head */
         struct ws_out *out;  /* after it, frames gathered this turn of the loop, or NULL */
     };
-    uint32_t head_len;
-    bool upgraded;
-    bool closing;            /* input is read and dropped until FIN or the deadline */
+    uint16_t head_len;
+    bool upgraded : 1;
+    bool closing : 1;        /* input is read and dropped until FIN or the deadline */
+    bool trusted : 1;        /* ws_conn_trust was called: traffic extends the deadline */
+    bool admitted : 1;       /* admit took it: released is owed */
+    uint32_t admit_slot;     /* the admit callback's own (e.g. where it counted the address) */
     uint64_t deadline_ms;    /* idle deadline; when closing, the linger deadline */
+    uint64_t trust_deadline_ms; /* until ws_conn_trust: it must be trusted by then (0: none) */
     void *user;
 };
 
@@ -76,7 +96,14 @@ static inline ws_thread *ws_conn_thread(const ws_conn *c)
 
 /* Sets up a thread's state on loop and starts its sweep timer. */
 void ws_thread_init(ws_thread *t, uv_loop_t *loop, const ws_conn_callbacks *cb,
-                    ws_limits limits, uint32_t idle_timeout_ms);
+                    ws_limits limits, uint32_t idle_timeout_ms, uint32_t trust_timeout_ms);
+
+/* The peer proved who it is: from now on the idle deadline applies, extended by traffic. */
+void ws_conn_trust(ws_conn *c);
+
+/* Before trust: the deadline is at least ms from now (the server itself is slow, e.g. a
+ * verification code waits for its SMS provider). */
+void ws_conn_postpone(ws_conn *c, uint32_t ms);
 
 /* Accepts a pending connection from server into t. */
 void ws_thread_accept(ws_thread *t, uv_stream_t *server);

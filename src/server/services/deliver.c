@@ -171,7 +171,7 @@ static void pump(session *s)
  * acks sent on the device's previous connection are then applied, and what they
  * acknowledged is not delivered again. */
 typedef struct {
-    store_req req;
+    store_sync_req r;
     session *s;
 } sync_request;
 
@@ -180,9 +180,12 @@ static void synced(store_req *req, int status)
     sync_request *j = (sync_request *)req;
     session *s = j->s;
     free(j);
-    (void)status; /* a failed batch changes nothing for a barrier */
     if (!session_returned(s) || !session_open(s))
         return;
+    if (status == STORE_REPLACED) { /* registered again while it authenticated */
+        session_store_error(s, 0, status);
+        return;
+    }
     /* from now on every commit for the device wakes s, unless a newer connection won */
     if (!bus_claim_device(session_server(s)->bus, &s->claim)) {
         session_close_replaced(s, false);
@@ -200,10 +203,11 @@ static void authenticated(session *s)
         ws_conn_close(s->conn, WS_CLOSE_INTERNAL_ERROR, "out of memory");
         return;
     }
-    j->req.done = synced;
+    j->r.req.done = synced;
+    session_origin(s, &j->r.from);
     j->s = s;
     session_hold(s);
-    store_sync(session_server(s)->st, session_thread(s)->home, &j->req);
+    store_sync(session_server(s)->st, session_thread(s)->home, &j->r);
 }
 
 /* ---- DeliverAck ------------------------------------------------------------------------ */

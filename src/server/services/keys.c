@@ -235,6 +235,11 @@ static void on_fetch_bundles(session *s, uint64_t rid, const Parley__Frame *f)
     j->r.n_wanted = m->n_device_ids;
     j->r.low = KEYS_LOW;
     j->r.now = clock_wall_ms();
+    /* past the target's rate the bundles come without a one-time prekey: the sender can
+     * still start a session (X3DH without one), and nobody can drain the target's */
+    for (size_t i = 0; i < (m->n_device_ids ? m->n_device_ids : 1) && !j->r.no_prekey; i++) /* a token a device */
+        j->r.no_prekey = !rate_table_take(&session_server(s)->rates[RATE_FETCH_TARGET], j->r.account,
+                                          sizeof j->r.account, j->r.now, NULL);
     session_ask_begin(&j->ask, s, rid);
     store_fetch_bundles(session_server(s)->st, session_thread(s)->home, &j->r);
 }

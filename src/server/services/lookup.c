@@ -69,7 +69,7 @@ static void on_lookup(session *s, uint64_t rid, const Parley__Frame *f)
 }
 
 static const frame_route routes[] = {
-    {PARLEY__FRAME__BODY_LOOKUP, true, RATE_NONE, on_lookup},
+    {PARLEY__FRAME__BODY_LOOKUP, true, RATE_LOOKUPS, on_lookup},
     {0},
 };
 

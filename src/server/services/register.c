@@ -1,8 +1,10 @@
 /* register.c - registration by one-time code (docs/protocol.md, "Registration"):
  * RequestCode sends a code by the configured SMS provider (sms.c, off the loop);
  * Register checks it and registers the number's primary device with its first keys.
- * Codes are kept in memory (a restart voids them; the user asks again), at most 5 per
- * number per hour, 5 attempts each, 10 minutes long. */
+ * Codes are kept in memory (codes.c: a restart voids them; the user asks again). What
+ * one address may ask for is limited by the dispatch table's codes class (per address
+ * and for the whole server) and by codes.c (its share of each number's hour); the SMS
+ * sends in flight are bounded (--sms-queue), and refused past that. */
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,56 +13,18 @@
 #include "primitives.h"
 #include "phone.h"
 #include "services.h"
+#include "codes.h"
 #include "sms.h"
 
-#define CODE_TTL_MS (10 * 60 * 1000)
-#define CODE_ATTEMPTS 5
-#define CODES_PER_HOUR 5
+#define SWEEP_EVERY_MS 1000
+#define SMS_WAIT_MS 60000 /* the authentication deadline moves this far for a code being sent */
+#define SWEEP_BUCKETS 4096 /* chains looked at per tick: the whole table in about a minute */
 
-typedef struct code_entry {
-    char phone[STORE_PHONE_MAX + 1];
-    char code[7];
-    uint64_t expires_ms;
-    uint32_t attempts_left;
-    uint64_t sent_ms[CODES_PER_HOUR]; /* when the last codes were sent, for the hourly limit */
-    struct code_entry *next;
-} code_entry;
-
-/* The service's state: the codes waiting, shared by every I/O thread. */
+/* The service's state: SMS sends in flight (all threads), thread 0's sweep timer. */
 static struct {
-    pthread_mutex_t lock;
-    code_entry *codes;
-} codes = {PTHREAD_MUTEX_INITIALIZER, NULL};
-
-/* Finds (or adds) phone's entry. Entries whose code expired and whose last send is
- * over an hour old are dropped on the way, so the table holds only numbers active in
- * the last hour and cannot grow without bound. Called with the lock held. */
-static code_entry *find_code(const char *phone, bool create)
-{
-    uint64_t now = clock_wall_ms();
-    code_entry *found = NULL;
-    for (code_entry **link = &codes.codes; *link;) {
-        code_entry *e = *link;
-        if (!found && strcmp(e->phone, phone) == 0) {
-            found = e;
-        } else if (now > e->expires_ms && now - e->sent_ms[0] >= 3600 * 1000) {
-            *link = e->next;
-            sodium_memzero(e, sizeof *e);
-            free(e);
-            continue;
-        }
-        link = &e->next;
-    }
-    if (found || !create)
-        return found;
-    code_entry *e = calloc(1, sizeof *e);
-    if (!e)
-        return NULL;
-    snprintf(e->phone, sizeof e->phone, "%s", phone);
-    e->next = codes.codes;
-    codes.codes = e;
-    return e;
-}
+    uint32_t sms_in_flight;  /* atomic */
+    uv_timer_t sweep;
+} reg;
 
 /* ---- RequestCode ------------------------------------------------------------------ */
 
@@ -98,6 +62,7 @@ static void sms_job_done(uv_work_t *w, int status)
         }
     }
     sodium_memzero(j->code, sizeof j->code);
+    __atomic_sub_fetch(&reg.sms_in_flight, 1, __ATOMIC_RELAXED);
     free(j);
 }
 
@@ -108,77 +73,40 @@ static void on_request_code(session *s, uint64_t rid, const Parley__Frame *f)
         session_error(s, rid, PERR_INVALID_PHONE, NULL);
         return;
     }
-    uint64_t now = clock_wall_ms();
-    sms_job *j = calloc(1, sizeof *j);
-    if (!j) {
-        session_error(s, rid, PERR_INTERNAL, "out of memory");
+    server *srv = session_server(s);
+    if (__atomic_add_fetch(&reg.sms_in_flight, 1, __ATOMIC_RELAXED) > srv->cfg.sms_queue) {
+        __atomic_sub_fetch(&reg.sms_in_flight, 1, __ATOMIC_RELAXED);
+        session_error_full(s, rid, PERR_RATE_LIMITED, "the SMS provider is busy; ask again shortly", 1000, NULL);
         return;
     }
-    pthread_mutex_lock(&codes.lock);
-    code_entry *e = find_code(m->phone, true);
-    int recent = 0;
-    for (int i = 0; e && i < CODES_PER_HOUR; i++)
-        recent += e->sent_ms[i] && now - e->sent_ms[i] < 3600 * 1000;
-    bool limited = e && recent >= CODES_PER_HOUR;
-    if (e && !limited) {
-        snprintf(e->code, sizeof e->code, "%06u", (unsigned)randombytes_uniform(1000000));
-        e->expires_ms = now + CODE_TTL_MS;
-        e->attempts_left = CODE_ATTEMPTS;
-        memmove(e->sent_ms + 1, e->sent_ms, (CODES_PER_HOUR - 1) * sizeof e->sent_ms[0]);
-        e->sent_ms[0] = now;
-        memcpy(j->code, e->code, sizeof j->code);
-    }
-    pthread_mutex_unlock(&codes.lock);
-    if (!e || limited) {
+    sms_job *j = calloc(1, sizeof *j);
+    uint8_t address[16];
+    bool client_address = session_address(s, address);
+    int rc = j ? codes_request(m->phone, client_address ? address : NULL, clock_wall_ms(), j->code) : CODES_NO_MEMORY;
+    if (rc != CODES_SEND) {
         free(j);
-        session_error(s, rid, e ? PERR_CODE_RATE_LIMITED : PERR_INTERNAL, e ? NULL : "out of memory");
+        __atomic_sub_fetch(&reg.sms_in_flight, 1, __ATOMIC_RELAXED);
+        if (rc == CODES_NO_MEMORY)
+            session_error(s, rid, PERR_INTERNAL, "out of memory");
+        else
+            session_error(s, rid, PERR_CODE_RATE_LIMITED,
+                          rc == CODES_ADDRESS_LIMITED ? "too many codes for this number from this address; try later"
+                                                      : NULL);
         return;
     }
     j->work.data = j;
     snprintf(j->phone, sizeof j->phone, "%s", m->phone);
     session_ask_begin(&j->ask, s, rid);
+    ws_conn_postpone(s->conn, SMS_WAIT_MS); /* a slow gateway is not the client's lateness */
     if (uv_queue_work(s->conn->tcp.loop, &j->work, sms_job_run, sms_job_done) != 0) {
         s->pending--;
+        __atomic_sub_fetch(&reg.sms_in_flight, 1, __ATOMIC_RELAXED);
         free(j);
         session_error(s, rid, PERR_INTERNAL, "the code could not be sent");
     }
 }
 
 /* ---- Register ----------------------------------------------------------------------- */
-
-/* Is a code waiting for phone (without using an attempt)? Keeps Register frames for
- * numbers nobody asked a code for from costing a signature check. */
-static bool code_waiting(const char *phone)
-{
-    pthread_mutex_lock(&codes.lock);
-    code_entry *e = find_code(phone, false);
-    bool waiting = e && e->code[0];
-    pthread_mutex_unlock(&codes.lock);
-    return waiting;
-}
-
-/* Checks a code; burns it after too many wrong tries or once used. */
-static uint32_t check_code(const char *phone, const char *code)
-{
-    uint32_t result;
-    pthread_mutex_lock(&codes.lock);
-    code_entry *e = find_code(phone, false);
-    if (!e || !e->code[0]) {
-        result = PERR_WRONG_CODE;
-    } else if (clock_wall_ms() > e->expires_ms) {
-        result = PERR_CODE_EXPIRED;
-    } else if (e->attempts_left == 0) {
-        result = PERR_TOO_MANY_ATTEMPTS;
-    } else if (!code || strlen(code) != 6 || sodium_memcmp(code, e->code, 6) != 0) {
-        e->attempts_left--;
-        result = e->attempts_left ? PERR_WRONG_CODE : PERR_TOO_MANY_ATTEMPTS;
-    } else {
-        sodium_memzero(e->code, sizeof e->code); /* one use */
-        result = 0;
-    }
-    pthread_mutex_unlock(&codes.lock);
-    return result;
-}
 
 typedef struct {
     store_registration r;
@@ -226,7 +154,7 @@ static void on_register(session *s, uint64_t rid, const Parley__Frame *f)
         session_error(s, rid, PERR_INVALID_KEY, NULL);
         return;
     }
-    if (!code_waiting(m->phone)) {
+    if (!codes_waiting(m->phone, clock_wall_ms())) {
         session_error(s, rid, PERR_WRONG_CODE, "no code was requested for this number");
         return;
     }
@@ -244,7 +172,9 @@ static void on_register(session *s, uint64_t rid, const Parley__Frame *f)
         session_error(s, rid, key_error, why);
         return;
     }
-    uint32_t code_error = check_code(m->phone, m->code);
+    uint8_t address[16];
+    bool client_address = session_address(s, address);
+    uint32_t code_error = codes_check(m->phone, m->code, client_address ? address : NULL, clock_wall_ms());
     if (code_error) {
         free(j);
         session_error(s, rid, code_error, NULL);
@@ -260,23 +190,37 @@ static void on_register(session *s, uint64_t rid, const Parley__Frame *f)
     store_register(session_server(s)->st, session_thread(s)->home, &j->r);
 }
 
+static void on_sweep(uv_timer_t *timer)
+{
+    (void)timer;
+    codes_sweep(clock_wall_ms(), SWEEP_BUCKETS);
+}
+
+static int thread_start(io_thread *t)
+{
+    if (t->index != 0)
+        return 0;
+    uv_timer_init(&t->loop, &reg.sweep);
+    return uv_timer_start(&reg.sweep, on_sweep, SWEEP_EVERY_MS, SWEEP_EVERY_MS);
+}
+
+static void thread_stop(io_thread *t)
+{
+    if (t->index == 0)
+        uv_close((uv_handle_t *)&reg.sweep, NULL);
+}
+
 static void stop(server *srv)
 {
     (void)srv;
-    pthread_mutex_lock(&codes.lock);
-    for (code_entry *e = codes.codes, *next; e; e = next) {
-        next = e->next;
-        sodium_memzero(e, sizeof *e);
-        free(e);
-    }
-    codes.codes = NULL;
-    pthread_mutex_unlock(&codes.lock);
+    codes_clear();
 }
 
 static const frame_route routes[] = {
-    {PARLEY__FRAME__BODY_REQUEST_CODE, false, RATE_NONE, on_request_code},
+    {PARLEY__FRAME__BODY_REQUEST_CODE, false, RATE_CODES, on_request_code},
     {PARLEY__FRAME__BODY_REGISTER, false, RATE_NONE, on_register},
     {0},
 };
 
-const service register_service = {.name = "register", .routes = routes, .stop = stop};
+const service register_service = {
+    .name = "register", .routes = routes, .stop = stop, .thread_start = thread_start, .thread_stop = thread_stop};

@@ -90,7 +90,7 @@ void store_take_inbox(store *s, store_home *h, store_take *r) { submit(s, h, &r-
 void store_upload_keys(store *s, store_home *h, store_upload *r) { submit(s, h, &r->req, STORE_KIND_UPLOAD); }
 void store_fetch_bundles(store *s, store_home *h, store_fetch *r) { submit(s, h, &r->req, STORE_KIND_FETCH); }
 void store_sweep_expired(store *s, store_home *h, store_sweep *r) { submit(s, h, &r->req, STORE_KIND_SWEEP); }
-void store_sync(store *s, store_home *h, store_req *r) { submit(s, h, r, STORE_KIND_SYNC); }
+void store_sync(store *s, store_home *h, store_sync_req *r) { submit(s, h, &r->req, STORE_KIND_SYNC); }
 
 int store_home_open(store *s, uv_loop_t *loop, store_home **out)
 {

@@ -307,6 +307,8 @@ typedef struct {
     size_t n_wanted;
     size_t low;
     uint64_t now;
+    bool no_prekey;                      /* hand out signed prekeys only (the target's
+                                            one-time prekeys are being drained) */
     /* out */
     store_bundle bundles[STORE_MAX_DEVICES];
     size_t n;
@@ -326,9 +328,17 @@ typedef struct {
 void store_sweep_expired(store *s, store_home *h, store_sweep *r);
 
 /* Completes once every request submitted to h before it has completed, so a device's
- * new receiving connection sees what its previous one acknowledged.
- *   JetStream: completes when the home's pending publish acks are in. */
-void store_sync(store *s, store_home *h, store_req *r);
+ * new receiving connection sees what its previous one acknowledged; then checks, in
+ * order with registrations, that from's device still has the key its connection
+ * proved (STORE_REPLACED: registered again since, so the connection must not become
+ * the receiving connection of the new install).
+ *   JetStream: completes when the home's pending publish acks are in, then KV Get
+ *   dev.<uid>.<devid> and the key compared. */
+typedef struct {
+    store_req req;
+    store_origin from;
+} store_sync_req;
+void store_sync(store *s, store_home *h, store_sync_req *r);
 
 /* ---- the store itself ----------------------------------------------------------------- */
 

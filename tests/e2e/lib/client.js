@@ -46,9 +46,10 @@ export function uploadKeys(ident, { signedId = 1, prekeys = 10, firstPrekey = 1 
 }
 
 export class Client {
-  static open(url) {
+  // localAddress: the loopback address to connect from (the server limits per address).
+  static open(url, { localAddress } = {}) {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(url, { perMessageDeflate: false });
+      const ws = new WebSocket(url, { perMessageDeflate: false, localAddress });
       const c = new Client(ws);
       const timer = setTimeout(() => reject(new Error('no Hello')), WAIT_MS);
       ws.on('error', (e) => { clearTimeout(timer); reject(e); });

@@ -38,14 +38,22 @@ export class Parleyd {
   // env: more environment variables, e.g. { PARLEYD_COMMIT_DELAY_MS: '30' }.
   // detached: parleyd in a process group of its own, for tests that stop it with SIGSTOP
   // (a stopped process in a group that becomes orphaned is sent SIGHUP by the kernel).
-  static async start({ dataDir, sms, heartbeat, threads = 2, maxFrame, extra = [], port, env = {}, detached = false } = {}) {
+  // nofile: [soft, hard] descriptor limits to start it with (through sh's ulimit, then exec).
+  static async start({ dataDir, sms, heartbeat, threads = 2, maxFrame, extra = [], port, env = {}, detached = false, nofile } = {}) {
     port = port ?? await freePort();
-    const args = ['--listen', `127.0.0.1:${port}`, '--data', dataDir, '--threads', String(threads)];
+    // every test registers its users and looks them up from 127.0.0.1: the per-address
+    // limits meant for strangers are lifted here; the abuse tests set their own after these
+    const args = ['--listen', `127.0.0.1:${port}`, '--data', dataDir, '--threads', String(threads),
+      '--code-rate', '100000', '--code-global-rate', '100000', '--lookup-rate', '100000', '--lookup-daily', '100000000',
+      '--fetch-target-rate', '100000'];
     if (sms) args.push('--sms', sms);
     if (heartbeat) args.push('--heartbeat', String(heartbeat));
     if (maxFrame) args.push('--max-frame', String(maxFrame));
     args.push(...extra);
-    const child = spawn(binary(), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env }, detached });
+    const [cmd, argv] = nofile
+      ? ['/bin/sh', ['-c', `ulimit -Sn ${nofile[0]} && ulimit -Hn ${nofile[1]} && exec "$0" "$@"`, binary(), ...args]]
+      : [binary(), args];
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env }, detached });
     const d = new Parleyd(child, port, dataDir);
     await d.ready();
     return d;

@@ -92,19 +92,26 @@ test('registration: code by file, wrong code, one use, attempts and hourly limit
   assert.equal(reg.registered.device_id, 1);
   expectError(await c.request('register', { phone: me, code, identity_key: id.pub, keys: uploadKeys(id) }), ErrorCode.WRONG_CODE, 'code used twice');
 
-  // five wrong tries burn a code
+  // five wrong tries burn a code; one address may make only two of them
   const other = phone();
   await c.request('request_code', { phone: other });
   const good = lastCode(smsLog, other);
   const bad = good === '111111' ? '222222' : '111111';
-  for (let i = 0; i < 4; i++) expectError(await c.request('register', { phone: other, code: bad, identity_key: id.pub, keys: uploadKeys(id) }), ErrorCode.WRONG_CODE, `wrong try ${i}`);
-  expectError(await c.request('register', { phone: other, code: bad, identity_key: id.pub, keys: uploadKeys(id) }), ErrorCode.TOO_MANY_ATTEMPTS, 'fifth wrong try');
+  const from = await Promise.all(['127.0.0.2', '127.0.0.3', '127.0.0.4'].map((a) => Client.open(d.url, { localAddress: a })));
+  const tryBad = (conn) => conn.request('register', { phone: other, code: bad, identity_key: id.pub, keys: uploadKeys(id) });
+  for (let i = 0; i < 2; i++) expectError(await tryBad(c), ErrorCode.WRONG_CODE, `wrong try ${i}`);
+  expectError(await tryBad(c), ErrorCode.TOO_MANY_ATTEMPTS, 'a third wrong try from one address');
+  for (let i = 0; i < 2; i++) expectError(await tryBad(from[0]), ErrorCode.WRONG_CODE, `wrong try ${i} from another address`);
+  expectError(await tryBad(from[1]), ErrorCode.TOO_MANY_ATTEMPTS, 'fifth wrong try');
   expectError(await c.request('register', { phone: other, code: good, identity_key: id.pub, keys: uploadKeys(id) }), ErrorCode.TOO_MANY_ATTEMPTS, 'burnt code');
 
-  // at most 5 codes per number per hour
+  // at most 5 codes per number per hour, 3 of them asked for from one address
   const busy = phone();
-  for (let i = 0; i < 5; i++) assert.ok((await c.request('request_code', { phone: busy })).code_requested, `code ${i}`);
-  expectError(await c.request('request_code', { phone: busy }), ErrorCode.CODE_RATE_LIMITED, 'sixth code in the hour');
+  for (let i = 0; i < 3; i++) assert.ok((await c.request('request_code', { phone: busy })).code_requested, `code ${i}`);
+  expectError(await c.request('request_code', { phone: busy }), ErrorCode.CODE_RATE_LIMITED, 'fourth from one address');
+  for (let i = 3; i < 5; i++) assert.ok((await from[2].request('request_code', { phone: busy })).code_requested, `code ${i}`);
+  expectError(await from[2].request('request_code', { phone: busy }), ErrorCode.CODE_RATE_LIMITED, 'sixth code in the hour');
+  for (const f of from) f.ws.terminate();
   await c.close();
 });
 

@@ -162,9 +162,9 @@ static int fetch_apply(ldb_batch *b, store_fetch *r, const store_envelopes *env)
             rc = STORE_OK;
             continue;
         }
-        size_t left = 0;
+        size_t left = r->low; /* not taken: no notice either */
         if (rc == STORE_OK)
-            rc = ldb_prekey_take(b, &d, &out->prekey, &left);
+            rc = r->no_prekey ? STORE_NOT_FOUND : ldb_prekey_take(b, &d, &out->prekey, &left);
         out->has_prekey = rc == STORE_OK;
         if (rc == STORE_NOT_FOUND)
             rc = STORE_OK;
@@ -392,7 +392,8 @@ static int apply(ldb_batch *b, store_req *r)
         store_sweep *s = (store_sweep *)r;
         return ldb_sweep(b, s->inbox_cutoff, s->dedup_cutoff, s->max, &s->inbox_removed, &s->dedup_removed);
     }
-    case STORE_KIND_SYNC: return STORE_OK; /* the writer runs requests in order: an empty one is a barrier */
+    case STORE_KIND_SYNC: /* the writer runs requests in order: a barrier, then the key */
+        return origin_current(b, &((store_sync_req *)r)->from);
     default: return STORE_INVALID;
     }
 }
