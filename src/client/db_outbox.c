@@ -206,14 +206,12 @@ fail:
 int db_recipient_add(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[DB_ID_LEN], uint32_t device,
                      const uint8_t identity_key[DB_KEY_LEN])
 {
-    static db_query add = {"INSERT OR REPLACE INTO recipients (message_id, account_id, device_id, identity_key)"
+    static db_query add = {"INSERT OR REPLACE INTO recipients (account_id, device_id, message_id, identity_key)"
                            " VALUES (?, ?, ?, ?)"};
     sqlite3_stmt *st = db_q(d, &add);
     if (!st)
         return DB_ERROR;
-    sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
-    sqlite3_bind_blob(st, 2, account, DB_ID_LEN, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 3, device);
+    bind_key3(st, account, device, id);
     sqlite3_bind_blob(st, 4, identity_key, DB_KEY_LEN, SQLITE_TRANSIENT);
     return run(d, st, "recording a recipient");
 }
@@ -221,14 +219,12 @@ int db_recipient_add(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[D
 int db_recipient_identity(db *d, const uint8_t id[DB_ID_LEN], const uint8_t account[DB_ID_LEN], uint32_t device,
                           uint8_t identity_key[DB_KEY_LEN])
 {
-    static db_query get = {"SELECT identity_key FROM recipients WHERE message_id = ? AND account_id = ?"
-                           " AND device_id = ?"};
+    static db_query get = {"SELECT identity_key FROM recipients WHERE account_id = ? AND device_id = ?"
+                           " AND message_id = ?"};
     sqlite3_stmt *st = db_q(d, &get);
     if (!st)
         return DB_ERROR;
-    sqlite3_bind_blob(st, 1, id, DB_ID_LEN, SQLITE_TRANSIENT);
-    sqlite3_bind_blob(st, 2, account, DB_ID_LEN, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 3, device);
+    bind_key3(st, account, device, id);
     int rc = sqlite3_step(st);
     bool ok = rc == SQLITE_ROW && copy_blob(identity_key, DB_KEY_LEN, st, 0);
     done(st);

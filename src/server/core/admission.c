@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
+
 void address_key(const struct sockaddr *peer, uint8_t key[16])
 {
     static const uint8_t v4_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
@@ -86,10 +88,7 @@ bool admission_trusted(const admission *a, const uint8_t key[16])
 
 static uint32_t slot_of(const uint8_t key[16])
 {
-    uint64_t h = 14695981039346656037ULL; /* FNV-1a */
-    for (int i = 0; i < 16; i++)
-        h = (h ^ key[i]) * 1099511628211ULL;
-    return (uint32_t)(h ^ h >> 32) & (ADMISSION_SLOTS - 1);
+    return (uint32_t)hash_bytes(key, 16) & (ADMISSION_SLOTS - 1);
 }
 
 int admission_admit(admission *a, rate_table *rate, const struct sockaddr *peer, uint64_t now_ms, uint32_t *slot,

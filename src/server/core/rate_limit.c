@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
+
 bool token_take_per(rate_bucket *b, uint32_t count, uint32_t period_ms, uint32_t burst, uint64_t now_ms,
                     uint32_t *retry_after_ms)
 {
@@ -73,10 +75,7 @@ bool rate_table_take(rate_table *t, const void *key, size_t len, uint64_t now_ms
 {
     if (!t->count)
         return true;
-    uint64_t h = 14695981039346656037ULL; /* FNV-1a */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ ((const uint8_t *)key)[i]) * 1099511628211ULL;
-    size_t k = (size_t)(h ^ h >> 32) & (t->nbuckets - 1);
+    size_t k = (size_t)hash_bytes(key, len) & (t->nbuckets - 1);
     pthread_mutex_t *lock = &t->locks[k % RATE_LOCKS];
     pthread_mutex_lock(lock);
     bool ok = token_take_per(&t->buckets[k], t->count, t->period_ms, t->burst, now_ms, retry_after_ms);

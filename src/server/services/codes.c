@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "errors.h"
+#include "hash.h"
 #include "store.h"
 
 #define BUCKETS (1u << 18) /* 2 MiB of chain heads, touched only where numbers land */
@@ -42,21 +43,13 @@ static void init_once(void)
     t.buckets = calloc(BUCKETS, sizeof *t.buckets);
 }
 
-static uint64_t hash(const void *data, size_t len)
-{
-    uint64_t h = 14695981039346656037ULL; /* FNV-1a */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ ((const uint8_t *)data)[i]) * 1099511628211ULL;
-    return h ^ h >> 29;
-}
-
 /* The bucket of phone, with its stripe locked; NULL (nothing locked) without memory. */
 static code_entry **lock_bucket(const char *phone, pthread_mutex_t **lock)
 {
     pthread_once(&t.once, init_once);
     if (!t.buckets)
         return NULL;
-    size_t b = (size_t)hash(phone, strlen(phone)) & (BUCKETS - 1);
+    size_t b = (size_t)hash_bytes(phone, strlen(phone)) & (BUCKETS - 1);
     *lock = &t.stripes[b % STRIPES];
     pthread_mutex_lock(*lock);
     return &t.buckets[b];
@@ -97,7 +90,7 @@ int codes_request(const char *phone, const uint8_t address[16], uint64_t now, ch
         *bucket = e;
         __atomic_add_fetch(&t.count, 1, __ATOMIC_RELAXED);
     }
-    uint32_t by = address ? (uint32_t)hash(address, 16) | 1 : 0; /* 0: not counted */
+    uint32_t by = address ? (uint32_t)hash_bytes(address, 16) | 1 : 0; /* 0: not counted */
     int recent = 0, from_here = 0;
     for (int i = 0; i < CODES_PER_HOUR; i++)
         if (e->sent_ms[i] && now - e->sent_ms[i] < HOUR_MS) {
@@ -138,7 +131,7 @@ bool codes_waiting(const char *phone, uint64_t now)
 
 uint32_t codes_check(const char *phone, const char *code, const uint8_t address[16], uint64_t now)
 {
-    uint32_t by = address ? (uint32_t)hash(address, 16) | 1 : 0;
+    uint32_t by = address ? (uint32_t)hash_bytes(address, 16) | 1 : 0;
     pthread_mutex_t *lock;
     code_entry **bucket = lock_bucket(phone, &lock);
     if (!bucket)
