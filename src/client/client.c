@@ -173,10 +173,10 @@ uint32_t backoff_ms(unsigned errors)
 bool pause_after_passing_error(const Parley__Frame *f, client_pause *z)
 {
     uint32_t code = f->body_case == PARLEY__FRAME__BODY_ERROR ? f->error->code : 0;
-    if (code != PERR_RATE_LIMITED && code != PERR_STORAGE_FULL &&
+    if (code != PERR_RATE_LIMITED && code != PERR_STORAGE_FULL && code != PERR_DAILY_QUOTA &&
         code != PERR_INTERNAL && code != 0)
         return false;
-    uint32_t ms = code == PERR_RATE_LIMITED && f->error->retry_after_ms
+    uint32_t ms = (code == PERR_RATE_LIMITED || code == PERR_DAILY_QUOTA) && f->error->retry_after_ms
                       ? f->error->retry_after_ms
                       : backoff_ms(z->errors++);
     z->until = clock_mono_ms() + (ms < 60000 ? ms : 60000);

@@ -624,10 +624,9 @@ static void on_receipt_reply(parley *p, request *req, const Parley__Frame *f)
     if (pause_after_passing_error(f, &p->in.receipt_pause))
         return;
     uint32_t code = f->body_case == PARLEY__FRAME__BODY_ERROR ? f->error->code : 0;
-    if (r->retry &&
-        (code == PERR_UNKNOWN_ACCOUNT || code == PERR_MALFORMED_FRAME)) {
-        /* the sender's device is gone (or the server will never take these): given up,
-         * so that they do not hold up the receipts behind them */
+    if ((r->retry && (code == PERR_UNKNOWN_ACCOUNT || code == PERR_MALFORMED_FRAME)) || code == PERR_INBOX_FULL) {
+        /* the sender's device is gone or away for long (or the server will never take
+         * these): given up, so that they do not hold up the receipts behind them */
         if (receipts_done(p, r) != DB_OK)
             emit_error(p, PARLEY_ERR_STORAGE, db_errmsg(p->db));
         return;

@@ -894,6 +894,12 @@ static void on_send_reply(parley *p, request *req, const Parley__Frame *f)
         else
             db_outbox_unseal(p->db, r->id, &count);
         break;
+    case PERR_DAILY_QUOTA: /* every message waits for the next day: ask again within the hour */
+        pause_sends(p, err->retry_after_ms && err->retry_after_ms < 3600000 ? err->retry_after_ms : 3600000);
+        snprintf(reason, sizeof reason, "%s; messages stay queued", server_reason(err));
+        emit_error(p, PARLEY_ERR_REFUSED, reason);
+        break;
+    case PERR_INBOX_FULL: /* its device has been away for long: failing tells the sender */
     case PERR_TOO_MANY_RECIPIENTS:
     case PERR_FRAME_TOO_LARGE:
     case PERR_PLAINTEXT_REFUSED:

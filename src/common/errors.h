@@ -34,7 +34,9 @@
     X(BAD_SIGNATURE, 21, "a signature does not verify")                                             \
     X(INVALID_PREKEY, 22, "a prekey with a bad length or id, or an id already in use")              \
     X(TOO_MANY_PREKEYS, 23, "too many one-time prekeys")                                            \
-    X(PLAINTEXT_REFUSED, 24, "device messages must be end-to-end encrypted (type 2, 3 or 7)")
+    X(PLAINTEXT_REFUSED, 24, "device messages must be end-to-end encrypted (type 2, 3 or 7)")        \
+    X(INBOX_FULL, 25, "the recipient's inbox on the server is full; nothing was stored")              \
+    X(DAILY_QUOTA, 26, "this account sent all it may today; nothing was stored, try again tomorrow")
 
 typedef enum {
     PERR_OK = 0,

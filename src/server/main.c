@@ -26,6 +26,9 @@ static const opt_spec options[] = {
      "where verification codes go: file:PATH appends them to PATH as JSON lines, http:URL POSTs "
      "them as JSON to URL "
      "(default file:DATA/sms.log)", sms_provider_valid},
+    {"--sms-log-max", "BYTES", OPT_BYTES, CFG(sms_log_max), 4096, 4095u << 20, "1M",
+     "with file:PATH, a PATH past this size becomes PATH.1 (replacing the last), so numbers and codes do not pile up",
+     NULL},
     {"--retention", "DURATION", OPT_DURATION, CFG(retention_ms), 0, 0, "30d",
      "keep undelivered messages this long: 30d, 12h, 90m, 3600s", NULL},
     {"--heartbeat", "SECONDS", OPT_U32, CFG(heartbeat_seconds), 1, 3600, "30",
@@ -63,6 +66,14 @@ static const opt_spec options[] = {
      "answers queued for all connections together; past it connections with large queues are cut", NULL},
     {"--fetch-target-rate", "N", OPT_U32, CFG(fetch_target_rate), 1, 100000000, "20",
      "bundles with a one-time prekey handed out per account a minute (more come without one)", NULL},
+    {"--inbox-max-messages", "N", OPT_U32, CFG(inbox_max_envelopes), 1, 1000000000, "100000",
+     "messages and receipts one device's inbox holds; sends past it are refused (inbox full)", NULL},
+    {"--inbox-max-bytes", "BYTES", OPT_BYTES, CFG(inbox_max_bytes), 64u << 10, 4095u << 20, "256M",
+     "bytes one device's inbox holds", NULL},
+    {"--daily-sends", "N", OPT_U32, CFG(daily_writes), 1, 1000000000, "100000",
+     "sends and receipts one account may make a UTC day, all its devices together", NULL},
+    {"--daily-bytes", "BYTES", OPT_BYTES, CFG(daily_bytes), 64u << 10, 4095u << 20, "1024M",
+     "bytes of messages one account may have stored a UTC day (each device's copy counts)", NULL},
 };
 
 #define FD_RESERVE 256 /* descriptors kept for the store, the SMS provider, and accepting to refuse */
@@ -124,7 +135,9 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    int rc = store_open_embedded(&srv.st, srv.cfg.data_dir, 0, &parley_envelopes);
+    store_quota quota = {srv.cfg.inbox_max_envelopes, srv.cfg.inbox_max_bytes, srv.cfg.daily_writes,
+                         srv.cfg.daily_bytes};
+    int rc = store_open_embedded(&srv.st, srv.cfg.data_dir, 0, &quota, &parley_envelopes);
     if (rc != STORE_OK) {
         fprintf(stderr, "parleyd: cannot open the store in %s: %s\n", srv.cfg.data_dir, store_strerror(rc));
         return 1;

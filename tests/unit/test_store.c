@@ -10,6 +10,7 @@
 #include <lmdb.h>
 
 #include "check.h"
+#include "day_quota.h"
 #include "ldb.h"
 
 static char dir[256];
@@ -171,6 +172,153 @@ static void test_dedup_and_sweep(void)
     CHECK_RC(ldb_batch_commit(b), STORE_OK);
     ldb_close(s);
     remove_tree(dir);
+}
+
+static void usage_is(ldb *s, store_device d, uint64_t envelopes, uint64_t bytes, int line)
+{
+    ldb_batch *b;
+    uint64_t n = 0, used = 0;
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_inbox_usage(b, &d, &n, &used), STORE_OK);
+    ldb_batch_abort(b);
+    if (n != envelopes || used != bytes)
+        fprintf(stderr, "line %d: inbox holds %llu envelopes, %llu bytes; expected %llu, %llu\n", line,
+                (unsigned long long)n, (unsigned long long)used, (unsigned long long)envelopes,
+                (unsigned long long)bytes);
+    CHECK(n == envelopes && used == bytes);
+}
+#define USAGE_IS(s, d, n, bytes) usage_is(s, d, n, bytes, __LINE__)
+
+/* What an inbox holds (the quota's counts) follows appends, acks, drops and sweeps,
+ * rolls back with an aborted batch, survives a reopen, and an inbox written before the
+ * counts were kept is counted when the store opens, then acked from exactly. */
+static void test_inbox_usage(void)
+{
+    fresh_dir("usage");
+    ldb *s;
+    ldb_batch *b;
+    uint64_t seq;
+    size_t n;
+    store_device d = dev(5, 1), other = dev(5, 2);
+    CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
+    USAGE_IS(s, d, 0, 0);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    for (int i = 0; i < 10; i++) /* 10 of 5 bytes at t=1000.., 1 of 3 bytes for the other */
+        CHECK_RC(append_text(b, d, 1000 + (uint64_t)i, "hello", &seq), STORE_OK);
+    CHECK_RC(append_text(b, other, 1000, "abc", &seq), STORE_OK);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    USAGE_IS(s, d, 10, 50);
+    USAGE_IS(s, other, 1, 3);
+
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_inbox_ack(b, &d, 4, &n), STORE_OK);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    USAGE_IS(s, d, 6, 30);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK); /* undone with its batch */
+    CHECK_RC(append_text(b, d, 2000, "ghost", &seq), STORE_OK);
+    CHECK_RC(ldb_inbox_drop(b, &other, &n), STORE_OK);
+    ldb_batch_abort(b);
+    USAGE_IS(s, d, 6, 30);
+    USAGE_IS(s, other, 1, 3);
+    size_t inbox_removed, dedup_removed;
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK); /* the sweep takes seqs 5..7 (t < 1007) */
+    CHECK_RC(ldb_sweep(b, 1007, 0, 100, &inbox_removed, &dedup_removed), STORE_OK);
+    CHECK(inbox_removed == 4); /* and the other device's one */
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    USAGE_IS(s, d, 3, 15);
+    USAGE_IS(s, other, 0, 0);
+    ldb_close(s);
+
+    CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
+    USAGE_IS(s, d, 3, 15);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    CHECK_RC(ldb_inbox_drop(b, &d, &n), STORE_OK);
+    CHECK(n == 3);
+    CHECK_RC(append_text(b, d, 3000, "xy", &seq), STORE_OK);
+    CHECK(seq == 11); /* seqs go on after a drop */
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    USAGE_IS(s, d, 1, 2);
+    ldb_close(s);
+
+    /* inbox_next as it was written before the counts (8 bytes: the next seq alone) */
+    MDB_env *env = NULL;
+    MDB_txn *txn = NULL;
+    MDB_dbi next = 0;
+    uint8_t k[20], v[8] = {0, 0, 0, 0, 0, 0, 0, 12};
+    memcpy(k, d.account, 16);
+    k[16] = k[17] = k[18] = 0, k[19] = 1;
+    MDB_val key = {sizeof k, k}, val = {sizeof v, v};
+    int rc = mdb_env_create(&env);
+    if (rc == 0)
+        rc = mdb_env_set_maxdbs(env, 16);
+    if (rc == 0)
+        rc = mdb_env_open(env, dir, 0, 0600);
+    if (rc == 0)
+        rc = mdb_txn_begin(env, NULL, 0, &txn);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, "inbox_next", 0, &next);
+    if (rc == 0)
+        rc = mdb_put(txn, next, &key, &val, 0);
+    if (rc == 0)
+        rc = mdb_txn_commit(txn);
+    else if (txn)
+        mdb_txn_abort(txn);
+    CHECK(rc == 0);
+    if (env)
+        mdb_env_close(env);
+    CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
+    USAGE_IS(s, d, 1, 2); /* counted from the inbox itself */
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    for (int i = 0; i < 4; i++)
+        CHECK_RC(append_text(b, d, 3000, "abcd", &seq), STORE_OK);
+    CHECK(seq == 15); /* the next seq kept */
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    USAGE_IS(s, d, 5, 18);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK); /* a partial ack after the conversion */
+    CHECK_RC(ldb_inbox_ack(b, &d, 12, &n), STORE_OK);
+    CHECK(n == 2);
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    USAGE_IS(s, d, 3, 12);
+    ldb_close(s);
+    remove_tree(dir);
+}
+
+/* The day's write counts: refused past either limit, nothing counted then; a first
+ * write of a day larger than the quota goes; a new day starts from nothing; 100,000
+ * accounts stay apart; the table keeps only today's accounts when it grows. */
+static void test_day_quota(void)
+{
+    day_quota q = {0};
+    uint8_t a[16], b[16];
+    memset(a, 1, 16);
+    memset(b, 2, 16);
+    int taken = 0;
+    while (taken < 100 && day_quota_charge(&q, a, 20000, 10, 1000, 50))
+        taken++;
+    CHECK(taken == 10); /* the count */
+    CHECK(day_quota_charge(&q, b, 20000, 10, 1000, 5000)); /* first of b's day, above the bytes */
+    CHECK(!day_quota_charge(&q, b, 20000, 10, 1000, 1));   /* and then nothing more */
+    CHECK(day_quota_charge(&q, a, 20001, 10, 1000, 600));  /* the next day */
+    CHECK(!day_quota_charge(&q, a, 20001, 10, 1000, 401)); /* 1001 bytes */
+    CHECK(day_quota_charge(&q, a, 20001, 10, 1000, 400));
+    CHECK(day_quota_charge(&q, a, 20001, 0, 0, 1 << 30));  /* no limits */
+    bool apart = true;
+    uint8_t k[16] = {0};
+    for (uint32_t i = 0; i < 100000; i++) { /* each one's first, then its second is refused */
+        memcpy(k, &i, sizeof i);
+        apart &= day_quota_charge(&q, k, 20002, 1, 0, 10) && !day_quota_charge(&q, k, 20002, 1, 0, 10);
+    }
+    CHECK(apart);
+    size_t cap = q.cap;
+    CHECK(q.used >= 100000 && cap >= 2 * q.used);
+    for (uint32_t i = 0; i < 100000; i++) { /* a new day: yesterday's go as the table grows */
+        memcpy(k, &i, sizeof i);
+        k[4] = 1;
+        day_quota_charge(&q, k, 20003, 1, 0, 10);
+    }
+    CHECK(q.cap == cap && q.used <= 100000 + 1); /* rebuilt at the same size, today's only */
+    day_quota_free(&q);
+    CHECK(q.cap == 0 && q.slots == NULL);
 }
 
 static void test_full(void)
@@ -528,6 +676,8 @@ int main(void)
 {
     RUN(test_inbox());
     RUN(test_dedup_and_sweep());
+    RUN(test_inbox_usage());
+    RUN(test_day_quota());
     RUN(test_legacy_dedup());
     RUN(test_full());
     RUN(test_accounts());

@@ -62,7 +62,16 @@ void session_close_replaced(session *s, bool replaced)
 
 void session_store_error(session *s, uint64_t request_id, int status)
 {
+    session_store_error_retry(s, request_id, status, 0);
+}
+
+void session_store_error_retry(session *s, uint64_t request_id, int status, uint64_t retry_ms)
+{
     switch (status) {
+    case STORE_DAILY_QUOTA:
+        session_error_full(s, request_id, PERR_DAILY_QUOTA, NULL, retry_ms < UINT32_MAX ? (uint32_t)retry_ms : UINT32_MAX,
+                           NULL);
+        break;
     case STORE_UNKNOWN_ACCOUNT:
         session_error(s, request_id, PERR_UNKNOWN_ACCOUNT, "no such account");
         break;
@@ -77,6 +86,9 @@ void session_store_error(session *s, uint64_t request_id, int status)
     case STORE_PREKEY_CONFLICT:
         session_error(s, request_id, PERR_INVALID_PREKEY,
                       "a one-time prekey id is already in use with another key; nothing was stored");
+        break;
+    case STORE_INBOX_FULL:
+        session_error(s, request_id, PERR_INBOX_FULL, NULL);
         break;
     case STORE_FULL:
         session_error(s, request_id, PERR_STORAGE_FULL, NULL);

@@ -30,6 +30,7 @@ typedef struct {
     char data_dir[512];
     uint32_t threads;            /* 0 until parsed: one per core */
     char sms[1024];              /* "file:PATH" or "http://HOST[:PORT]/PATH" */
+    uint32_t sms_log_max;        /* file:PATH past this many bytes becomes PATH.1 */
     uint64_t retention_ms;
     uint32_t heartbeat_seconds;
     uint32_t max_frame_bytes;
@@ -49,6 +50,8 @@ typedef struct {
     uint32_t lookup_daily;       /* lookups a device may make a day */
     uint32_t fetch_target_rate;  /* bundles with a one-time prekey handed out per account a minute */
     uint32_t output_budget;      /* bytes queued for all connections; past it the largest are cut */
+    uint32_t inbox_max_envelopes, inbox_max_bytes; /* what one device's inbox holds (store_quota) */
+    uint32_t daily_writes, daily_bytes;            /* what one account may write a UTC day */
 } server_config;
 
 /* Rate tables, each of token buckets keyed by a device, a client address or nothing

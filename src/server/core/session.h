@@ -77,6 +77,8 @@ void session_error_full(session *s, uint64_t request_id, uint32_t code, const ch
  * refused prekeys, the end of a replaced device (an error, then close 4000: do not come
  * back), or an internal error. */
 void session_store_error(session *s, uint64_t request_id, int status);
+/* The same for a refusal that says when to try again (STORE_DAILY_QUOTA). */
+void session_store_error_retry(session *s, uint64_t request_id, int status, uint64_t retry_ms);
 /* Closes s's connection: the device was replaced (replaced) or a newer connection of
  * it won. */
 void session_close_replaced(session *s, bool replaced);

@@ -20,6 +20,19 @@
 #define UNTRUSTED_MESSAGE_MAX (64u << 10) /* the largest message before it authenticated */
 #define OFFENDER_QUEUE (256u << 10) /* over the output budget, queues this large are cut */
 #define TRIM_AFTER_CLOSES 256       /* closes between two returns of free memory to the system */
+#define TRIM_QUIET_SWEEPS 4         /* or sweeps without a close, after some */
+#define TRIM_EVERY_MS 5000          /* and then not more often than this */
+
+/* glibc's malloc_trim works on glibc's arenas: under AddressSanitizer, whose allocator
+ * they are not, it breaks glibc's own bookkeeping (an assertion at thread exit). */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ASAN_BUILD 1
+#endif
+#endif
+#if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__) && !defined(ASAN_BUILD)
+#define RETURN_FREE_MEMORY 1
+#endif
 
 /* Bytes handed to the kernel's write queues and not yet written, all threads together:
  * past the output budget the connections with the largest queues are cut first. */
@@ -434,11 +447,18 @@ static void on_sweep(uv_timer_t *timer)
 {
     ws_thread *t = timer->data;
     uv_walk(t->loop, sweep_one, t);
-#ifdef __GLIBC__
-    if (t->closes >= TRIM_AFTER_CLOSES) { /* what closed connections held goes back */
+#ifdef RETURN_FREE_MEMORY
+    /* what closed connections held goes back: after many closes, or a second after
+     * closes stopped (at most every few seconds: a trim walks the whole heap) */
+    t->quiet_sweeps = t->closes == t->closes_seen ? t->quiet_sweeps + 1 : 0;
+    uint64_t now = uv_now(t->loop);
+    if (t->closes >= TRIM_AFTER_CLOSES ||
+        (t->closes && t->quiet_sweeps >= TRIM_QUIET_SWEEPS && now - t->trimmed_ms >= TRIM_EVERY_MS)) {
         t->closes = 0;
+        t->trimmed_ms = now;
         malloc_trim(0);
     }
+    t->closes_seen = t->closes;
 #endif
 }
 
@@ -456,7 +476,8 @@ void ws_thread_init(ws_thread *t, uv_loop_t *loop, const ws_conn_callbacks *cb,
     if (t->untrusted.max_message > UNTRUSTED_MESSAGE_MAX)
         t->untrusted.max_message = UNTRUSTED_MESSAGE_MAX;
     t->output_budget = 0;
-    t->closes = 0;
+    t->closes = t->closes_seen = t->quiet_sweeps = 0;
+    t->trimmed_ms = 0;
     t->nconns = 0;
     t->stopping = false;
     t->dirty = NULL;

@@ -55,6 +55,9 @@ struct ws_thread {
     size_t output_budget;      /* bytes queued for all connections of all threads; past it,
                                   connections with large queues are cut (0: no budget) */
     uint32_t closes;           /* since free memory was last returned to the system */
+    uint32_t closes_seen;      /* closes at the sweep before: none since means quiet */
+    uint32_t quiet_sweeps;     /* sweeps in a row without a close */
+    uint64_t trimmed_ms;       /* when free memory last went back (loop time) */
     uv_timer_t sweep;          /* the one timer: heartbeat and linger deadlines */
     uv_prepare_t flush;        /* before each poll: writes what connections gathered */
     ws_conn **dirty;           /* connections with gathered frames */

@@ -29,7 +29,7 @@ static void posted(store_req *req, int status)
             f.receipt_ack = &ack;
             session_reply(s, j->ask.request_id, &f);
         } else {
-            session_store_error(s, j->ask.request_id, status);
+            session_store_error_retry(s, j->ask.request_id, status, j->r.retry_ms);
         }
     }
     store_entries_free(&j->r.appended);

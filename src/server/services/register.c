@@ -40,7 +40,7 @@ typedef struct {
 static void sms_job_run(uv_work_t *w)
 {
     sms_job *j = w->data;
-    j->rc = sms_send(j->ask.srv->cfg.sms, j->phone, j->code, j->err, sizeof j->err);
+    j->rc = sms_send(j->ask.srv->cfg.sms, j->ask.srv->cfg.sms_log_max, j->phone, j->code, j->err, sizeof j->err);
 }
 
 static void sms_job_done(uv_work_t *w, int status)

@@ -56,8 +56,15 @@ static void send_done(store_req *req, int status)
             session_reply(s, j->ask.request_id, &f);
         } else if (status == STORE_DEVICE_MISMATCH) {
             mismatch_error(s, j->ask.request_id, &j->r);
+        } else if (status == STORE_INBOX_FULL) { /* which of the recipient's devices */
+            Parley__DeviceList full = PARLEY__DEVICE_LIST__INIT;
+            full.has_account_id = 1;
+            full.account_id = (ProtobufCBinaryData){STORE_ACCOUNT_ID_LEN, j->r.recipient};
+            full.n_device_ids = j->r.n_full;
+            full.device_ids = j->r.full_ids;
+            session_error_full(s, j->ask.request_id, PERR_INBOX_FULL, NULL, 0, &full);
         } else {
-            session_store_error(s, j->ask.request_id, status);
+            session_store_error_retry(s, j->ask.request_id, status, j->r.retry_ms);
         }
     }
     store_entries_free(&j->r.targets);

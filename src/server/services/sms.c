@@ -1,24 +1,42 @@
 /* sms.c - delivering one-time codes: the `file` provider appends one JSON line per
- * code (development and tests), the `http` provider POSTs the same JSON to a gateway
- * and counts any 2xx answer as accepted. Both block; callers run them off the loop. */
+ * code (development and tests) and keeps the file bounded, the `http` provider POSTs
+ * the same JSON to a gateway and counts any 2xx answer as accepted. Both block;
+ * callers run them off the loop. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
 #include "sms.h"
 
-static int sms_file(const char *path, const char *json, char *err, size_t errlen)
+/* One writer at a time: a rotation must not move a file another thread just wrote to. */
+static pthread_mutex_t file_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Appends json to path; a file past max first becomes path.1 (replacing the one before),
+ * so the log never holds more than about 2 * max of numbers and codes. */
+static int sms_file(const char *path, size_t max, const char *json, char *err, size_t errlen)
 {
+    char old[1100];
+    struct stat st;
+    pthread_mutex_lock(&file_lock);
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    /* only a regular file is rotated: not /dev/stderr, a FIFO or a link to one */
+    if (fd >= 0 && max && lstat(path, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size >= max &&
+        snprintf(old, sizeof old, "%s.1", path) < (int)sizeof old && rename(path, old) == 0) {
+        close(fd);
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    }
     if (fd < 0) {
         snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        pthread_mutex_unlock(&file_lock);
         return -1;
     }
     size_t len = strlen(json);
@@ -26,6 +44,7 @@ static int sms_file(const char *path, const char *json, char *err, size_t errlen
     if (!ok)
         snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
     close(fd);
+    pthread_mutex_unlock(&file_lock);
     return ok ? 0 : -1;
 }
 
@@ -92,12 +111,12 @@ static int sms_http(const char *url, const char *json, char *err, size_t errlen)
     return 0;
 }
 
-int sms_send(const char *provider, const char *phone, const char *code, char *err, size_t errlen)
+int sms_send(const char *provider, size_t file_max, const char *phone, const char *code, char *err, size_t errlen)
 {
     char json[128];
     snprintf(json, sizeof json, "{\"phone\":\"%s\",\"code\":\"%s\"}\n", phone, code);
     if (strncmp(provider, "file:", 5) == 0)
-        return sms_file(provider + 5, json, err, errlen);
+        return sms_file(provider + 5, file_max, json, err, errlen);
     if (strncmp(provider, "http://", 7) == 0)
         return sms_http(provider, json, err, errlen);
     if (strncmp(provider, "http:", 5) == 0) /* "--sms http:URL" */

@@ -5,7 +5,9 @@
 
 #include <stddef.h>
 
-/* Blocking: run off the loop. Returns 0, or -1 with err for the log. */
-int sms_send(const char *provider, const char *phone, const char *code, char *err, size_t errlen);
+/* Blocking: run off the loop. Returns 0, or -1 with err for the log. A file past
+ * file_max bytes is renamed PATH.1 (replacing the last) before the line goes in
+ * (0: never). */
+int sms_send(const char *provider, size_t file_max, const char *phone, const char *code, char *err, size_t errlen);
 
 #endif

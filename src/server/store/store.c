@@ -18,6 +18,8 @@ const char *store_strerror(int rc)
     case STORE_REPLACED: return "the device was replaced by a new registration";
     case STORE_TOO_MANY_PREKEYS: return "too many one-time prekeys";
     case STORE_PREKEY_CONFLICT: return "a one-time prekey id is in use with another key";
+    case STORE_INBOX_FULL: return "a recipient's inbox is full";
+    case STORE_DAILY_QUOTA: return "the account's daily quota is used up";
     case STORE_FULL: return "storage full";
     case STORE_NOMEM: return "out of memory";
     case STORE_INVALID: return "invalid record";

@@ -42,6 +42,8 @@ enum {
     STORE_REPLACED = 12,         /* the origin device was registered again since it proved its key */
     STORE_TOO_MANY_PREKEYS = 13, /* the device would hold more than max_held one-time prekeys */
     STORE_PREKEY_CONFLICT = 14,  /* a one-time prekey id already held with another key */
+    STORE_INBOX_FULL = 15,       /* a device's inbox holds its quota (store_quota; store_send names them) */
+    STORE_DAILY_QUOTA = 16,      /* the origin's account wrote its quota for the day (retry_ms) */
     /* storage errors */
     STORE_FULL = -1,             /* the map or the disk is full: nothing was written */
     STORE_IO = -2,               /* I/O or engine error */
@@ -97,6 +99,19 @@ typedef struct {
     store_device device;
     uint8_t key_prefix[8];               /* of the identity key its connection proved */
 } store_origin;
+
+/* What one account may take from the disk, so that it cannot take the disk from
+ * everyone: an inbox holds at most so many envelopes and bytes (a send or receipt that
+ * would pass them is refused whole; an empty inbox takes one of any size; the store's
+ * own receipts and notices, and copies to the sender's own devices, are counted but
+ * never refused), and an account writes at most so many sends and receipts and bytes of
+ * envelopes a UTC day, all its devices together (its first of the day always goes).
+ * 0: no limit. The embedded backend counts the day in memory: a restart starts it
+ * again. */
+typedef struct {
+    uint64_t inbox_envelopes, inbox_bytes;
+    uint64_t daily_writes, daily_bytes;
+} store_quota;
 
 /* Envelopes bound for device inboxes, packed one after another in one buffer. */
 typedef struct {
@@ -197,11 +212,16 @@ void store_lookup_account(store *s, store_home *h, store_lookup *r);
  * retention; every target addressed exactly the devices of its account (less the
  * sender; a resend may name some of them) with their current registration ids, else
  * STORE_DEVICE_MISMATCH with the account's devices and those re-registered since; then
- * each envelope appended to its device's inbox, all in one commit.
+ * within the quotas (STORE_DAILY_QUOTA with retry_ms; STORE_INBOX_FULL with the
+ * recipient's devices whose inboxes hold theirs: the sender's own devices take their
+ * copies whatever they hold); then each envelope appended to its device's inbox, all in one commit.
  *   JetStream: Get dev.<uid>.* for the check; js_PublishAsync of each envelope to
  *   inbox.<k>.<device> with Nats-Msg-Id = sender device || message id (the stream's
  *   duplicate window covers a client's quick resend; a dedup.<sender>.<id> KV Create
- *   covers the rest). Done after every publish ack. */
+ *   covers the rest). Done after every publish ack. Quotas: the inbox count is the
+ *   stream's MaxMsgsPerSubject with DiscardNewPerSubject (a publish past it fails: no
+ *   per-subject byte limit there, so inbox_bytes is checked from the subject's state);
+ *   the day's count in KV quota.<uid>.<day>, updated with the revision it was read at. */
 typedef struct {
     store_req req;
     store_origin from;
@@ -218,12 +238,16 @@ typedef struct {
     size_t mismatch_n;
     uint32_t stale_ids[STORE_MAX_DEVICES];
     size_t stale_n;
+    uint32_t full_ids[STORE_MAX_DEVICES]; /* STORE_INBOX_FULL: the recipient's devices that are */
+    size_t n_full;
+    uint64_t retry_ms;                   /* STORE_DAILY_QUOTA: until the next day */
 } store_send;
 void store_accept_send(store *s, store_home *h, store_send *r);
 
 /* Appends one envelope (a read or retry receipt) to every device of to_account but the
  * origin, and to the origin's other devices; or, when to_device is set, to that one
- * device only. STORE_UNKNOWN_ACCOUNT. appended gets each device written to (for wakes).
+ * device only. STORE_UNKNOWN_ACCOUNT; the quotas as for a send (one write, its bytes
+ * once per device). appended gets each device written to (for wakes).
  *   JetStream: Keys dev.<uid>.*, then one publish per device as in store_accept_send. */
 typedef struct {
     store_req req;
@@ -234,6 +258,7 @@ typedef struct {
     size_t len;
     uint64_t now;
     store_entries appended;              /* out: devices only */
+    uint64_t retry_ms;                   /* out: STORE_DAILY_QUOTA */
 } store_post;
 void store_post_receipt(store *s, store_home *h, store_post *r);
 
@@ -375,8 +400,9 @@ struct store {
 };
 
 /* The embedded backend: LMDB in dir (created if missing); map_size bounds the data file
- * (0: 4 GiB). Its writer thread starts here. */
-int store_open_embedded(store **out, const char *dir, uint64_t map_size, const store_envelopes *envelopes);
+ * (0: 4 GiB); quota may be NULL (no limits). Its writer thread starts here. */
+int store_open_embedded(store **out, const char *dir, uint64_t map_size, const store_quota *quota,
+                        const store_envelopes *envelopes);
 
 /* A loop's return path: every request is submitted with the home of the loop it runs
  * on, where its done runs. */

@@ -4,7 +4,8 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
 import WebSocket from 'ws';
@@ -310,7 +311,10 @@ test('memory: unauthenticated peers that never read and keep sending bad frames 
   assert.ok(SANITIZED || peak - before < 32 * 1024, `server memory grew by ${peak - before} kB under 100 hostile connections`);
   assert.ok((await honest.request('ping', { nonce: 9 })).pong, 'the honest connection is served throughout');
   honest.ws.terminate();
-  t.diagnostic(`peak RssAnon growth ${peak - before} kB`);
+  await sleep(2000); // parleyd gives memory back a second after closes stop
+  const closed = rssAnonKb(d.child.pid);
+  assert.ok(SANITIZED || closed - before < 8 * 1024, `server memory ${closed - before} kB above where it started once they closed`);
+  t.diagnostic(`peak RssAnon growth ${peak - before} kB, ${closed - before} kB once they closed`);
 });
 
 test('memory: messages that never end are bounded before authentication, and go with their connection', TIMEOUT, async (t) => {
@@ -330,8 +334,12 @@ test('memory: messages that never end are bounded before authentication, and go 
   for (const h of hostile) { h.s.on('data', () => {}); h.s.resume(); }
   await Promise.race([Promise.all(hostile.map((h) => h.gone)), sleep(5000)]);
   assert.equal(hostile.filter((h) => !h.closed).length, 0, 'each was closed (message too big before authentication)');
-  assert.ok(SANITIZED || after - before < 16 * 1024, `server memory ${after - before} kB above where it started`);
-  t.diagnostic(`RssAnon growth ${after - before} kB after 300 unfinished 256 KiB messages`);
+  // at most 64 KiB each before authentication (300 x 64 KiB = 18.75 MiB), and most are gone by now
+  assert.ok(SANITIZED || after - before < 24 * 1024, `server memory ${after - before} kB above where it started`);
+  await sleep(2000); // parleyd gives memory back a second after closes stop
+  const closed = rssAnonKb(d.child.pid);
+  assert.ok(SANITIZED || closed - before < 8 * 1024, `server memory ${closed - before} kB above where it started once they closed`);
+  t.diagnostic(`RssAnon growth ${after - before} kB after 300 unfinished 256 KiB messages, ${closed - before} kB once they closed`);
 });
 
 test('re-registration: a connection that authenticated with the old key just before never receives for the new install', TIMEOUT, async (t) => {
@@ -381,4 +389,200 @@ test('re-registration: a connection that authenticated with the old key just bef
   assert.equal(leaks, 0, `${leaks} of 20 attempts handed the new install's envelope to the old connection (${raced} authenticated)`);
   t.diagnostic(`${raced} of 20 old connections authenticated in the race; none received`);
   s.ws.terminate();
+});
+
+// ---- storage quotas: one account cannot take the disk ------------------------------------
+
+// A connection of a registered account (receive: whether it is the device's receiving one).
+async function connected(d, reg, receive = false) {
+  const c = await Client.open(d.url);
+  assert.ok((await authenticate(c, reg.account, 1, reg.id.priv, { receive })).authenticated);
+  return c;
+}
+
+function sendTo(c, to, bytes) {
+  return c.request('send', { message_id: crypto.randomBytes(16), recipient_account: to.account,
+    messages: [{ device_id: 1, type: 2, body: crypto.randomBytes(bytes) }] });
+}
+
+// Sends until the first refusal: how many were acknowledged, and the refusal.
+async function sendUntilRefused(c, to, bytes, max) {
+  for (let n = 0; n < max; n++) {
+    const a = await sendTo(c, to, bytes);
+    if (!a.send_ack) return { accepted: n, error: a.error };
+  }
+  return { accepted: max, error: null };
+}
+
+// Takes everything waiting in the device's inbox (its receiving connection acks it all);
+// then a new receiving connection, whose delivery starts only after the acks' commit,
+// finds it empty.
+async function drain(d, reg) {
+  const c = await connected(d, reg, true);
+  let taken = 0;
+  for (;;) {
+    const f = await c.next();
+    if (!f.deliver) continue;
+    const envs = f.deliver.envelopes ?? [];
+    taken += envs.length;
+    if (envs.length) c.push('deliver_ack', { up_to_seq: envs.at(-1).seq });
+    if (f.deliver.drained) break;
+  }
+  const again = await connected(d, reg, true);
+  for (;;) {
+    const f = await again.next();
+    if (!f.deliver) continue;
+    assert.equal(f.deliver.envelopes?.length ?? 0, 0, 'the inbox is empty once acked');
+    if (f.deliver.drained) break;
+  }
+  c.ws.terminate();
+  again.ws.terminate();
+  return taken;
+}
+
+// The day quota's tests must not run across midnight UTC.
+async function notNearMidnight() {
+  const left = 86400000 - (Date.now() % 86400000);
+  if (left < 120000) await sleep(left + 1000);
+}
+
+test('quotas: an inbox holds its count and bytes, an account its day\'s sends; each refusal says so, others go on; an inbox\'s count survives a restart', TIMEOUT, async (t) => {
+  await notNearMidnight();
+  const { d, smsLog } = await withServer(t, { extra: ['--inbox-max-messages', '20', '--inbox-max-bytes', '64K', '--daily-sends', '40'] });
+  const flooder = await register(d.url, phone(), smsLog);
+  const victim = await register(d.url, phone(), smsLog);
+  const alice = await register(d.url, phone(), smsLog);
+  const bob = await register(d.url, phone(), smsLog);
+  const f = await connected(d, flooder);
+  const a = await connected(d, alice);
+
+  // the inbox's count: 20 small messages, then INBOX_FULL; another account's sends go on
+  let r = await sendUntilRefused(f, victim, 100, 30);
+  assert.equal(r.accepted, 20);
+  assert.equal(r.error?.code, ErrorCode.INBOX_FULL, JSON.stringify(r.error));
+  assert.match(r.error.reason, /inbox on the server is full/);
+  assert.deepEqual(r.error.devices?.device_ids, [1], 'the full device is named');
+  assert.ok(Buffer.from(r.error.devices.account_id).equals(Buffer.from(victim.account)));
+  assert.ok((await sendTo(a, bob, 100)).send_ack, 'an honest pair is not held up');
+  // the victim comes online and takes them: its inbox has room again
+  assert.equal(await drain(d, victim), 20);
+  // the inbox's bytes: 7 envelopes of 8 KiB fit in 64 KiB, the 8th does not
+  r = await sendUntilRefused(f, victim, 8192, 30);
+  assert.equal(r.accepted, 7);
+  assert.equal(r.error?.code, ErrorCode.INBOX_FULL);
+  assert.equal(await drain(d, victim), 7);
+  // the day: 27 sends so far, 13 more, then DAILY_QUOTA until the next UTC day
+  r = await sendUntilRefused(f, victim, 100, 30);
+  assert.equal(r.accepted, 13);
+  assert.equal(r.error?.code, ErrorCode.DAILY_QUOTA, JSON.stringify(r.error));
+  const untilMidnight = 86400000 - (Date.now() % 86400000);
+  assert.ok(r.error.retry_after_ms > 0 && Math.abs(r.error.retry_after_ms - untilMidnight) < 60000, `retry after ${r.error.retry_after_ms} ms`);
+  assert.ok((await sendTo(a, bob, 100)).send_ack, 'another account still sends');
+  // a read receipt is a write too
+  const rc = await f.request('receipt', { status: 2, to_account: bob.account, message_ids: [crypto.randomBytes(16)] });
+  assert.equal(rc.error?.code, ErrorCode.DAILY_QUOTA, JSON.stringify(rc));
+  f.ws.terminate();
+  a.ws.terminate();
+
+  // what an inbox holds is kept in the data file: after a restart the victim's 13 count
+  await d.stop();
+  const d2 = await Parleyd.start({ dataDir: d.dataDir, sms: `file:${smsLog}`, extra: ['--inbox-max-messages', '14'] });
+  try {
+    const a2 = await connected(d2, alice);
+    assert.ok((await sendTo(a2, victim, 100)).send_ack, 'the 14th fits');
+    assert.equal((await sendTo(a2, victim, 100)).error?.code, ErrorCode.INBOX_FULL, 'the 15th does not');
+    a2.ws.terminate();
+  } finally {
+    await d2.stop();
+  }
+});
+
+test('quotas: an account\'s bytes a day; a first write larger than a quota still goes', TIMEOUT, async (t) => {
+  await notNearMidnight();
+  const { d, smsLog } = await withServer(t, { extra: ['--daily-bytes', '64K'] });
+  const sender = await register(d.url, phone(), smsLog);
+  const to = await register(d.url, phone(), smsLog);
+  const s = await connected(d, sender);
+  const r = await sendUntilRefused(s, to, 8192, 30);
+  assert.equal(r.accepted, 7);
+  assert.equal(r.error?.code, ErrorCode.DAILY_QUOTA, JSON.stringify(r.error));
+  assert.ok((await sendTo(s, to, 100)).send_ack, 'a small one still fits the day');
+  // an account's first write of the day, and an empty inbox, take one larger than the quota
+  const { d: d2, smsLog: log2 } = await withServer(t, { extra: ['--daily-bytes', '64K', '--inbox-max-bytes', '64K'] });
+  const big = await register(d2.url, phone(), log2);
+  const other = await register(d2.url, phone(), log2);
+  const b = await connected(d2, big);
+  const third = await register(d2.url, phone(), log2);
+  assert.ok((await sendTo(b, other, 100 * 1024)).send_ack, 'the first write of the day, to an empty inbox');
+  assert.equal((await sendTo(b, other, 100)).error?.code, ErrorCode.INBOX_FULL, 'then that inbox is full');
+  assert.equal((await sendTo(b, third, 100)).error?.code, ErrorCode.DAILY_QUOTA, 'and the day is used up');
+  s.ws.terminate();
+  b.ws.terminate();
+});
+
+// A tmpfs of its own (root only): the disk that fills is the data directory's alone.
+function smallVolume(dir, megabytes) {
+  const vol = path.join(dir, 'vol');
+  mkdirSync(vol);
+  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${megabytes}m`, 'tmpfs', vol]);
+  return r.status === 0 ? vol : null;
+}
+
+test('a full disk is answered STORAGE_FULL, never INTERNAL; nothing acked is lost and sends resume once acks free room', TIMEOUT, async (t) => {
+  const dir = tempDir();
+  const vol = smallVolume(dir, 24);
+  if (!vol) { // CI runs as root on a machine that can mount; a container without CAP_SYS_ADMIN cannot
+    removeDir(dir);
+    t.skip('cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN)');
+    return;
+  }
+  let d = null;
+  t.after(async () => { // in this order: the server, the volume, the directory
+    if (d && d.child.exitCode === null && d.child.signalCode === null) await d.stop();
+    spawnSync('umount', [vol]);
+    removeDir(dir);
+  });
+  const smsLog = path.join(dir, 'sms.log');
+  const big = ['--inbox-max-bytes', '4095M', '--daily-bytes', '4095M', '--send-rate', '100000'];
+  d = await Parleyd.start({ dataDir: path.join(vol, 'var'), sms: `file:${smsLog}`, extra: big });
+  const sender = await register(d.url, phone(), smsLog);
+  const to = await register(d.url, phone(), smsLog);
+  const s = await connected(d, sender);
+  const codes = {};
+  let acked = 0;
+  for (let round = 0; round < 3; round++) {
+    // fill it: 200 KiB bodies until the store says no, then a few more tries
+    let refused = 0;
+    for (let i = 0; i < 400 && refused < 8; i++) {
+      const a = await sendTo(s, to, 200 * 1024);
+      if (a.send_ack) { acked++; continue; }
+      refused++;
+      const name = Object.keys(ErrorCode).find((k) => ErrorCode[k] === a.error?.code) ?? JSON.stringify(a);
+      codes[name] = (codes[name] ?? 0) + 1;
+    }
+    assert.ok(refused > 0, `round ${round}: the 24 MiB volume never filled`);
+    // everything acknowledged is there, once; taking it frees the room for more
+    assert.equal(await drain(d, to), acked, `round ${round}: every acknowledged message delivered`);
+    acked = 0;
+    assert.ok((await sendTo(s, to, 1000)).send_ack, `round ${round}: sends resume after the acks`);
+    acked = 1;
+  }
+  t.diagnostic(`refusals on a full 24 MiB tmpfs: ${JSON.stringify(codes)}`);
+  assert.deepEqual(Object.keys(codes), ['STORAGE_FULL'], JSON.stringify(codes));
+  s.ws.terminate();
+});
+
+test('the development SMS log is bounded: past --sms-log-max it starts again, the last one kept as .1', TIMEOUT, async (t) => {
+  const { d, smsLog } = await withServer(t, { extra: ['--sms-log-max', '4K'] });
+  const c = await Client.open(d.url);
+  const numbers = Array.from({ length: 250 }, () => phone());
+  for (const number of numbers) assert.ok((await c.request('request_code', { phone: number })).code_requested);
+  const line = `{"phone":"${numbers[0]}","code":"123456"}\n`.length;
+  const now = statSync(smsLog).size, before = statSync(`${smsLog}.1`).size;
+  assert.ok(now <= 4096 + line && before <= 4096 + line, `sms.log ${now} B, sms.log.1 ${before} B`);
+  const kept = (readFileSync(`${smsLog}.1`, 'utf8') + readFileSync(smsLog, 'utf8')).trim().split('\n').map((l) => JSON.parse(l).phone);
+  assert.ok(kept.length < 250 && !kept.includes(numbers[0]), `${kept.length} of 250 codes kept`);
+  assert.equal(kept.at(-1), numbers.at(-1), 'the newest code is in the log');
+  assert.match(lastCode(smsLog, numbers.at(-1)), /^\d{6}$/);
+  c.ws.terminate();
 });

@@ -5,17 +5,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "day_quota.h"
 #include "ldb.h"
 #include "store_kinds.h"
 #include "writer.h"
 
 #define MAX_BATCH 4096      /* requests in one commit */
 #define NOTICE_CAP 64       /* a low-stock notice envelope */
+#define DAY_MS 86400000u
 
 typedef struct {
     store base;
     ldb *db;
     writer *wr;
+    store_quota quota;
+    day_quota days;          /* the writer thread's */
 } embedded;
 
 static bool same_account(const uint8_t *a, const uint8_t *b)
@@ -186,6 +190,32 @@ static int fetch_apply(ldb_batch *b, store_fetch *r, const store_envelopes *env)
 
 /* ---- sends and receipts ------------------------------------------------------------- */
 
+/* Refuses an envelope of len bytes that would take d's inbox past its quota (an empty
+ * inbox takes one of any size: a write larger than the quota must not wait forever). */
+static int check_inbox(ldb_batch *b, const store_quota *q, const store_device *d, size_t len)
+{
+    uint64_t held, bytes;
+    if (!q->inbox_envelopes && !q->inbox_bytes)
+        return STORE_OK;
+    int rc = ldb_inbox_usage(b, d, &held, &bytes);
+    if (rc == STORE_OK && held &&
+        ((q->inbox_envelopes && held >= q->inbox_envelopes) || (q->inbox_bytes && bytes + len > q->inbox_bytes)))
+        rc = STORE_INBOX_FULL;
+    return rc;
+}
+
+/* Counts one write of bytes against the account's quota for today, or refuses it with
+ * the time until the next UTC day. */
+static int charge_day(embedded *e, const uint8_t account[STORE_ACCOUNT_ID_LEN], uint64_t now, uint64_t bytes,
+                      uint64_t *retry_ms)
+{
+    uint64_t day = now / DAY_MS;
+    if (day_quota_charge(&e->days, account, day, e->quota.daily_writes, e->quota.daily_bytes, bytes))
+        return STORE_OK;
+    *retry_ms = (day + 1) * DAY_MS - now;
+    return STORE_DAILY_QUOTA;
+}
+
 /* Does the send address exactly the devices of account (less the sender itself), each
  * with the registration id it has now? A resend may address some of them only. */
 static int check_devices(ldb_batch *b, store_send *r, const uint8_t account[STORE_ACCOUNT_ID_LEN])
@@ -225,7 +255,7 @@ static int check_devices(ldb_batch *b, store_send *r, const uint8_t account[STOR
     return STORE_DEVICE_MISMATCH;
 }
 
-static int send_apply(ldb_batch *b, store_send *r)
+static int send_apply(ldb_batch *b, store_send *r, embedded *e)
 {
     uint64_t first;
     r->duplicate = false; /* a batch may run twice (writer.h): nothing kept from a first run */
@@ -246,12 +276,28 @@ static int send_apply(ldb_batch *b, store_send *r)
     if (!same_account(r->recipient, r->from.device.account) &&
         (rc = check_devices(b, r, r->from.device.account)) != STORE_OK)
         return rc;
+    /* every refusal before the first write: this request shares its batch. The sender's
+     * own devices take their copies whatever they hold (its day's quota bounds them). */
+    r->n_full = 0;
+    for (size_t i = 0; i < r->targets.n; i++) {
+        const store_device *d = &r->targets.items[i].device;
+        if (same_account(d->account, r->from.device.account))
+            continue;
+        if ((rc = check_inbox(b, &e->quota, d, r->targets.items[i].len)) == STORE_INBOX_FULL)
+            r->full_ids[r->n_full++] = d->device;
+        else if (rc != STORE_OK)
+            return rc;
+    }
+    if (r->n_full)
+        return STORE_INBOX_FULL;
+    if ((rc = charge_day(e, r->from.device.account, r->server_ms, r->targets.used, &r->retry_ms)) != STORE_OK)
+        return rc;
     if ((rc = append_all(b, &r->targets, r->server_ms)) != STORE_OK)
         return rc;
     return ldb_dedup_put(b, &r->from.device, r->message_id, r->server_ms);
 }
 
-static int post_apply(ldb_batch *b, store_post *r)
+static int post_apply(ldb_batch *b, store_post *r, embedded *e)
 {
     store_entries *l = &r->appended;
     store_entries_clear(l);
@@ -270,6 +316,11 @@ static int post_apply(ldb_batch *b, store_post *r)
         if (rc == STORE_OK && !same_account(r->to_account, r->from.device.account)) /* the origin's other devices */
             rc = add_account(b, r->from.device.account, &r->from.device, r->envelope, 0, l);
     }
+    for (size_t i = 0; rc == STORE_OK && i < l->n; i++)
+        if (!same_account(l->items[i].device.account, r->from.device.account))
+            rc = check_inbox(b, &e->quota, &l->items[i].device, r->len);
+    if (rc == STORE_OK)
+        rc = charge_day(e, r->from.device.account, r->now, (uint64_t)r->len * l->n, &r->retry_ms);
     for (size_t i = 0; rc == STORE_OK && i < l->n; i++) {
         uint64_t seq;
         rc = ldb_inbox_append(b, &l->items[i].device, r->now, r->envelope, r->len, &seq);
@@ -383,8 +434,8 @@ static int apply(ldb_batch *b, store_req *r)
     const store_envelopes *env = e->base.envelopes;
     switch (r->kind) {
     case STORE_KIND_REGISTER: return register_apply(b, (store_registration *)r);
-    case STORE_KIND_SEND: return send_apply(b, (store_send *)r);
-    case STORE_KIND_POST: return post_apply(b, (store_post *)r);
+    case STORE_KIND_SEND: return send_apply(b, (store_send *)r, e);
+    case STORE_KIND_POST: return post_apply(b, (store_post *)r, e);
     case STORE_KIND_TAKE: return take_apply(b, (store_take *)r, env);
     case STORE_KIND_UPLOAD: return upload_apply(b, (store_upload *)r);
     case STORE_KIND_FETCH: return fetch_apply(b, (store_fetch *)r, env);
@@ -481,6 +532,7 @@ static void close_store(store *s)
     embedded *e = (embedded *)s;
     stop(s);
     ldb_close(e->db);
+    day_quota_free(&e->days);
     free(e);
 }
 
@@ -491,7 +543,8 @@ static int stats(store *s, store_stats *out)
 
 static const store_ops ops = {submit, home_open, home_close, stop, close_store, stats};
 
-int store_open_embedded(store **out, const char *dir, uint64_t map_size, const store_envelopes *envelopes)
+int store_open_embedded(store **out, const char *dir, uint64_t map_size, const store_quota *quota,
+                        const store_envelopes *envelopes)
 {
     *out = NULL;
     embedded *e = calloc(1, sizeof *e);
@@ -499,6 +552,8 @@ int store_open_embedded(store **out, const char *dir, uint64_t map_size, const s
         return STORE_NOMEM;
     e->base.ops = &ops;
     e->base.envelopes = envelopes;
+    if (quota)
+        e->quota = *quota;
     int rc = ldb_open(&e->db, dir, map_size);
     if (rc == STORE_OK && (rc = writer_start(&e->wr, e->db, MAX_BATCH, &table)) != STORE_OK)
         ldb_close(e->db);

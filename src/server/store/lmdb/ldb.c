@@ -2,7 +2,9 @@
  *
  * Tables (keys big-endian, so LMDB's byte order is numeric order):
  *   inbox       device(20) seq(8)            -> stored_ms(8) envelope
- *   inbox_next  device(20)                   -> next seq(8)
+ *   inbox_next  device(20)                   -> next seq(8) envelopes(8) bytes(8): what the
+ *               inbox holds, kept with every change (8-byte values, the next seq alone,
+ *               from before are counted and rewritten when the store is opened)
  *   inbox_time  stored_ms(8) device(20) seq(8) -> ""    (retention sweeps in time order)
  *   dedup_by_id id(16) sender(20)            -> accepted_ms(8)
  *   dedup_by_id_time accepted_ms(8) id(16) sender(20) -> ""
@@ -24,8 +26,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 #define DEVICE_KEY_LEN 20
+#define NEARLY_FULL (16u << 20) /* bytes left on the data file's filesystem */
 
 struct ldb {
     MDB_env *env;
@@ -105,6 +110,49 @@ static unsigned table_flags(size_t i)
     return i == TABLE_PREKEYS ? MDB_DUPSORT | MDB_DUPFIXED : 0;
 }
 
+/* inbox_next values written before the inbox counts were kept hold the next seq alone
+ * (8 bytes): each such inbox is counted once, here, and its value rewritten whole. */
+static int count_legacy_inboxes(MDB_txn *txn, MDB_dbi inbox_next, MDB_dbi inbox)
+{
+    MDB_cursor *c, *ic;
+    int rc = mdb_cursor_open(txn, inbox_next, &c);
+    if (rc != 0)
+        return rc;
+    if ((rc = mdb_cursor_open(txn, inbox, &ic)) != 0) {
+        mdb_cursor_close(c);
+        return rc;
+    }
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (v.mv_size != 8 || k.mv_size != DEVICE_KEY_LEN)
+            continue;
+        uint8_t start[DEVICE_KEY_LEN + 8] = {0}, meta[24];
+        memcpy(start, k.mv_data, DEVICE_KEY_LEN);
+        memcpy(meta, v.mv_data, 8);
+        uint64_t envelopes = 0, bytes = 0;
+        MDB_val ik = {sizeof start, start}, iv;
+        int irc;
+        for (irc = mdb_cursor_get(ic, &ik, &iv, MDB_SET_RANGE);
+             irc == 0 && ik.mv_size == sizeof start && memcmp(ik.mv_data, start, DEVICE_KEY_LEN) == 0;
+             irc = mdb_cursor_get(ic, &ik, &iv, MDB_NEXT)) {
+            envelopes++;
+            bytes += iv.mv_size >= 8 ? iv.mv_size - 8 : 0;
+        }
+        if (irc != 0 && irc != MDB_NOTFOUND) {
+            rc = irc;
+            break;
+        }
+        put_be64(meta + 8, envelopes);
+        put_be64(meta + 16, bytes);
+        MDB_val nv = {sizeof meta, meta};
+        if ((rc = mdb_cursor_put(c, &k, &nv, MDB_CURRENT)) != 0)
+            break;
+    }
+    mdb_cursor_close(ic);
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 static int open_env(ldb **out, const char *dir, uint64_t map_size, bool readonly)
 {
     *out = NULL;
@@ -136,6 +184,8 @@ static int open_env(ldb **out, const char *dir, uint64_t map_size, bool readonly
             rc = MDB_INCOMPATIBLE; /* a table made with other flags: not ours */
         }
     }
+    if (rc == 0 && !readonly)
+        rc = count_legacy_inboxes(txn, s->inbox_next, s->inbox);
     if (rc == 0) {
         rc = mdb_txn_commit(txn);
         txn = NULL;
@@ -241,9 +291,23 @@ int ldb_batch_nest(ldb_batch *b, ldb_batch **child)
     return STORE_OK;
 }
 
+/* LMDB reports a write that the disk cut short as EIO, not ENOSPC: with next to no
+ * room left on the data file's filesystem, that is what the EIO was. */
+static bool disk_nearly_full(MDB_env *env)
+{
+    mdb_filehandle_t fd;
+    struct statvfs st;
+    if (mdb_env_get_fd(env, &fd) != 0 || fstatvfs(fd, &st) != 0)
+        return false;
+    uint64_t left = (uint64_t)(geteuid() == 0 ? st.f_bfree : st.f_bavail) * st.f_frsize; /* root may use the reserve */
+    return left < NEARLY_FULL;
+}
+
 int ldb_batch_commit(ldb_batch *b)
 {
     int rc = mdb_txn_commit(b->txn); /* frees the transaction whatever happens */
+    if (rc == EIO && disk_nearly_full(b->s->env))
+        rc = ENOSPC;
     free(b);
     return map_error(rc);
 }
@@ -262,22 +326,65 @@ static int put(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t klen, const void
     return map_error(mdb_put(txn, dbi, &key, &val, 0));
 }
 
+typedef struct {
+    uint64_t next, envelopes, bytes;
+} inbox_meta;
+
+/* A device's inbox_next record (*found: it has one). */
+static int meta_read(ldb_batch *b, const uint8_t dk[DEVICE_KEY_LEN], inbox_meta *m, bool *found)
+{
+    MDB_val key = {DEVICE_KEY_LEN, (void *)dk}, val;
+    *m = (inbox_meta){.next = 1};
+    *found = false;
+    int rc = mdb_get(b->txn, b->s->inbox_next, &key, &val);
+    if (rc == MDB_NOTFOUND)
+        return STORE_OK;
+    if (rc != 0)
+        return map_error(rc);
+    if (val.mv_size != 24)
+        return STORE_INVALID; /* 8 bytes: converted at open (count_legacy_inboxes) */
+    *found = true;
+    m->next = get_be64(val.mv_data);
+    m->envelopes = get_be64((const uint8_t *)val.mv_data + 8);
+    m->bytes = get_be64((const uint8_t *)val.mv_data + 16);
+    return STORE_OK;
+}
+
+static int meta_write(ldb_batch *b, const uint8_t dk[DEVICE_KEY_LEN], const inbox_meta *m)
+{
+    uint8_t v[24];
+    put_be64(v, m->next);
+    put_be64(v + 8, m->envelopes);
+    put_be64(v + 16, m->bytes);
+    return put(b->txn, b->s->inbox_next, dk, DEVICE_KEY_LEN, v, sizeof v);
+}
+
+int ldb_inbox_usage(ldb_batch *b, const store_device *d, uint64_t *envelopes, uint64_t *bytes)
+{
+    uint8_t dk[DEVICE_KEY_LEN];
+    device_key(dk, d);
+    inbox_meta m;
+    bool found;
+    int rc = meta_read(b, dk, &m, &found);
+    *envelopes = m.envelopes;
+    *bytes = m.bytes;
+    return rc;
+}
+
 int ldb_inbox_append(ldb_batch *b, const store_device *d, uint64_t now_ms,
                      const uint8_t *envelope, size_t len, uint64_t *seq)
 {
     ldb *s = b->s;
-    uint8_t dk[DEVICE_KEY_LEN], next_be[8], ikey[DEVICE_KEY_LEN + 8], tkey[8 + DEVICE_KEY_LEN + 8];
+    uint8_t dk[DEVICE_KEY_LEN], ikey[DEVICE_KEY_LEN + 8], tkey[8 + DEVICE_KEY_LEN + 8];
     device_key(dk, d);
-    MDB_val key = {sizeof dk, dk}, val;
-    uint64_t next = 1;
-    int rc = mdb_get(b->txn, s->inbox_next, &key, &val);
-    if (rc == 0 && val.mv_size == 8)
-        next = get_be64(val.mv_data);
-    else if (rc != MDB_NOTFOUND)
-        return rc == 0 ? STORE_INVALID : map_error(rc);
+    inbox_meta m;
+    bool found;
+    int rc = meta_read(b, dk, &m, &found);
+    if (rc != STORE_OK)
+        return rc;
 
     memcpy(ikey, dk, DEVICE_KEY_LEN);
-    put_be64(ikey + DEVICE_KEY_LEN, next);
+    put_be64(ikey + DEVICE_KEY_LEN, m.next);
     MDB_val ik = {sizeof ikey, ikey}, iv = {8 + len, NULL};
     /* MDB_RESERVE: LMDB hands us the value's room; we write it in place, no copy. */
     if ((rc = mdb_put(b->txn, s->inbox, &ik, &iv, MDB_RESERVE)) != 0)
@@ -289,11 +396,23 @@ int ldb_inbox_append(ldb_batch *b, const store_device *d, uint64_t now_ms,
     memcpy(tkey + 8, ikey, sizeof ikey);
     if ((rc = put(b->txn, s->inbox_time, tkey, sizeof tkey, "", 0)) != STORE_OK)
         return rc;
-    put_be64(next_be, next + 1);
-    if ((rc = put(b->txn, s->inbox_next, dk, sizeof dk, next_be, 8)) != STORE_OK)
+    *seq = m.next++;
+    m.envelopes++;
+    m.bytes += len;
+    return meta_write(b, dk, &m);
+}
+
+/* The device's counts less what a delete removed. */
+static int meta_remove(ldb_batch *b, const uint8_t dk[DEVICE_KEY_LEN], uint64_t envelopes, uint64_t bytes)
+{
+    inbox_meta m;
+    bool found;
+    int rc = meta_read(b, dk, &m, &found);
+    if (rc != STORE_OK || !found) /* none: nothing was ever appended (a corrupt store) */
         return rc;
-    *seq = next;
-    return STORE_OK;
+    m.envelopes = m.envelopes > envelopes ? m.envelopes - envelopes : 0;
+    m.bytes = m.bytes > bytes ? m.bytes - bytes : 0;
+    return meta_write(b, dk, &m);
 }
 
 /* Deletes the inbox entry under the cursor and its time-index entry. */
@@ -327,12 +446,14 @@ int ldb_inbox_take(ldb_batch *b, const store_device *d, uint64_t up_to,
     if (rc != 0)
         return map_error(rc);
     size_t n = 0;
+    uint64_t bytes = 0;
     MDB_val key = {sizeof start, start}, val;
     rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
     while (rc == 0) {
         if (key.mv_size != sizeof start || memcmp(key.mv_data, start, DEVICE_KEY_LEN) != 0 ||
             get_be64((const uint8_t *)key.mv_data + DEVICE_KEY_LEN) > up_to)
             break;
+        bytes += val.mv_size >= 8 ? val.mv_size - 8 : 0;
         if (fn && val.mv_size >= 8)
             fn(ctx, get_be64((const uint8_t *)key.mv_data + DEVICE_KEY_LEN), get_be64(val.mv_data),
                (const uint8_t *)val.mv_data + 8, val.mv_size - 8);
@@ -347,7 +468,9 @@ int ldb_inbox_take(ldb_batch *b, const store_device *d, uint64_t up_to,
     mdb_cursor_close(c);
     if (deleted)
         *deleted = n;
-    return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : map_error(rc);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return map_error(rc);
+    return n ? meta_remove(b, start, n, bytes) : STORE_OK;
 }
 
 int ldb_inbox_drop(ldb_batch *b, const store_device *d, size_t *deleted)
@@ -407,7 +530,8 @@ int ldb_dedup_put(ldb_batch *b, const store_device *sender,
 }
 
 /* Walks a time index from its start, deleting entries older than cutoff and the
- * records they point to (in target, keyed by the index key minus its timestamp). */
+ * records they point to (in target, keyed by the index key minus its timestamp); an
+ * inbox's counts (inbox_next) follow what leaves it. */
 static int sweep_index(ldb_batch *b, MDB_dbi index, MDB_dbi target, uint64_t cutoff, size_t max,
                        size_t *removed)
 {
@@ -415,24 +539,37 @@ static int sweep_index(ldb_batch *b, MDB_dbi index, MDB_dbi target, uint64_t cut
     int rc = mdb_cursor_open(b->txn, index, &c);
     if (rc != 0)
         return map_error(rc);
+    bool inbox = target == b->s->inbox;
     size_t n = 0;
     MDB_val key, val;
-    rc = mdb_cursor_get(c, &key, &val, MDB_FIRST);
-    while (rc == 0 && n < max && key.mv_size > 8 && get_be64(key.mv_data) < cutoff) {
-        MDB_val tk = {key.mv_size - 8, (uint8_t *)key.mv_data + 8};
-        int drc = mdb_del(b->txn, target, &tk, NULL);
-        if (drc != 0 && drc != MDB_NOTFOUND) {
-            rc = drc;
+    int mrc = mdb_cursor_get(c, &key, &val, MDB_FIRST);
+    rc = STORE_OK;
+    while (mrc == 0 && rc == STORE_OK && n < max && key.mv_size > 8 && get_be64(key.mv_data) < cutoff) {
+        uint8_t target_key[64]; /* the cursor's page may move with the writes below */
+        if (key.mv_size - 8 > sizeof target_key) {
+            rc = STORE_INVALID;
             break;
         }
-        if ((rc = mdb_cursor_del(c, 0)) != 0)
-            break;
-        n++;
-        rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+        memcpy(target_key, (uint8_t *)key.mv_data + 8, key.mv_size - 8);
+        MDB_val tk = {key.mv_size - 8, target_key}, tv;
+        int grc = inbox ? mdb_get(b->txn, target, &tk, &tv) : MDB_NOTFOUND;
+        if (grc == 0 && tk.mv_size == DEVICE_KEY_LEN + 8) /* the inbox's counts follow */
+            rc = meta_remove(b, tk.mv_data, 1, tv.mv_size >= 8 ? tv.mv_size - 8 : 0);
+        else if (grc != 0 && grc != MDB_NOTFOUND)
+            rc = map_error(grc);
+        int drc = rc == STORE_OK ? mdb_del(b->txn, target, &tk, NULL) : 0;
+        if (drc != 0 && drc != MDB_NOTFOUND)
+            rc = map_error(drc);
+        if (rc == STORE_OK && (rc = map_error(mdb_cursor_del(c, 0))) == STORE_OK) {
+            n++;
+            mrc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+        }
     }
     mdb_cursor_close(c);
     *removed = n;
-    return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : map_error(rc);
+    if (rc == STORE_OK && mrc != 0 && mrc != MDB_NOTFOUND)
+        rc = map_error(mrc);
+    return rc;
 }
 
 int ldb_sweep(ldb_batch *b, uint64_t inbox_cutoff_ms, uint64_t dedup_cutoff_ms, size_t max,

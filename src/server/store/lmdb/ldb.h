@@ -43,6 +43,9 @@ int ldb_batch_nest(ldb_batch *b, ldb_batch **child);
 int ldb_inbox_append(ldb_batch *b, const store_device *d, uint64_t now_ms,
                      const uint8_t *envelope, size_t len, uint64_t *seq);
 
+/* What a device's inbox holds: envelopes and their bytes (kept with every change). */
+int ldb_inbox_usage(ldb_batch *b, const store_device *d, uint64_t *envelopes, uint64_t *bytes);
+
 /* Deletes the device's envelopes with seq <= up_to (a cumulative ack). */
 int ldb_inbox_ack(ldb_batch *b, const store_device *d, uint64_t up_to, size_t *deleted);
 
