@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config python3
   libuv1-dev libhttp-parser-dev libprotobuf-c-dev protobuf-c-compiler
-  liblmdb-dev libsqlite3-dev libsodium-dev libssl-dev libcjson-dev
+  liblmdb-dev zlib1g-dev libsqlite3-dev libsodium-dev libssl-dev libcjson-dev
   clang libclang-rt-14-dev
   nodejs npm
 )

@@ -11,6 +11,7 @@
 
 #include "check.h"
 #include "day_quota.h"
+#include "inbox_log.h"
 #include "ldb.h"
 
 static char dir[256];
@@ -439,6 +440,8 @@ static void test_accounts(void)
     ldb_batch *b;
     uint8_t id1[16], id2[16], acc[16], acc2[16];
     uint64_t seq, count;
+    uint32_t replaced[STORE_MAX_DEVICES];
+    size_t n_replaced;
     memset(id1, 0x11, 16);
     memset(id2, 0x22, 16);
     store_device_record primary = {.device = 1, .registration_id = 4242};
@@ -446,7 +449,7 @@ static void test_accounts(void)
     CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
     CHECK_RC(ldb_account_by_phone(s, "+15550000001", acc), STORE_NOT_FOUND);
     CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(ldb_register(b, "+15550000001", id1, &primary, acc), STORE_OK);
+    CHECK_RC(ldb_register(b, "+15550000001", id1, &primary, acc, replaced, &n_replaced), STORE_OK);
     CHECK(memcmp(acc, id1, 16) == 0);
     CHECK_RC(ldb_batch_commit(b), STORE_OK);
     CHECK_RC(ldb_account_by_phone(s, "+15550000001", acc2), STORE_OK);
@@ -466,7 +469,7 @@ static void test_accounts(void)
     CHECK_RC(ldb_phone_by_account(s, id2, phone), STORE_NOT_FOUND);
     /* inside a batch, the batch's own registration is visible */
     CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(ldb_register(b, "+15550000002", id2, &primary, acc), STORE_OK);
+    CHECK_RC(ldb_register(b, "+15550000002", id2, &primary, acc, replaced, &n_replaced), STORE_OK);
     CHECK_RC(ldb_batch_account_devices(b, id2, ids, 8, &n), STORE_OK);
     CHECK(n == 1 && ids[0] == 1);
     ldb_batch_abort(b);
@@ -479,9 +482,10 @@ static void test_accounts(void)
     CHECK_RC(ldb_batch_commit(b), STORE_OK);
     memset(primary.identity_key, 0x44, 32);
     CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(ldb_register(b, "+15550000001", id2, &primary, acc), STORE_OK);
+    CHECK_RC(ldb_register(b, "+15550000001", id2, &primary, acc, replaced, &n_replaced), STORE_OK);
     CHECK(memcmp(acc, id1, 16) == 0);
-    CHECK_RC(ldb_register(b, "+1555000000123456789", id2, &primary, acc), STORE_INVALID);
+    CHECK(n_replaced == 1 && replaced[0] == 1); /* the old install's device, for the log to drop */
+    CHECK_RC(ldb_register(b, "+1555000000123456789", id2, &primary, acc, replaced, &n_replaced), STORE_INVALID);
     CHECK_RC(ldb_batch_commit(b), STORE_OK);
     CHECK_RC(ldb_device_get(s, &d1, &got), STORE_OK);
     CHECK(got.identity_key[5] == 0x44);
@@ -501,6 +505,8 @@ static void test_prekeys(void)
     ldb *s;
     ldb_batch *b;
     uint8_t id1[16], acc[16];
+    uint32_t replaced[STORE_MAX_DEVICES];
+    size_t n_replaced;
     memset(id1, 0x55, 16);
     store_device_record primary = {.device = 1, .registration_id = 7};
     store_device d1 = {.device = 1}, d2 = {.device = 2};
@@ -518,7 +524,7 @@ static void test_prekeys(void)
 
     CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
     CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(ldb_register(b, "+15550000009", id1, &primary, acc), STORE_OK);
+    CHECK_RC(ldb_register(b, "+15550000009", id1, &primary, acc, replaced, &n_replaced), STORE_OK);
     CHECK_RC(ldb_signed_prekey_get(b, &d1, &sp_got), STORE_NOT_FOUND);
     CHECK_RC(ldb_prekey_take(b, &d1, &got, &left), STORE_NOT_FOUND);
     CHECK_RC(ldb_signed_prekey_put(b, &d1, &sp), STORE_OK);
@@ -557,7 +563,7 @@ static void test_prekeys(void)
 
     /* the number registers again: the old device's keys go with it */
     CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
-    CHECK_RC(ldb_register(b, "+15550000009", id1, &primary, acc), STORE_OK);
+    CHECK_RC(ldb_register(b, "+15550000009", id1, &primary, acc, replaced, &n_replaced), STORE_OK);
     CHECK_RC(ldb_signed_prekey_get(b, &d1, &sp_got), STORE_NOT_FOUND);
     CHECK_RC(ldb_prekeys_count(b, &d1, &n), STORE_OK);
     CHECK(n == 0);
@@ -566,6 +572,95 @@ static void test_prekeys(void)
     CHECK(n == 1 && recs[0].device == 1 && recs[0].registration_id == 7);
     CHECK_RC(ldb_batch_commit(b), STORE_OK);
     ldb_close(s);
+    remove_tree(dir);
+}
+
+static bool no_author(const uint8_t *envelope, size_t len, const uint8_t **account, const uint8_t **id)
+{
+    (void)envelope, (void)len, (void)account, (void)id;
+    return false;
+}
+
+typedef struct {
+    size_t n;
+    uint64_t first_seq, last_seq;
+    char last[24];
+} read_back;
+
+static bool read_one(void *ctx, uint64_t seq, uint64_t stored_ms, const uint8_t *data, size_t len)
+{
+    read_back *r = ctx;
+    (void)stored_ms;
+    if (!r->n++)
+        r->first_seq = seq;
+    r->last_seq = seq;
+    if (len < sizeof r->last) {
+        memcpy(r->last, data, len);
+        r->last[len] = 0;
+    }
+    return true;
+}
+
+/* A data directory whose inboxes are in LMDB, as every parleyd before the inbox log
+ * wrote them (ldb_inbox_append is that code): the embedded store moves them to the log
+ * when it opens, with their seqs; the data file keeps none; a second open finds them in
+ * the log, nothing twice; a device's next seq goes on from where it was. */
+static void test_migration(void)
+{
+    fresh_dir("migration");
+    ldb *s;
+    ldb_batch *b;
+    uint64_t seq;
+    size_t n;
+    char text[24];
+    store_device d1 = dev(8, 1), d2 = dev(8, 2), d3 = dev(8, 3);
+    CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
+    CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
+    for (int i = 0; i < 500; i++) {
+        snprintf(text, sizeof text, "one-%d", i);
+        CHECK_RC(append_text(b, d1, 1000 + (uint64_t)i, text, &seq), STORE_OK);
+        snprintf(text, sizeof text, "two-%d", i);
+        CHECK_RC(append_text(b, d2, 1000, text, &seq), STORE_OK);
+    }
+    CHECK_RC(append_text(b, d3, 1000, "three", &seq), STORE_OK);
+    CHECK_RC(ldb_inbox_ack(b, &d1, 100, &n), STORE_OK);    /* one's 101..500 left */
+    CHECK_RC(ldb_inbox_ack(b, &d3, UINT64_MAX, &n), STORE_OK); /* three's none, next seq 2 */
+    CHECK_RC(ldb_batch_commit(b), STORE_OK);
+    ldb_close(s);
+
+    static const store_envelopes hooks = {.author_of = no_author};
+    store *st;
+    store_stats stats;
+    CHECK_RC(store_open_embedded(&st, dir, 64 << 20, NULL, &hooks), STORE_OK);
+    CHECK_RC(store_get_stats(st, &stats), STORE_OK);
+    CHECK(stats.inbox_envelopes == 400 + 500);
+    store_close(st);
+    CHECK_RC(ldb_open_readonly(&s, dir), STORE_OK);
+    CHECK_RC(ldb_get_stats(s, &stats), STORE_OK);
+    CHECK(stats.inbox_envelopes == 0); /* moved, not copied */
+    ldb_close(s);
+    CHECK_RC(store_open_embedded(&st, dir, 64 << 20, NULL, &hooks), STORE_OK); /* again: nothing twice */
+    CHECK_RC(store_get_stats(st, &stats), STORE_OK);
+    CHECK(stats.inbox_envelopes == 900);
+    store_close(st);
+
+    char log_dir[300];
+    snprintf(log_dir, sizeof log_dir, "%s/inbox", dir);
+    inbox_log_config cfg = {0};
+    inbox_log_report rep;
+    inbox_log *l;
+    CHECK_RC(inbox_log_open(&l, log_dir, &cfg, &rep), STORE_OK);
+    read_back r = {0};
+    CHECK_RC(inbox_log_read(l, &d1, 0, 1000, read_one, &r), STORE_OK);
+    CHECK(r.n == 400 && r.first_seq == 101 && r.last_seq == 500 && strcmp(r.last, "one-499") == 0);
+    memset(&r, 0, sizeof r);
+    CHECK_RC(inbox_log_read(l, &d2, 0, 1000, read_one, &r), STORE_OK);
+    CHECK(r.n == 500 && r.first_seq == 1 && strcmp(r.last, "two-499") == 0);
+    CHECK_RC(inbox_log_append(l, &d1, 5000, (const uint8_t *)"x", 1, &seq), STORE_OK);
+    CHECK(seq == 501);
+    CHECK_RC(inbox_log_append(l, &d3, 5000, (const uint8_t *)"x", 1, &seq), STORE_OK);
+    CHECK(seq == 2); /* an empty inbox keeps its next seq */
+    inbox_log_close(l);
     remove_tree(dir);
 }
 
@@ -683,6 +778,7 @@ int main(void)
     RUN(test_accounts());
     RUN(test_prekeys());
     RUN(test_older_directory());
+    RUN(test_migration());
     RUN(test_kill9());
     return check_summary("store");
 }

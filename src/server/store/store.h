@@ -1,8 +1,9 @@
 /* store.h - parleyd's durable state, as the services ask for it: one request per intent
  * (accept a send, read an inbox, take up to a seq, take a one-time prekey, ...), not
  * transactions. A backend implements store_ops; the embedded one (store/lmdb/) keeps
- * everything in one LMDB file behind a group-commit writer, and a cluster backend on
- * NATS JetStream can implement the same requests (the mapping is given for each below).
+ * the inboxes in a log (store/log/) and the rest in one LMDB file, behind a group-commit
+ * writer, and a cluster backend on NATS JetStream can implement the same requests (the
+ * mapping is given for each below).
  *
  * Requests. The caller allocates a request (a struct that begins with store_req), fills
  * its inputs and done, and submits it with the function for its intent, naming the home
@@ -183,6 +184,8 @@ typedef struct {
     size_t max_held;                     /* one-time prekeys a device may hold */
     uint64_t now;
     uint8_t account[STORE_ACCOUNT_ID_LEN];  /* out */
+    uint32_t replaced[STORE_MAX_DEVICES];   /* out: the devices it replaced (inboxes dropped) */
+    size_t n_replaced;
 } store_registration;
 void store_register(store *s, store_home *h, store_registration *r);
 
@@ -399,8 +402,9 @@ struct store {
     const store_envelopes *envelopes;
 };
 
-/* The embedded backend: LMDB in dir (created if missing); map_size bounds the data file
- * (0: 4 GiB); quota may be NULL (no limits). Its writer thread starts here. */
+/* The embedded backend in dir (created if missing): LMDB (data.mdb; map_size bounds it,
+ * 0: 4 GiB) and the inbox log (inbox/), an older directory's inboxes moved there first;
+ * quota may be NULL (no limits). Its writer thread starts here. */
 int store_open_embedded(store **out, const char *dir, uint64_t map_size, const store_quota *quota,
                         const store_envelopes *envelopes);
 

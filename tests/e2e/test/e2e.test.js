@@ -79,8 +79,10 @@ test('1. 200 messages each way with restarts: no plaintext reaches the server, e
 
   // nothing the users wrote is in what the server keeps or says
   await s.d.stop();
-  const blobs = readdirSync(s.d.dataDir).map((f) => ({ name: f, bytes: readFileSync(path.join(s.d.dataDir, f)) }));
-  assert.ok(blobs.some((b) => b.name === 'data.mdb') && blobs.some((b) => b.name === 'lock.mdb'), blobs.map((b) => b.name).join());
+  const files = (dir) => readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? files(path.join(dir, e.name)) : [path.join(dir, e.name)]);
+  const blobs = files(s.d.dataDir).map((f) => ({ name: path.relative(s.d.dataDir, f), bytes: readFileSync(f) }));
+  assert.ok(blobs.some((b) => b.name === 'data.mdb') && blobs.some((b) => b.name.startsWith('inbox/')), blobs.map((b) => b.name).join());
   blobs.push({ name: 'parleyd stdout', bytes: Buffer.from(s.d.stdout) }, { name: 'parleyd stderr', bytes: Buffer.from(s.d.stderr) });
   for (const text of [...sent.a, ...sent.b, tag])
     for (const b of blobs) assert.equal(b.bytes.indexOf(text), -1, `"${text}" found in ${b.name}`);

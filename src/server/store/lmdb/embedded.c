@@ -1,11 +1,18 @@
-/* embedded.c - the embedded backend (store.h on one machine): each request is applied
- * to the LMDB tables (ldb.h), writes inside the group-commit writer's batch (writer.h),
- * reads inline on the calling loop (LMDB readers never wait for the writer). */
+/* embedded.c - the embedded backend (store.h on one machine): the inboxes in the inbox
+ * log (inbox_log.h: segment files, an index in memory), accounts, devices, keys and
+ * checkpointed de-duplication records in LMDB (ldb.h). Writes go through the writer
+ * thread (writer.h) in two phases a batch, the data file's parts first, then the log's
+ * group commit; reads run inline on the calling loop (neither store makes a reader wait
+ * for the writer). docs/storage.md has the design. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
+#include <time.h>
 
 #include "day_quota.h"
+#include "dedup_recent.h"
+#include "inbox_log.h"
 #include "ldb.h"
 #include "store_kinds.h"
 #include "writer.h"
@@ -13,14 +20,26 @@
 #define MAX_BATCH 4096      /* requests in one commit */
 #define NOTICE_CAP 64       /* a low-stock notice envelope */
 #define DAY_MS 86400000u
+#define CHECKPOINT_MS 1000        /* recent sends go to the data file at least this often */
+#define CHECKPOINT_MAX 200000     /* or once this many wait */
+#define NOTE_LEN (DEDUP_KEY_LEN + 8)
 
 typedef struct {
     store base;
     ldb *db;
     writer *wr;
+    inbox_log *log;
     store_quota quota;
-    day_quota days;          /* the writer thread's */
+    day_quota days;          /* the writer thread's, as are the two below */
+    dedup_recent recent;     /* sends accepted since the last checkpoint, durable */
+    dedup_recent pending;    /* and those of the batch being applied: recent once committed */
+    uint64_t checkpoint_ms;  /* when the last one ran */
 } embedded;
+
+static embedded *owner_of(const store_req *r)
+{
+    return (embedded *)r->home->owner;
+}
 
 static bool same_account(const uint8_t *a, const uint8_t *b)
 {
@@ -37,15 +56,28 @@ static int origin_current(ldb_batch *b, const store_origin *o)
     return rc == STORE_NOT_FOUND ? STORE_REPLACED : rc;
 }
 
-static int append_all(ldb_batch *b, const store_entries *l, uint64_t now)
+/* The log room every envelope of l takes, and extra bytes more. */
+static size_t cost_of(const store_entries *l, size_t envelope_len, size_t extra)
 {
-    for (size_t i = 0; i < l->n; i++) {
+    size_t bytes = extra;
+    for (size_t i = 0; i < l->n; i++)
+        bytes += INBOX_LOG_ENVELOPE_COST(envelope_len ? envelope_len : l->items[i].len);
+    return bytes;
+}
+
+/* Appends each envelope of l (or envelope, for all of them, when given), the room for
+ * them reserved first: all go or none. */
+static int append_all(inbox_log *log, const store_entries *l, const uint8_t *envelope, size_t len, uint64_t now,
+                      size_t extra)
+{
+    int rc = inbox_log_reserve(log, cost_of(l, envelope ? len : 0, extra));
+    for (size_t i = 0; rc == STORE_OK && i < l->n; i++) {
         uint64_t seq;
-        int rc = ldb_inbox_append(b, &l->items[i].device, now, l->buf + l->items[i].offset, l->items[i].len, &seq);
-        if (rc != STORE_OK)
-            return rc;
+        const store_entry *t = &l->items[i];
+        rc = envelope ? inbox_log_append(log, &t->device, now, envelope, len, &seq)
+                      : inbox_log_append(log, &t->device, now, l->buf + t->offset, t->len, &seq);
     }
-    return STORE_OK;
+    return rc;
 }
 
 /* One envelope for every device of account except skip (if it is one of them). */
@@ -70,18 +102,6 @@ static int add_account(ldb_batch *b, const uint8_t account[STORE_ACCOUNT_ID_LEN]
     return STORE_OK;
 }
 
-/* Runs fn in a nested batch: if it fails, what it wrote goes and b stands. */
-static int nested(ldb_batch *b, int (*fn)(ldb_batch *nb, void *ctx), void *ctx)
-{
-    ldb_batch *nb = NULL;
-    int rc = ldb_batch_nest(b, &nb);
-    if (rc == STORE_OK && (rc = fn(nb, ctx)) == STORE_OK)
-        return ldb_batch_commit(nb);
-    if (nb)
-        ldb_batch_abort(nb);
-    return rc;
-}
-
 /* ---- keys ------------------------------------------------------------------------- */
 
 static int keys_apply(ldb_batch *b, const store_device *d, const store_keys *k, size_t max_held, uint64_t now,
@@ -104,7 +124,7 @@ static int keys_apply(ldb_batch *b, const store_device *d, const store_keys *k, 
 
 static int register_apply(ldb_batch *b, store_registration *r)
 {
-    int rc = ldb_register(b, r->phone, r->new_id, &r->primary, r->account);
+    int rc = ldb_register(b, r->phone, r->new_id, &r->primary, r->account, r->replaced, &r->n_replaced);
     store_device d = {.device = r->primary.device};
     memcpy(d.account, r->account, STORE_ACCOUNT_ID_LEN);
     size_t left;
@@ -134,12 +154,6 @@ static bool wanted(const store_fetch *r, uint32_t device)
         if (r->wanted[i] == device)
             return true;
     return r->n_wanted == 0;
-}
-
-static int append_notices(ldb_batch *nb, void *ctx)
-{
-    store_fetch *r = ctx;
-    return append_all(nb, &r->notices, r->now);
 }
 
 static int fetch_apply(ldb_batch *b, store_fetch *r, const store_envelopes *env)
@@ -183,22 +197,29 @@ static int fetch_apply(ldb_batch *b, store_fetch *r, const store_envelopes *env)
             rc = len ? store_entries_add(&r->notices, &d, NULL, len) : STORE_INVALID;
         }
     }
-    if (rc == STORE_OK && r->notices.n && nested(b, append_notices, r) != STORE_OK)
-        store_entries_clear(&r->notices); /* a full disk loses the notices, not the fetch */
-    return rc;
+    return rc; /* the notices go in the log phase */
+}
+
+/* The low-stock notices a fetch decided on; a full disk loses them, not the fetch. */
+static int fetch_log(store_fetch *r, embedded *e)
+{
+    if (r->notices.n && append_all(e->log, &r->notices, NULL, 0, r->now, 0) != STORE_OK)
+        store_entries_clear(&r->notices);
+    return STORE_OK;
 }
 
 /* ---- sends and receipts ------------------------------------------------------------- */
 
 /* Refuses an envelope of len bytes that would take d's inbox past its quota (an empty
  * inbox takes one of any size: a write larger than the quota must not wait forever). */
-static int check_inbox(ldb_batch *b, const store_quota *q, const store_device *d, size_t len)
+static int check_inbox(inbox_log *log, const store_quota *q, const store_device *d, size_t len)
 {
     uint64_t held, bytes;
     if (!q->inbox_envelopes && !q->inbox_bytes)
         return STORE_OK;
-    int rc = ldb_inbox_usage(b, d, &held, &bytes);
-    if (rc == STORE_OK && held &&
+    inbox_log_usage(log, d, &held, &bytes);
+    int rc = STORE_OK;
+    if (held &&
         ((q->inbox_envelopes && held >= q->inbox_envelopes) || (q->inbox_bytes && bytes + len > q->inbox_bytes)))
         rc = STORE_INBOX_FULL;
     return rc;
@@ -255,15 +276,26 @@ static int check_devices(ldb_batch *b, store_send *r, const uint8_t account[STOR
     return STORE_DEVICE_MISMATCH;
 }
 
+/* A send accepted before: since the last checkpoint (in memory), or before it. */
+static int dedup_get(ldb_batch *b, embedded *e, const uint8_t key[DEDUP_KEY_LEN], const store_send *r,
+                     uint64_t *first)
+{
+    if (dedup_recent_get(&e->recent, key, first) || dedup_recent_get(&e->pending, key, first))
+        return STORE_OK;
+    return ldb_dedup_get(b, &r->from.device, r->message_id, first);
+}
+
 static int send_apply(ldb_batch *b, store_send *r, embedded *e)
 {
     uint64_t first;
-    r->duplicate = false; /* a batch may run twice (writer.h): nothing kept from a first run */
+    uint8_t note[NOTE_LEN];
+    r->duplicate = false;
     r->server_ms = r->accepted_ms;
     int rc = origin_current(b, &r->from);
     if (rc != STORE_OK)
         return rc;
-    rc = ldb_dedup_get(b, &r->from.device, r->message_id, &first);
+    dedup_recent_key(note, &r->from.device, r->message_id);
+    rc = dedup_get(b, e, note, r, &first);
     if (rc == STORE_OK) { /* a resend: the same ack, nothing new */
         r->server_ms = first;
         r->duplicate = true;
@@ -276,25 +308,34 @@ static int send_apply(ldb_batch *b, store_send *r, embedded *e)
     if (!same_account(r->recipient, r->from.device.account) &&
         (rc = check_devices(b, r, r->from.device.account)) != STORE_OK)
         return rc;
-    /* every refusal before the first write: this request shares its batch. The sender's
+    /* every refusal before the first write: this request shares its group. The sender's
      * own devices take their copies whatever they hold (its day's quota bounds them). */
     r->n_full = 0;
     for (size_t i = 0; i < r->targets.n; i++) {
         const store_device *d = &r->targets.items[i].device;
         if (same_account(d->account, r->from.device.account))
             continue;
-        if ((rc = check_inbox(b, &e->quota, d, r->targets.items[i].len)) == STORE_INBOX_FULL)
+        if ((rc = check_inbox(e->log, &e->quota, d, r->targets.items[i].len)) == STORE_INBOX_FULL)
             r->full_ids[r->n_full++] = d->device;
         else if (rc != STORE_OK)
             return rc;
     }
     if (r->n_full)
         return STORE_INBOX_FULL;
-    if ((rc = charge_day(e, r->from.device.account, r->server_ms, r->targets.used, &r->retry_ms)) != STORE_OK)
+    if ((rc = inbox_log_reserve(e->log, cost_of(&r->targets, 0, INBOX_LOG_NOTE_COST(NOTE_LEN)))) != STORE_OK ||
+        (rc = dedup_recent_reserve(&e->pending, 1)) != STORE_OK ||
+        (rc = charge_day(e, r->from.device.account, r->server_ms, r->targets.used, &r->retry_ms)) != STORE_OK)
         return rc;
-    if ((rc = append_all(b, &r->targets, r->server_ms)) != STORE_OK)
+    /* the envelopes, and the de-duplication record (a NOTE: replayed into memory until a
+     * checkpoint puts it in the data file) */
+    if ((rc = append_all(e->log, &r->targets, NULL, 0, r->server_ms, 0)) != STORE_OK)
         return rc;
-    return ldb_dedup_put(b, &r->from.device, r->message_id, r->server_ms);
+    uint8_t *at = note + DEDUP_KEY_LEN;
+    for (int i = 7; i >= 0; i--)
+        at[7 - i] = (uint8_t)(r->server_ms >> (8 * i));
+    if ((rc = inbox_log_note(e->log, note, sizeof note)) != STORE_OK)
+        return rc;
+    return dedup_recent_put(&e->pending, note, r->server_ms); /* room reserved: cannot fail */
 }
 
 static int post_apply(ldb_batch *b, store_post *r, embedded *e)
@@ -318,14 +359,12 @@ static int post_apply(ldb_batch *b, store_post *r, embedded *e)
     }
     for (size_t i = 0; rc == STORE_OK && i < l->n; i++)
         if (!same_account(l->items[i].device.account, r->from.device.account))
-            rc = check_inbox(b, &e->quota, &l->items[i].device, r->len);
+            rc = check_inbox(e->log, &e->quota, &l->items[i].device, r->len);
+    if (rc == STORE_OK)
+        rc = inbox_log_reserve(e->log, cost_of(l, r->len, 0));
     if (rc == STORE_OK)
         rc = charge_day(e, r->from.device.account, r->now, (uint64_t)r->len * l->n, &r->retry_ms);
-    for (size_t i = 0; rc == STORE_OK && i < l->n; i++) {
-        uint64_t seq;
-        rc = ldb_inbox_append(b, &l->items[i].device, r->now, r->envelope, r->len, &seq);
-    }
-    return rc;
+    return rc == STORE_OK ? append_all(e->log, l, r->envelope, r->len, r->now, 0) : rc;
 }
 
 typedef struct {
@@ -367,22 +406,14 @@ static int by_account(const void *a, const void *b)
     return memcmp(((const authored *)a)->account, ((const authored *)b)->account, STORE_ACCOUNT_ID_LEN);
 }
 
-typedef struct {
-    store_take *r;
-    const store_envelopes *env;
-    authored_list *l;
-} receipts_ctx;
-
 #define RECEIPT_IDS 64
 #define RECEIPT_CAP (256 + RECEIPT_IDS * (STORE_MESSAGE_ID_LEN + 2))
 
 /* One delivered receipt per author and run of at most 64 ids (a window's worth,
- * usually one), to every device of the author's account. */
-static int append_receipts(ldb_batch *nb, void *ctx)
+ * usually one), to every device of the author's account: all packed first (each
+ * receipt's devices and bytes in r->receipts), then appended, all or none. */
+static int append_receipts(ldb_batch *b, embedded *e, store_take *r, const authored_list *l)
 {
-    receipts_ctx *c = ctx;
-    store_take *r = c->r;
-    authored_list *l = c->l;
     uint8_t ids[RECEIPT_IDS][STORE_MESSAGE_ID_LEN], envelope[RECEIPT_CAP];
     int rc = STORE_OK;
     for (size_t i = 0; rc == STORE_OK && i < l->n;) {
@@ -390,33 +421,27 @@ static int append_receipts(ldb_batch *nb, void *ctx)
         const uint8_t *author = l->items[i].account;
         while (i < l->n && n < RECEIPT_IDS && same_account(l->items[i].account, author))
             memcpy(ids[n++], l->items[i++].id, STORE_MESSAGE_ID_LEN);
-        size_t len = c->env->delivered(envelope, sizeof envelope, &r->from.device, r->now,
-                                       (const uint8_t(*)[STORE_MESSAGE_ID_LEN])ids, n);
-        size_t before = r->receipts.n;
-        rc = len ? add_account(nb, author, NULL, envelope, 0, &r->receipts) : STORE_INVALID;
+        size_t len = e->base.envelopes->delivered(envelope, sizeof envelope, &r->from.device, r->now,
+                                                  (const uint8_t(*)[STORE_MESSAGE_ID_LEN])ids, n);
+        rc = len ? add_account(b, author, NULL, envelope, len, &r->receipts) : STORE_INVALID;
         if (rc == STORE_UNKNOWN_ACCOUNT) /* the author's devices are gone: no one to tell */
             rc = STORE_OK;
-        for (size_t k = before; rc == STORE_OK && k < r->receipts.n; k++) {
-            uint64_t seq;
-            rc = ldb_inbox_append(nb, &r->receipts.items[k].device, r->now, envelope, len, &seq);
-        }
     }
-    return rc;
+    return rc == STORE_OK ? append_all(e->log, &r->receipts, NULL, 0, r->now, 0) : rc;
 }
 
-static int take_apply(ldb_batch *b, store_take *r, const store_envelopes *env)
+static int take_apply(ldb_batch *b, store_take *r, embedded *e)
 {
-    authored_list l = {.env = env, .acker = r->from.device.account};
+    authored_list l = {.env = e->base.envelopes, .acker = r->from.device.account};
     store_entries_clear(&r->receipts);
     int rc = origin_current(b, &r->from);
     if (rc == STORE_OK)
-        rc = ldb_inbox_take(b, &r->from.device, r->up_to, collect_authored, &l, NULL);
+        rc = inbox_log_take(e->log, &r->from.device, r->up_to, collect_authored, &l, NULL);
     if (rc == STORE_OK && l.failed)
         rc = STORE_NOMEM;
     if (rc == STORE_OK && l.n) {
         qsort(l.items, l.n, sizeof *l.items, by_account);
-        receipts_ctx c = {r, env, &l};
-        int rrc = nested(b, append_receipts, &c); /* a full disk loses the receipts, not the take */
+        int rrc = append_receipts(b, e, r, &l); /* a full disk loses the receipts, not the take */
         if (rrc != STORE_OK) {
             fprintf(stderr, "parleyd: delivered receipts could not be stored: %s\n", store_strerror(rrc));
             store_entries_clear(&r->receipts); /* nothing to wake */
@@ -428,23 +453,57 @@ static int take_apply(ldb_batch *b, store_take *r, const store_envelopes *env)
 
 /* ---- the writer's table ------------------------------------------------------------------ */
 
-static int apply(ldb_batch *b, store_req *r)
+static unsigned parts(const store_req *r)
 {
-    embedded *e = (embedded *)r->home->owner;
-    const store_envelopes *env = e->base.envelopes;
+    switch (r->kind) {
+    case STORE_KIND_UPLOAD: return WRITER_DB;
+    case STORE_KIND_REGISTER: /* the replaced devices' inboxes go in the log */
+    case STORE_KIND_FETCH:    /* the low-stock notices go in the log */
+    case STORE_KIND_SWEEP: return WRITER_DB | WRITER_LOG;
+    default: return WRITER_LOG;
+    }
+}
+
+static int apply_db(ldb_batch *b, store_req *r)
+{
+    embedded *e = owner_of(r);
     switch (r->kind) {
     case STORE_KIND_REGISTER: return register_apply(b, (store_registration *)r);
-    case STORE_KIND_SEND: return send_apply(b, (store_send *)r, e);
-    case STORE_KIND_POST: return post_apply(b, (store_post *)r, e);
-    case STORE_KIND_TAKE: return take_apply(b, (store_take *)r, env);
     case STORE_KIND_UPLOAD: return upload_apply(b, (store_upload *)r);
-    case STORE_KIND_FETCH: return fetch_apply(b, (store_fetch *)r, env);
+    case STORE_KIND_FETCH: return fetch_apply(b, (store_fetch *)r, e->base.envelopes);
+    case STORE_KIND_SWEEP: { /* de-duplication records; the inboxes are the log's */
+        store_sweep *s = (store_sweep *)r;
+        size_t none;
+        return ldb_sweep(b, s->inbox_cutoff, s->dedup_cutoff, s->max, &none, &s->dedup_removed);
+    }
+    default: return STORE_INVALID;
+    }
+}
+
+static int apply_log(ldb_batch *rb, store_req *r)
+{
+    embedded *e = owner_of(r);
+    switch (r->kind) {
+    case STORE_KIND_REGISTER: {
+        store_registration *g = (store_registration *)r;
+        int rc = STORE_OK;
+        for (size_t i = 0; rc == STORE_OK && i < g->n_replaced; i++) {
+            store_device d = {.device = g->replaced[i]};
+            memcpy(d.account, g->account, STORE_ACCOUNT_ID_LEN);
+            rc = inbox_log_take(e->log, &d, UINT64_MAX, NULL, NULL, NULL);
+        }
+        return rc;
+    }
+    case STORE_KIND_FETCH: return fetch_log((store_fetch *)r, e);
+    case STORE_KIND_SEND: return send_apply(rb, (store_send *)r, e);
+    case STORE_KIND_POST: return post_apply(rb, (store_post *)r, e);
+    case STORE_KIND_TAKE: return take_apply(rb, (store_take *)r, e);
     case STORE_KIND_SWEEP: {
         store_sweep *s = (store_sweep *)r;
-        return ldb_sweep(b, s->inbox_cutoff, s->dedup_cutoff, s->max, &s->inbox_removed, &s->dedup_removed);
+        return inbox_log_expire(e->log, s->inbox_cutoff, s->max, &s->inbox_removed);
     }
     case STORE_KIND_SYNC: /* the writer runs requests in order: a barrier, then the key */
-        return origin_current(b, &((store_sync_req *)r)->from);
+        return origin_current(rb, &((store_sync_req *)r)->from);
     default: return STORE_INVALID;
     }
 }
@@ -455,7 +514,72 @@ static bool isolated(const store_req *r)
     return r->kind == STORE_KIND_REGISTER || r->kind == STORE_KIND_UPLOAD;
 }
 
-static const writer_ops table = {apply, isolated};
+/* The group commit; only then do the batch's sends count as accepted for a resend (a
+ * failed commit's never checkpointed). */
+static int commit_log(void *ctx)
+{
+    embedded *e = ctx;
+    int rc = inbox_log_commit(e->log);
+    if (rc == STORE_OK)
+        rc = dedup_recent_merge(&e->recent, &e->pending);
+    else
+        dedup_recent_clear(&e->pending);
+    return rc;
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* The sends accepted since the last checkpoint go to the data file's dedup table in one
+ * transaction; then the log's segments before the one being written need not keep their
+ * NOTEs. */
+static void checkpoint(embedded *e)
+{
+    uint64_t segment = inbox_log_segment(e->log); /* NOTEs from now on lie here or later */
+    ldb_batch *b = NULL;
+    int rc = ldb_batch_begin(e->db, &b);
+    for (size_t i = 0; rc == STORE_OK && i < e->recent.cap; i++) {
+        const dedup_slot *s = &e->recent.slots[i];
+        if (!s->accepted_ms)
+            continue;
+        store_device sender = {.device = (uint32_t)s->key[16] << 24 | (uint32_t)s->key[17] << 16 |
+                                         (uint32_t)s->key[18] << 8 | s->key[19]};
+        memcpy(sender.account, s->key, STORE_ACCOUNT_ID_LEN);
+        rc = ldb_dedup_put(b, &sender, s->key + 20, s->accepted_ms);
+    }
+    if (rc == STORE_OK) {
+        rc = ldb_batch_commit(b);
+        b = NULL;
+    }
+    if (b)
+        ldb_batch_abort(b);
+    e->checkpoint_ms = mono_ms();
+    if (rc != STORE_OK) { /* kept in memory and in the log: the next one tries again */
+        fprintf(stderr, "parleyd: checkpoint of %zu sends failed: %s\n", e->recent.used, store_strerror(rc));
+        return;
+    }
+    dedup_recent_clear(&e->recent);
+    if (segment > 1)
+        inbox_log_release_before(e->log, segment);
+}
+
+static void after_batch(void *ctx)
+{
+    embedded *e = ctx;
+    if (e->recent.used >= CHECKPOINT_MAX || (e->recent.used && mono_ms() - e->checkpoint_ms >= CHECKPOINT_MS) ||
+        (e->recent.used && inbox_log_starved(e->log)))
+        checkpoint(e);
+    else if (!e->recent.used) /* nothing waits for a checkpoint */
+        inbox_log_release_before(e->log, inbox_log_segment(e->log));
+    else
+        inbox_log_release_before(e->log, 0); /* segments whose removal was under way */
+}
+
+static const writer_ops table = {parts, apply_db, isolated, apply_log, commit_log, after_batch};
 
 /* ---- reads, inline ---------------------------------------------------------------------- */
 
@@ -483,7 +607,7 @@ static void submit(store *s, store_home *h, store_req *r)
         break;
     case STORE_KIND_READ: {
         store_read *q = (store_read *)r;
-        rc = ldb_inbox_read(e->db, &q->device, q->after, q->max, q->fn, q->ctx);
+        rc = inbox_log_read(e->log, &q->device, q->after, q->max, q->fn, q->ctx);
         break;
     }
     default:
@@ -521,8 +645,11 @@ static store_run_stats stop(store *s)
 {
     embedded *e = (embedded *)s;
     store_run_stats st = {0};
-    if (e->wr)
+    if (e->wr) {
         st = writer_stop(e->wr);
+        if (e->recent.used) /* the writer is gone: this thread may (a quicker start next time) */
+            checkpoint(e);
+    }
     e->wr = NULL;
     return st;
 }
@@ -531,14 +658,84 @@ static void close_store(store *s)
 {
     embedded *e = (embedded *)s;
     stop(s);
+    inbox_log_close(e->log);
     ldb_close(e->db);
     day_quota_free(&e->days);
+    dedup_recent_free(&e->recent);
+    dedup_recent_free(&e->pending);
     free(e);
 }
 
 static int stats(store *s, store_stats *out)
 {
-    return ldb_get_stats(((embedded *)s)->db, out);
+    embedded *e = (embedded *)s;
+    int rc = ldb_get_stats(e->db, out);
+    inbox_log_stats ls;
+    inbox_log_get_stats(e->log, &ls);
+    out->inbox_envelopes = ls.envelopes;
+    return rc;
+}
+
+/* ---- opening ------------------------------------------------------------------------------ */
+
+/* Log segments of a 64th of the data directory's filesystem, from 1 to 64 MiB: a small
+ * disk still holds many, so removing whole ones gives room back. */
+static size_t segment_size_for(const char *dir)
+{
+    struct statvfs st;
+    uint64_t total = statvfs(dir, &st) == 0 ? (uint64_t)st.f_blocks * st.f_frsize : 0;
+    uint64_t size = total / 64 & ~(uint64_t)((1u << 20) - 1);
+    return size < (1u << 20) ? 1u << 20 : size > (64u << 20) ? 64u << 20 : (size_t)size;
+}
+
+/* A de-duplication record replayed from the log: waits in memory for a checkpoint. */
+static void replay_note(void *ctx, uint64_t segment, const uint8_t *data, size_t len)
+{
+    embedded *e = ctx;
+    (void)segment;
+    uint64_t ms = 0;
+    for (int i = 0; i < 8 && len == NOTE_LEN; i++)
+        ms = ms << 8 | data[DEDUP_KEY_LEN + i];
+    if (ms)
+        dedup_recent_put(&e->recent, data, ms);
+}
+
+typedef struct {
+    inbox_log *log;
+    uint64_t moved;
+    int rc;
+} migration;
+
+static bool move_envelope(void *ctx, const store_device *d, uint64_t seq, uint64_t stored_ms, const uint8_t *data,
+                          size_t len)
+{
+    migration *m = ctx;
+    if ((m->rc = inbox_log_append_at(m->log, d, seq, stored_ms, data, len)) == STORE_OK && ++m->moved % 8192 == 0)
+        m->rc = inbox_log_commit(m->log); /* in groups of a bounded size */
+    return m->rc == STORE_OK;
+}
+
+static bool move_next_seq(void *ctx, const store_device *d, uint64_t next)
+{
+    migration *m = ctx;
+    m->rc = inbox_log_floor(m->log, d, next);
+    return m->rc == STORE_OK;
+}
+
+/* A data directory from before the inbox log keeps its inboxes in LMDB: they move to the
+ * log (with their seqs, so a second run after a crash copies nothing twice), are made
+ * durable there, and only then leave the data file. */
+static int migrate(embedded *e)
+{
+    migration m = {e->log, 0, STORE_OK};
+    bool any = false;
+    int rc = ldb_legacy_inbox_each(e->db, move_envelope, move_next_seq, &m, &any);
+    if (rc == STORE_OK)
+        rc = m.rc;
+    if (rc == STORE_OK && any && (rc = inbox_log_commit(e->log)) == STORE_OK && (rc = ldb_legacy_inbox_clear(e->db)) == STORE_OK)
+        fprintf(stderr, "parleyd: moved %llu undelivered envelopes from the data file to the inbox log\n",
+                (unsigned long long)m.moved);
+    return rc;
 }
 
 static const store_ops ops = {submit, home_open, home_close, stop, close_store, stats};
@@ -554,10 +751,29 @@ int store_open_embedded(store **out, const char *dir, uint64_t map_size, const s
     e->base.envelopes = envelopes;
     if (quota)
         e->quota = *quota;
+    char log_dir[4096];
+    snprintf(log_dir, sizeof log_dir, "%s/inbox", dir);
+    inbox_log_config cfg = {.note = replay_note, .ctx = e};
+    inbox_log_report rep;
     int rc = ldb_open(&e->db, dir, map_size);
-    if (rc == STORE_OK && (rc = writer_start(&e->wr, e->db, MAX_BATCH, &table)) != STORE_OK)
-        ldb_close(e->db);
+    cfg.segment_bytes = segment_size_for(dir);
+    if (rc == STORE_OK && (rc = inbox_log_open(&e->log, log_dir, &cfg, &rep)) == STORE_OK) {
+        if (rep.damaged)
+            fprintf(stderr, "parleyd: the inbox log has %llu damaged stretches (%llu bytes) that were skipped\n",
+                    (unsigned long long)rep.damaged, (unsigned long long)rep.damaged_bytes);
+        if (rep.envelopes || rep.torn_bytes)
+            fprintf(stderr, "parleyd: inbox log: %llu undelivered envelopes in %llu segments, read in %.2f s%s\n",
+                    (unsigned long long)rep.envelopes, (unsigned long long)rep.segments, rep.seconds,
+                    rep.torn_bytes ? " (a torn last record dropped)" : "");
+        e->checkpoint_ms = mono_ms();
+        rc = migrate(e);
+    }
+    if (rc == STORE_OK)
+        rc = writer_start(&e->wr, e->db, MAX_BATCH, &table, e);
     if (rc != STORE_OK) {
+        inbox_log_close(e->log);
+        ldb_close(e->db);
+        dedup_recent_free(&e->recent);
         free(e);
         return rc;
     }

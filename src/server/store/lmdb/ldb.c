@@ -275,6 +275,22 @@ int ldb_batch_begin(ldb *s, ldb_batch **out)
     return STORE_OK;
 }
 
+int ldb_batch_begin_read(ldb *s, ldb_batch **out)
+{
+    *out = NULL;
+    ldb_batch *b = malloc(sizeof *b);
+    if (!b)
+        return STORE_NOMEM;
+    b->s = s;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &b->txn);
+    if (rc != 0) {
+        free(b);
+        return map_error(rc);
+    }
+    *out = b;
+    return STORE_OK;
+}
+
 int ldb_batch_nest(ldb_batch *b, ldb_batch **child)
 {
     *child = NULL;
@@ -630,6 +646,58 @@ static bool count_one(void *ctx, uint64_t seq, uint64_t stored_ms, const uint8_t
     return true;
 }
 
+int ldb_legacy_inbox_each(ldb *s,
+                          bool (*envelope)(void *ctx, const store_device *d, uint64_t seq, uint64_t stored_ms,
+                                           const uint8_t *data, size_t len),
+                          bool (*next_seq)(void *ctx, const store_device *d, uint64_t next), void *ctx, bool *any)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    *any = false;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0)
+        return map_error(rc);
+    MDB_dbi tables[2] = {s->inbox, s->inbox_next};
+    bool go_on = true;
+    for (int t = 0; t < 2 && rc == 0 && go_on; t++) {
+        if ((rc = mdb_cursor_open(txn, tables[t], &c)) != 0)
+            break;
+        MDB_val k, v;
+        for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0 && go_on; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+            store_device d;
+            if (k.mv_size < DEVICE_KEY_LEN || v.mv_size < 8)
+                continue;
+            device_from_key(&d, k.mv_data);
+            *any = true;
+            if (t == 0 && k.mv_size == DEVICE_KEY_LEN + 8)
+                go_on = envelope(ctx, &d, get_be64((const uint8_t *)k.mv_data + DEVICE_KEY_LEN), get_be64(v.mv_data),
+                                 (const uint8_t *)v.mv_data + 8, v.mv_size - 8);
+            else if (t == 1)
+                go_on = next_seq(ctx, &d, get_be64(v.mv_data));
+        }
+        mdb_cursor_close(c);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+    }
+    mdb_txn_abort(txn);
+    return map_error(rc);
+}
+
+int ldb_legacy_inbox_clear(ldb *s)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc != 0)
+        return map_error(rc);
+    MDB_dbi tables[3] = {s->inbox, s->inbox_time, s->inbox_next};
+    for (int t = 0; t < 3 && rc == 0; t++)
+        rc = mdb_drop(txn, tables[t], 0); /* empties it */
+    if (rc == 0)
+        return map_error(mdb_txn_commit(txn));
+    mdb_txn_abort(txn);
+    return map_error(rc);
+}
+
 int ldb_inbox_count(ldb *s, const store_device *d, uint64_t *count)
 {
     *count = 0;
@@ -691,8 +759,10 @@ static int drop_keys(ldb_batch *b, const store_device *d)
 }
 
 int ldb_register(ldb_batch *b, const char *phone, const uint8_t new_id[STORE_ACCOUNT_ID_LEN],
-                 const store_device_record *primary, uint8_t account[STORE_ACCOUNT_ID_LEN])
+                 const store_device_record *primary, uint8_t account[STORE_ACCOUNT_ID_LEN], uint32_t *replaced,
+                 size_t *n_replaced)
 {
+    *n_replaced = 0;
     size_t plen = strlen(phone);
     if (plen == 0 || plen > STORE_PHONE_MAX)
         return STORE_INVALID;
@@ -708,6 +778,8 @@ int ldb_register(ldb_batch *b, const char *phone, const uint8_t new_id[STORE_ACC
             size_t dropped;
             MDB_val dk = {DEVICE_KEY_LEN, old.keys[i]};
             device_from_key(&d, old.keys[i]);
+            if (*n_replaced < STORE_MAX_DEVICES)
+                replaced[(*n_replaced)++] = d.device;
             if ((rc = ldb_inbox_drop(b, &d, &dropped)) != STORE_OK ||
                 (rc = drop_keys(b, &d)) != STORE_OK)
                 return rc;

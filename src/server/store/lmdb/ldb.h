@@ -34,6 +34,10 @@ int ldb_batch_begin(ldb *s, ldb_batch **out);
 int ldb_batch_commit(ldb_batch *b); /* durable when it returns STORE_OK; frees b */
 void ldb_batch_abort(ldb_batch *b);
 
+/* A read-only batch: the read functions that take a batch work on it (they see what
+ * was committed when it began); end it with ldb_batch_abort. */
+int ldb_batch_begin_read(ldb *s, ldb_batch **out);
+
 /* A nested batch inside b: its commit folds its changes into b (no fsync), its abort
  * undoes only them. One job of a group commit fails without spoiling the others. */
 int ldb_batch_nest(ldb_batch *b, ldb_batch **child);
@@ -74,9 +78,20 @@ int ldb_sweep(ldb_batch *b, uint64_t inbox_cutoff_ms, uint64_t dedup_cutoff_ms, 
 
 /* Registers phone's primary device. A new number gets a new account with the given
  * id; a known number keeps its account id (written to *account) and has all its
- * devices replaced: their inboxes are dropped. */
+ * devices replaced: their keys and LMDB inboxes are dropped, and their ids go to
+ * replaced (up to STORE_MAX_DEVICES; *n_replaced of them). */
 int ldb_register(ldb_batch *b, const char *phone, const uint8_t new_id[STORE_ACCOUNT_ID_LEN],
-                 const store_device_record *primary, uint8_t account[STORE_ACCOUNT_ID_LEN]);
+                 const store_device_record *primary, uint8_t account[STORE_ACCOUNT_ID_LEN], uint32_t *replaced,
+                 size_t *n_replaced);
+
+/* The inboxes as data directories from before the inbox log kept them: every envelope
+ * in (device, seq) order to envelope, then every device's next seq to next_seq (either
+ * returns false to stop); *any: there was something. Then clear empties those tables. */
+int ldb_legacy_inbox_each(ldb *s,
+                          bool (*envelope)(void *ctx, const store_device *d, uint64_t seq, uint64_t stored_ms,
+                                           const uint8_t *data, size_t len),
+                          bool (*next_seq)(void *ctx, const store_device *d, uint64_t next), void *ctx, bool *any);
+int ldb_legacy_inbox_clear(ldb *s);
 
 /* The account of a phone number, or STORE_NOT_FOUND. */
 int ldb_account_by_phone(ldb *s, const char *phone, uint8_t account[STORE_ACCOUNT_ID_LEN]);

@@ -7,6 +7,7 @@
 struct writer {
     ldb *st;
     const writer_ops *ops;
+    void *ctx;
     size_t max_batch;
     pthread_t tid;
     pthread_mutex_t lock;
@@ -65,7 +66,7 @@ static int apply_isolated(const writer_ops *ops, ldb_batch *b, store_req *j)
     ldb_batch *child = NULL;
     int rc = ldb_batch_nest(b, &child);
     if (rc == STORE_OK)
-        rc = ops->apply(child, j);
+        rc = ops->apply_db(child, j);
     if (rc == STORE_OK)
         rc = ldb_batch_commit(child);
     else if (child)
@@ -73,13 +74,30 @@ static int apply_isolated(const writer_ops *ops, ldb_batch *b, store_req *j)
     return rc;
 }
 
-/* Runs one batch, one commit for all its jobs. Jobs run straight in the batch's
- * transaction: a nested transaction per job made LMDB copy every page the job touched
- * and merge its page lists, about a third of the writer's time (docs/storage.md).
- * Isolated jobs, and every job once a storage error spoiled the transaction, run in a
- * nested batch of their own; after such an error the whole batch runs again that way,
- * so the failing job alone is rolled back. */
-static void run_batch(writer *w, store_req *jobs)
+static void commit_delay(writer *w)
+{
+    if (w->commit_delay_ms) { /* tests: widen the window before durability */
+        struct timespec ts = {w->commit_delay_ms / 1000, (long)(w->commit_delay_ms % 1000) * 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void count(writer *w, bool committed, size_t jobs, bool retried)
+{
+    pthread_mutex_lock(&w->lock);
+    w->stats.commits += committed;
+    w->stats.writes += jobs;
+    w->stats.retries += retried;
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* Phase 1: the jobs' data file parts, one commit for all of them. Jobs run straight in
+ * the batch's transaction: a nested transaction per job made LMDB copy every page the
+ * job touched and merge its page lists, about a third of the writer's time
+ * (docs/storage.md). Isolated jobs, and every job once a storage error spoiled the
+ * transaction, run in a nested batch of their own; after such an error the whole phase
+ * runs again that way, so the failing job alone is rolled back. */
+static void run_db(writer *w, store_req *jobs)
 {
     bool careful = false;
     ldb_batch *b;
@@ -89,34 +107,71 @@ again:
     b = NULL;
     rc = ldb_batch_begin(w->st, &b);
     n = 0;
-    for (store_req *j = jobs; j; j = j->next, n++) {
+    for (store_req *j = jobs; j; j = j->next) {
+        if (!(w->ops->parts(j) & WRITER_DB))
+            continue;
+        n++;
         if (rc != STORE_OK) {
             j->status = rc;
         } else if (careful || w->ops->isolated(j)) {
             j->status = apply_isolated(w->ops, b, j);
-        } else if ((j->status = w->ops->apply(b, j)) < 0) { /* a storage error: the batch is spoilt */
+        } else if ((j->status = w->ops->apply_db(b, j)) < 0) { /* a storage error: the batch is spoilt */
             ldb_batch_abort(b);
             careful = true;
-            pthread_mutex_lock(&w->lock);
-            w->stats.retries++;
-            pthread_mutex_unlock(&w->lock);
+            count(w, false, 0, true);
             goto again;
         }
     }
-    if (rc == STORE_OK && w->commit_delay_ms) { /* tests: widen the window before durability */
-        struct timespec ts = {w->commit_delay_ms / 1000, (long)(w->commit_delay_ms % 1000) * 1000000};
-        nanosleep(&ts, NULL);
-    }
-    if (rc == STORE_OK)
+    if (rc == STORE_OK) {
+        commit_delay(w);
         rc = ldb_batch_commit(b);
-    pthread_mutex_lock(&w->lock);
-    w->stats.commits += rc == STORE_OK;
-    w->stats.writes += n;
-    pthread_mutex_unlock(&w->lock);
+    }
+    count(w, rc == STORE_OK, n, false);
+    if (rc != STORE_OK) /* nothing of this phase is on disk */
+        for (store_req *j = jobs; j; j = j->next)
+            if (w->ops->parts(j) & WRITER_DB)
+                j->status = rc;
+}
+
+/* Phase 2: the jobs' inbox log parts (those whose data file part, if any, went
+ * through), one group commit for all of them. */
+static void run_log(writer *w, store_req *jobs)
+{
+    ldb_batch *rb = NULL;
+    int rc = ldb_batch_begin_read(w->st, &rb);
+    size_t n = 0;
+    for (store_req *j = jobs; j; j = j->next) {
+        if (!(w->ops->parts(j) & WRITER_LOG) || j->status != STORE_OK)
+            continue;
+        n++;
+        j->status = rc != STORE_OK ? rc : w->ops->apply_log(rb, j);
+    }
+    if (rb)
+        ldb_batch_abort(rb);
+    commit_delay(w);
+    int crc = w->ops->commit_log(w->ctx);
+    count(w, crc == STORE_OK, n, false);
+    if (crc != STORE_OK)
+        for (store_req *j = jobs; j; j = j->next)
+            if ((w->ops->parts(j) & WRITER_LOG) && j->status == STORE_OK)
+                j->status = crc;
+}
+
+/* Runs one batch (writer.h): the data file's phase if a job needs it, then the log's. */
+static void run_batch(writer *w, store_req *jobs)
+{
+    unsigned parts = 0;
+    for (store_req *j = jobs; j; j = j->next) {
+        j->status = STORE_OK;
+        parts |= w->ops->parts(j);
+    }
+    if (parts & WRITER_DB)
+        run_db(w, jobs);
+    if (parts & WRITER_LOG)
+        run_log(w, jobs);
+    w->ops->after_batch(w->ctx);
     for (store_req *j = jobs, *next; j; j = next) {
         next = j->next;
-        if (rc != STORE_OK) /* nothing of this batch is on disk */
-            j->status = rc;
         send_home(j);
     }
 }
@@ -145,13 +200,14 @@ static void *writer_main(void *arg)
     }
 }
 
-int writer_start(writer **out, ldb *s, size_t max_batch, const writer_ops *ops)
+int writer_start(writer **out, ldb *s, size_t max_batch, const writer_ops *ops, void *ctx)
 {
     writer *w = calloc(1, sizeof *w);
     if (!w)
         return STORE_NOMEM;
     w->st = s;
     w->ops = ops;
+    w->ctx = ctx;
     w->max_batch = max_batch ? max_batch : 1024;
     const char *delay = getenv("PARLEYD_COMMIT_DELAY_MS");
     w->commit_delay_ms = delay ? strtoul(delay, NULL, 10) % 10000 : 0;

@@ -1,10 +1,13 @@
 /* writer.h - the embedded backend's storage writer thread: group commit.
  *
  * Loops submit write requests; the writer takes every request waiting (up to
- * max_batch), applies them in one batch, commits once (one fsync for all of them), and
- * only then hands each back to the loop it came from, where its done callback runs
- * (and may answer the client). A request whose apply fails leaves nothing behind; a
- * failed commit fails every request of the batch. */
+ * max_batch) and runs them as one batch in two phases: first the parts that write the
+ * data file (LMDB: accounts, devices, keys), in one transaction and one commit, when
+ * any request of the batch has such a part; then the parts that go to the inbox log,
+ * in one group commit (one fdatasync). Only then does each request go back to the loop
+ * it came from, in the order it came, where its done callback runs (and may answer the
+ * client). A request whose part fails leaves nothing of that part behind; a failed
+ * commit fails every request with a part in it. */
 #ifndef PARLEY_STORE_LMDB_WRITER_H
 #define PARLEY_STORE_LMDB_WRITER_H
 
@@ -18,18 +21,30 @@
 
 typedef struct writer_home writer_home;
 
-/* How the writer applies a request (the backend's table of intents). */
+enum { WRITER_DB = 1, WRITER_LOG = 2 };
+
+/* How the writer applies a request (the backend's table of intents). Each returns
+ * STORE_OK, a refusal (a positive STORE_* code) or a storage error (negative). */
 typedef struct {
-    /* On the writer thread, inside the batch: returns STORE_OK, a refusal (a positive
-     * STORE_* code) or a storage error (negative). Unless the request is isolated, it runs
-     * straight in the batch's transaction, so:
+    /* Which parts the request has (WRITER_DB, WRITER_LOG or both). */
+    unsigned (*parts)(const store_req *r);
+    /* Its data file part, inside the batch's transaction. Unless the request is isolated,
+     * it runs straight in that transaction, so:
      *  - a refusal must come before its first write (it leaves what it wrote);
      *  - it must be safe to run again from the start: after a storage error in any
-     *    request, the writer runs the whole batch again with every request isolated. */
-    int (*apply)(ldb_batch *b, store_req *r);
+     *    request, the writer runs the phase again with every request isolated. */
+    int (*apply_db)(ldb_batch *b, store_req *r);
     /* Run in a nested batch of its own, for requests that may refuse after writing (the
      * nested batch costs a copy of every page the request touches). */
     bool (*isolated)(const store_req *r);
+    /* Its inbox log part, after the data file's commit (skipped if that part failed);
+     * rb is a read-only transaction that sees the commit. Refusals before the first
+     * write, as above; it runs once. */
+    int (*apply_log)(ldb_batch *rb, store_req *r);
+    /* The log's group commit, once a batch's log parts are applied. */
+    int (*commit_log)(void *ctx);
+    /* After every batch, on the writer thread (the backend's upkeep). */
+    void (*after_batch)(void *ctx);
 } writer_ops;
 
 /* Where finished requests go back to: one per loop (it is that loop's store_home). */
@@ -42,11 +57,11 @@ struct writer_home {
 
 typedef struct writer writer;
 
-/* Starts the writer thread on db; max_batch bounds the requests in one commit. The
- * environment variable PARLEYD_COMMIT_DELAY_MS (tests only; under 10 s) makes it wait
- * that long before each commit, so a crash test can hit the window between a batch's
- * work and its durability every time. */
-int writer_start(writer **out, ldb *db, size_t max_batch, const writer_ops *ops);
+/* Starts the writer thread on db; max_batch bounds the requests in one batch; ctx goes
+ * to commit_log and after_batch. The environment variable PARLEYD_COMMIT_DELAY_MS
+ * (tests only; under 10 s) makes it wait that long before each commit, so a crash test
+ * can hit the window between a batch's work and its durability every time. */
+int writer_start(writer **out, ldb *db, size_t max_batch, const writer_ops *ops, void *ctx);
 
 /* Queues r from the loop that owns home. Thread-safe. */
 void writer_submit(writer *w, writer_home *home, store_req *r);
