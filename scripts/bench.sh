@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# parley-bench's standard suite against parleyd (docs/bench.md): about two minutes on a
+# parley-bench's standard suite against parleyd (docs/bench.md): about four minutes on a
 # 2-core VM. Runs each workload once, printing its table as it goes, then a summary, and
 # writes bench/results/<UTC date>-<commit>.json = {commit, date, machine, runs: [...]},
 # one parley-bench JSON object per run. Exits non-zero if any run FAILED (after writing
@@ -56,6 +56,14 @@ run pairs --pairs 500 --window 32 --seconds 10 --warmup 2
 run pairs --pairs 100 --window 32 --rate 50000 --seconds 10 --warmup 2
 run offline --messages 500000 --recipients 1000 --senders 100
 run storm --devices 10000 --pending 10 --senders 100
+# the storage setup of docs/bench.md ("The inbox log"): parleyd alone on CPU 0 with one I/O
+# thread, the load generator on CPU 1, 1,000 pairs that receive and ack like phones
+one_core=(--server-threads 1 --server-cpus 0 --cpus 1)
+run pairs "${one_core[@]}" --pairs 1000 --window 32 --seconds 10 --warmup 2
+run pairs "${one_core[@]}" --pairs 1000 --window 32 --rate 5000 --seconds 10 --warmup 2
+run offline "${one_core[@]}" --messages 500000 --recipients 1000 --senders 100
+# and both cores, nothing pinned, parleyd with two I/O threads
+run pairs --server-threads 2 --pairs 1000 --window 32 --seconds 10 --warmup 2
 
 {
   printf '{"commit":"%s","date":"%s","machine":%s,"runs":[\n' "$commit" "$date" "$machine"

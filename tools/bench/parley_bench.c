@@ -7,7 +7,7 @@
  * histograms, reads the server's CPU and memory from /proc, and prints a table and,
  * as the last line of stdout, one JSON object. The exit status is 0 only for a run
  * whose every check passed. */
-#define _GNU_SOURCE /* prctl, pipe2, nftw */
+#define _GNU_SOURCE /* prctl, pipe2, nftw, sched_setaffinity */
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
@@ -17,6 +17,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sodium.h>
 #include <stdarg.h>
@@ -56,6 +57,8 @@ enum { O_U32, O_U64, O_DBL, O_STR, O_FLAG, O_LIST };
 static struct {
     /* global */
     const char *build, *dir, *json, *commit;
+    const char *server_cpus, *cpus;  /* CPU lists to pin parleyd and this generator to */
+    cpu_set_t server_set, own_set;
     bool keep;
     uint32_t workers, sources, concurrency, server_threads;
     double timeout;
@@ -89,6 +92,8 @@ static option options[] = {
     {"--concurrency", O_U32, &O.concurrency, 1, 1000000, ALL, false},
     {"--server-threads", O_U32, &O.server_threads, 1, 256, ALL, false},
     {"--server-arg", O_LIST, NULL, 0, 0, ALL, false},
+    {"--server-cpus", O_STR, &O.server_cpus, 0, 0, ALL, false},
+    {"--cpus", O_STR, &O.cpus, 0, 0, ALL, false},
     {"--timeout", O_DBL, &O.timeout, 1, 86400, ALL, false},
     {"--connections", O_U32, &O.connections, 1, 10000000, W_IDLE, false},
     {"--hold", O_DBL, &O.hold, 0, 86400, W_IDLE, false},
@@ -138,6 +143,9 @@ static void usage(FILE *out)
             "  --server-threads N    parleyd --threads (default: parleyd's own, one per core)\n"
             "  --server-arg ARG      pass ARG to parleyd (repeat for each word, e.g. --server-arg --window\n"
             "                        --server-arg 512)\n"
+            "  --server-cpus LIST    pin parleyd to these CPUs (e.g. 0, or 0-1, or 0,2)\n"
+            "  --cpus LIST           pin the load generator (this process and its workers) to these CPUs\n"
+            "                        (one core each: --server-threads 1 --server-cpus 0 --cpus 1)\n"
             "  --timeout S           limit for each phase (default: scaled to its size)\n"
             "  --help                this text\n");
 }
@@ -184,6 +192,35 @@ static int parse_value(option *o, const char *v)
     else
         *(double *)o->ptr = d;
     return 0;
+}
+
+/* "0", "0-3", "0,2-3" into set; false if it is not such a list or names no CPU. */
+static bool parse_cpus(const char *s, cpu_set_t *set)
+{
+    CPU_ZERO(set);
+    const char *p = s;
+    while (*p) {
+        char *end;
+        unsigned long lo = strtoul(p, &end, 10), hi = lo;
+        if (end == p)
+            return false;
+        if (*end == '-') {
+            p = end + 1;
+            hi = strtoul(p, &end, 10);
+            if (end == p || hi < lo)
+                return false;
+        }
+        if (hi >= CPU_SETSIZE)
+            return false;
+        for (unsigned long c = lo; c <= hi; c++)
+            CPU_SET(c, set);
+        p = end;
+        if (*p == ',')
+            p++;
+        else if (*p)
+            return false;
+    }
+    return CPU_COUNT(set) > 0;
 }
 
 static int parse_args(int argc, char **argv)
@@ -756,6 +793,10 @@ static bool start_server(void)
             if (logfd >= 0)
                 dup2(logfd, 2);
             raise_nofile();
+            if (O.server_cpus && sched_setaffinity(0, sizeof O.server_set, &O.server_set) != 0) {
+                fprintf(stderr, "parley-bench: cannot pin parleyd to CPUs %s: %s\n", O.server_cpus, strerror(errno));
+                _exit(126);
+            }
             prctl(PR_SET_PDEATHSIG, SIGTERM);
             execv(exe, argv);
             fprintf(stderr, "parley-bench: cannot run %s: %s\n", exe, strerror(errno));
@@ -1661,6 +1702,14 @@ int main(int argc, char **argv)
     int rc = parse_args(argc, argv);
     if (rc)
         return rc;
+    if (O.server_cpus && !parse_cpus(O.server_cpus, &O.server_set))
+        return bad_usage("--server-cpus wants a CPU list such as 0 or 0-1, not '%s'", O.server_cpus);
+    if (O.cpus && !parse_cpus(O.cpus, &O.own_set))
+        return bad_usage("--cpus wants a CPU list such as 1 or 2-3, not '%s'", O.cpus);
+    if (O.cpus && sched_setaffinity(0, sizeof O.own_set, &O.own_set) != 0) { /* workers inherit it */
+        fprintf(stderr, "parley-bench: cannot pin to CPUs %s: %s\n", O.cpus, strerror(errno));
+        return 2;
+    }
     if (sodium_init() < 0) {
         fprintf(stderr, "parley-bench: libsodium failed to initialise\n");
         return 1;
@@ -1723,6 +1772,16 @@ int main(int argc, char **argv)
            cfg.sources, O.concurrency);
     if (O.server_threads)
         sb_add(&J, "%u", O.server_threads);
+    else
+        sb_add(&J, "null");
+    sb_add(&J, ",\"server_cpus\":");
+    if (O.server_cpus)
+        sb_str(&J, O.server_cpus);
+    else
+        sb_add(&J, "null");
+    sb_add(&J, ",\"cpus\":");
+    if (O.cpus)
+        sb_str(&J, O.cpus);
     else
         sb_add(&J, "null");
     sb_add(&J, ",\"server_args\":[");

@@ -130,14 +130,19 @@ static void make_spare(inbox_log *l)
     l->starved = rc != STORE_OK;
 }
 
-/* Room for a record of len payload bytes in the group, in the last segment (a new one if
- * it is full; the reserve is for takes and floors). Returns its start in l->buf. */
-static uint8_t *room(inbox_log *l, size_t len, bool may_use_reserve, int *rc)
+/* What a record may draw on when the disk is full: a send nothing (it is refused); a
+ * moved envelope the spare segment (so the oldest segment can still be emptied and go);
+ * a take or a floor the spare and the reserve at the end of the current segment. */
+enum { ROOM_SEND, ROOM_MOVE, ROOM_TAKE };
+
+/* Room for a record of len payload bytes in the group, in the last segment (the next one
+ * if it is full). Returns its start in l->buf. */
+static uint8_t *room(inbox_log *l, size_t len, int kind, int *rc)
 {
     size_t need = LOG_HEADER + len;
     slot *s = last(l);
     size_t left = s->seg.capacity - s->seg.tail - l->used;
-    size_t keep = may_use_reserve ? 0 : l->cfg.reserve_bytes;
+    size_t keep = kind == ROOM_TAKE ? 0 : l->cfg.reserve_bytes;
     if (need + keep > left) {
         if (need > l->cfg.segment_bytes - l->cfg.reserve_bytes) {
             *rc = STORE_INVALID;
@@ -149,20 +154,33 @@ static uint8_t *room(inbox_log *l, size_t len, bool may_use_reserve, int *rc)
         }
         if (l->spare.fd < 0)
             make_spare(l);
+        log_segment behind = {.fd = -1};
+        if (l->spare.fd >= 0 && kind == ROOM_SEND) {
+            /* a send takes the spare only if another can be made behind it: the last
+             * spare is kept for emptying old segments */
+            uint64_t number = l->spare.number + 1;
+            if (number > UINT32_MAX || log_segment_create(&behind, l->dir, number, l->cfg.segment_bytes) != STORE_OK) {
+                behind.fd = -1;
+                l->starved = true;
+                *rc = STORE_FULL;
+                return NULL;
+            }
+        }
         if (l->spare.fd < 0) {
-            if (need <= left && may_use_reserve) { /* no new segment: the reserve still serves takes */
-                *rc = STORE_OK;
-            } else {
+            if (need > left || kind != ROOM_TAKE) { /* no new segment: the reserve is for takes */
                 *rc = STORE_FULL;
                 return NULL;
             }
         } else {
-            if ((*rc = flush(l)) != STORE_OK || (*rc = add_slot(l, &l->spare)) != STORE_OK)
+            if ((*rc = flush(l)) != STORE_OK || (*rc = add_slot(l, &l->spare)) != STORE_OK) {
+                if (behind.fd >= 0)
+                    log_segment_close(&behind);
                 return NULL;
-            l->spare.fd = -1;
-            l->spare.map = NULL;
+            }
+            l->spare = behind;
             l->sync_older = true;
-            make_spare(l); /* the next one, for the next rotation */
+            if (l->spare.fd < 0)
+                make_spare(l); /* the next one, for the next rotation */
         }
     }
     if (l->used + need > l->cap) {
@@ -215,7 +233,7 @@ int inbox_log_append(inbox_log *l, const store_device *d, uint64_t stored_ms, co
     int rc = writable(l);
     uint8_t key[DEV];
     inbox_device_key(key, d);
-    uint8_t *rec = rc == STORE_OK ? room(l, ENVELOPE_HEAD + len, false, &rc) : NULL;
+    uint8_t *rec = rc == STORE_OK ? room(l, ENVELOPE_HEAD + len, ROOM_SEND, &rc) : NULL;
     if (!rec)
         return rc;
     uint64_t next, held, bytes;
@@ -241,7 +259,7 @@ int inbox_log_reserve(inbox_log *l, size_t bytes)
 {
     int rc = writable(l);
     if (rc == STORE_OK && bytes > LOG_HEADER)
-        room(l, bytes - LOG_HEADER, false, &rc);
+        room(l, bytes - LOG_HEADER, ROOM_SEND, &rc);
     return rc;
 }
 
@@ -255,7 +273,7 @@ int inbox_log_append_at(inbox_log *l, const store_device *d, uint64_t seq, uint6
     inbox_index_usage(&l->ix, key, &held, &bytes, &next);
     if (rc != STORE_OK || seq < next)
         return rc;
-    uint8_t *rec = room(l, ENVELOPE_HEAD + len, false, &rc);
+    uint8_t *rec = room(l, ENVELOPE_HEAD + len, ROOM_SEND, &rc);
     if (!rec)
         return rc;
     uint8_t *p = rec + LOG_HEADER;
@@ -275,7 +293,7 @@ int inbox_log_append_at(inbox_log *l, const store_device *d, uint64_t seq, uint6
 int inbox_log_floor(inbox_log *l, const store_device *d, uint64_t next)
 {
     int rc = writable(l);
-    uint8_t *rec = rc == STORE_OK ? room(l, FLOOR_LEN, true, &rc) : NULL;
+    uint8_t *rec = rc == STORE_OK ? room(l, FLOOR_LEN, ROOM_TAKE, &rc) : NULL;
     if (!rec)
         return rc;
     inbox_device_key(rec + LOG_HEADER, d);
@@ -292,7 +310,7 @@ int inbox_log_append_shared(inbox_log *l, const store_device *devices, size_t n,
     int rc = writable(l);
     /* the body and its copies in one segment: room for all of them first */
     size_t total = LOG_HEADER + len + n * (LOG_HEADER + SHARED_LEN);
-    uint8_t *rec = rc == STORE_OK ? room(l, total - LOG_HEADER, false, &rc) : NULL;
+    uint8_t *rec = rc == STORE_OK ? room(l, total - LOG_HEADER, ROOM_SEND, &rc) : NULL;
     if (!rec)
         return rc;
     memcpy(rec + LOG_HEADER, envelope, len);
@@ -357,7 +375,7 @@ static int take_key(inbox_log *l, const uint8_t key[DEV], uint64_t up_to, store_
                     size_t *taken)
 {
     int rc = writable(l);
-    uint8_t *rec = rc == STORE_OK ? room(l, TAKE_LEN, true, &rc) : NULL;
+    uint8_t *rec = rc == STORE_OK ? room(l, TAKE_LEN, ROOM_TAKE, &rc) : NULL;
     if (!rec)
         return rc;
     memcpy(rec + LOG_HEADER, key, DEV);
@@ -409,7 +427,7 @@ int inbox_log_note(inbox_log *l, const uint8_t *data, size_t len)
     int rc = writable(l);
     if (rc == STORE_OK && len > NOTE_MAX)
         rc = STORE_INVALID;
-    uint8_t *rec = rc == STORE_OK ? room(l, len, false, &rc) : NULL;
+    uint8_t *rec = rc == STORE_OK ? room(l, len, ROOM_SEND, &rc) : NULL;
     if (!rec)
         return rc;
     memcpy(rec + LOG_HEADER, data, len);
@@ -457,7 +475,7 @@ static void write_floor(void *ctx, const uint8_t key[DEV], uint64_t next_seq)
     if (f->rc != STORE_OK)
         return;
     f->written++;
-    uint8_t *rec = room(f->l, FLOOR_LEN, true, &f->rc);
+    uint8_t *rec = room(f->l, FLOOR_LEN, ROOM_TAKE, &f->rc);
     if (!rec)
         return;
     memcpy(rec + LOG_HEADER, key, DEV);
@@ -479,7 +497,7 @@ static void move_entry(void *ctx, const inbox_device *d, inbox_entry *e)
     inbox_log *l = m->l;
     if (m->rc != STORE_OK || e->segment != m->head)
         return;
-    uint8_t *rec = room(l, ENVELOPE_HEAD + e->len, false, &m->rc); /* the reserve is for takes */
+    uint8_t *rec = room(l, ENVELOPE_HEAD + e->len, ROOM_MOVE, &m->rc); /* the spare, not the reserve */
     if (!rec)
         return;
     slot *head = &l->segs[0];
@@ -551,6 +569,8 @@ int inbox_log_release_before(inbox_log *l, uint64_t segment)
         pthread_rwlock_unlock(&l->lock);
         rc = log_segment_remove(l->dir, number);
         l->starved = false;
+        if (rc == STORE_OK && l->spare.fd < 0)
+            make_spare(l); /* the room it gave back */
     }
     return rc;
 }
