@@ -765,6 +765,7 @@ static void test_legacy_dedup(void)
     CHECK_RC(ldb_get_stats(s, &st), STORE_OK);
     CHECK(st.dedup_records == 1);
     ldb_close(s);
+    remove_tree(dir);
 }
 
 int main(void)
