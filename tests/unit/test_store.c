@@ -175,6 +175,34 @@ static void test_dedup_and_sweep(void)
     remove_tree(dir);
 }
 
+/* One record put in table of the data directory dir as an earlier parleyd wrote it,
+ * with LMDB alone; an LMDB error code. */
+static int put_raw(const char *table, const void *k, size_t klen, const void *v, size_t vlen)
+{
+    MDB_env *env = NULL;
+    MDB_txn *txn = NULL;
+    MDB_dbi dbi = 0;
+    MDB_val key = {klen, (void *)k}, val = {vlen, (void *)v};
+    int rc = mdb_env_create(&env);
+    if (rc == 0)
+        rc = mdb_env_set_maxdbs(env, 16);
+    if (rc == 0)
+        rc = mdb_env_open(env, dir, 0, 0600);
+    if (rc == 0)
+        rc = mdb_txn_begin(env, NULL, 0, &txn);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, table, 0, &dbi);
+    if (rc == 0)
+        rc = mdb_put(txn, dbi, &key, &val, 0);
+    if (rc == 0)
+        rc = mdb_txn_commit(txn);
+    else if (txn)
+        mdb_txn_abort(txn);
+    if (env)
+        mdb_env_close(env);
+    return rc;
+}
+
 static void usage_is(ldb *s, store_device d, uint64_t envelopes, uint64_t bytes, int line)
 {
     ldb_batch *b;
@@ -242,31 +270,10 @@ static void test_inbox_usage(void)
     ldb_close(s);
 
     /* inbox_next as it was written before the counts (8 bytes: the next seq alone) */
-    MDB_env *env = NULL;
-    MDB_txn *txn = NULL;
-    MDB_dbi next = 0;
     uint8_t k[20], v[8] = {0, 0, 0, 0, 0, 0, 0, 12};
     memcpy(k, d.account, 16);
     k[16] = k[17] = k[18] = 0, k[19] = 1;
-    MDB_val key = {sizeof k, k}, val = {sizeof v, v};
-    int rc = mdb_env_create(&env);
-    if (rc == 0)
-        rc = mdb_env_set_maxdbs(env, 16);
-    if (rc == 0)
-        rc = mdb_env_open(env, dir, 0, 0600);
-    if (rc == 0)
-        rc = mdb_txn_begin(env, NULL, 0, &txn);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "inbox_next", 0, &next);
-    if (rc == 0)
-        rc = mdb_put(txn, next, &key, &val, 0);
-    if (rc == 0)
-        rc = mdb_txn_commit(txn);
-    else if (txn)
-        mdb_txn_abort(txn);
-    CHECK(rc == 0);
-    if (env)
-        mdb_env_close(env);
+    CHECK_RC(put_raw("inbox_next", k, sizeof k, v, sizeof v), 0);
     CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
     USAGE_IS(s, d, 1, 2); /* counted from the inbox itself */
     CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);
@@ -711,38 +718,14 @@ static void test_legacy_dedup(void)
     CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
     ldb_close(s);
     /* one record as the previous version wrote it */
-    MDB_env *env = NULL;
-    MDB_txn *txn = NULL;
-    MDB_dbi dedup = 0, dedup_time = 0;
     uint8_t k[36], tk[44], v[8] = {0, 0, 0, 0, 0, 0, 0x13, 0x88}; /* accepted at 5000 ms */
     memcpy(k, sender.account, 16);
     k[16] = k[17] = k[18] = 0, k[19] = 2;
     memcpy(k + 20, id, 16);
     memcpy(tk, v, 8);
     memcpy(tk + 8, k, 36);
-    MDB_val key = {sizeof k, k}, val = {sizeof v, v}, tkey = {sizeof tk, tk}, empty = {0, ""};
-    int rc = mdb_env_create(&env);
-    if (rc == 0)
-        rc = mdb_env_set_maxdbs(env, 16);
-    if (rc == 0)
-        rc = mdb_env_open(env, dir, 0, 0600);
-    if (rc == 0)
-        rc = mdb_txn_begin(env, NULL, 0, &txn);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "dedup", 0, &dedup);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "dedup_time", 0, &dedup_time);
-    if (rc == 0)
-        rc = mdb_put(txn, dedup, &key, &val, 0);
-    if (rc == 0)
-        rc = mdb_put(txn, dedup_time, &tkey, &empty, 0);
-    if (rc == 0)
-        rc = mdb_txn_commit(txn);
-    else if (txn)
-        mdb_txn_abort(txn);
-    CHECK(rc == 0);
-    if (env)
-        mdb_env_close(env);
+    CHECK_RC(put_raw("dedup", k, sizeof k, v, sizeof v), 0);
+    CHECK_RC(put_raw("dedup_time", tk, sizeof tk, "", 0), 0);
 
     CHECK_RC(ldb_open(&s, dir, 64 << 20), STORE_OK);
     CHECK_RC(ldb_batch_begin(s, &b), STORE_OK);

@@ -116,6 +116,30 @@ static bool push(inbox_device *d, const inbox_entry *e)
     return true;
 }
 
+/* Appends e to d's ring and counts it. */
+static bool add(inbox_index *ix, inbox_device *d, const inbox_entry *e)
+{
+    if (!push(d, e))
+        return false;
+    ix->envelopes++;
+    ix->bytes += e->len;
+    return true;
+}
+
+/* Where seq is, or would go, among d's entries (binary search). */
+static uint32_t position(const inbox_device *d, uint64_t seq)
+{
+    uint32_t lo = 0, hi = d->count;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (at(d, mid)->seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 int inbox_index_append(inbox_index *ix, const uint8_t key[INBOX_DEVICE_KEY], inbox_entry *e, uint32_t record_segment)
 {
     uint64_t h = key_hash(key);
@@ -125,11 +149,9 @@ int inbox_index_append(inbox_index *ix, const uint8_t key[INBOX_DEVICE_KEY], inb
     int rc = STORE_NOMEM;
     if (d) {
         e->seq = d->next_seq;
-        if (push(d, e)) {
+        if (add(ix, d, e)) {
             d->next_seq++;
             d->seq_segment = record_segment;
-            ix->envelopes++;
-            ix->bytes += e->len;
             rc = STORE_OK;
         }
     }
@@ -147,32 +169,15 @@ int inbox_index_replay(inbox_index *ix, const uint8_t key[INBOX_DEVICE_KEY], con
     inbox_device *d = find_or_add(st, h, key);
     int rc = d ? STORE_OK : STORE_NOMEM;
     if (d && e->seq >= d->next_seq) { /* a seq at or below the last is a copy already seen */
-        if (push(d, e)) {
+        if ((*added = add(ix, d, e))) {
             d->next_seq = e->seq + 1;
             d->seq_segment = record_segment;
-            ix->envelopes++;
-            ix->bytes += e->len;
-            *added = true;
         } else {
             rc = STORE_NOMEM;
         }
     }
     pthread_mutex_unlock(&st->lock);
     return rc;
-}
-
-/* Where seq is, or would go, among d's entries (binary search). */
-static uint32_t position(const inbox_device *d, uint64_t seq)
-{
-    uint32_t lo = 0, hi = d->count;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (at(d, mid)->seq < seq)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
 }
 
 int inbox_index_replay_moved(inbox_index *ix, const uint8_t key[INBOX_DEVICE_KEY], const inbox_entry *e, bool *added)
@@ -184,23 +189,13 @@ int inbox_index_replay_moved(inbox_index *ix, const uint8_t key[INBOX_DEVICE_KEY
     inbox_device *d = find_or_add(st, h, key);
     int rc = d ? STORE_OK : STORE_NOMEM;
     uint32_t i = d ? position(d, e->seq) : 0;
-    if (d && e->seq < d->next_seq && !(i < d->count && at(d, i)->seq == e->seq)) {
-        if (push(d, e)) { /* at the end, then moved down into place */
+    if (d && !(i < d->count && at(d, i)->seq == e->seq)) { /* not had already */
+        if ((*added = add(ix, d, e))) { /* at the end, then moved down into its place */
             for (uint32_t k = d->count - 1; k > i; k--)
                 *at(d, k) = *at(d, k - 1);
             *at(d, i) = *e;
-            ix->envelopes++;
-            ix->bytes += e->len;
-            *added = true;
-        } else {
-            rc = STORE_NOMEM;
-        }
-    } else if (d && e->seq >= d->next_seq) { /* its segment was the only one with its seq */
-        if (push(d, e)) {
-            d->next_seq = e->seq + 1;
-            ix->envelopes++;
-            ix->bytes += e->len;
-            *added = true;
+            if (e->seq >= d->next_seq) /* its segment was the only one with its seq */
+                d->next_seq = e->seq + 1;
         } else {
             rc = STORE_NOMEM;
         }
@@ -336,16 +331,8 @@ size_t inbox_index_read(inbox_index *ix, const uint8_t key[INBOX_DEVICE_KEY], ui
     size_t n = 0;
     pthread_mutex_lock(&st->lock);
     inbox_device *d = find(st, h, key);
-    if (d && d->count) {
-        uint32_t lo = 0, hi = d->count; /* the first entry with seq > after */
-        while (lo < hi) {
-            uint32_t mid = lo + (hi - lo) / 2;
-            if (at(d, mid)->seq <= after)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        for (uint32_t i = lo; i < d->count && n < max; i++) {
+    if (d && d->count && after < UINT64_MAX) {
+        for (uint32_t i = position(d, after + 1); i < d->count && n < max; i++) {
             const inbox_entry *e = at(d, i);
             if (inbox_entry_place(e) >= durable)
                 break; /* not durable yet, nor anything after it */

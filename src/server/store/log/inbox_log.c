@@ -227,6 +227,20 @@ static int writable(inbox_log *l)
     return l->broken ? STORE_IO : STORE_OK;
 }
 
+/* An ENVELOPE or MOVED record's payload before the envelope: device, seq, stored time. */
+static void envelope_head(uint8_t *p, const uint8_t key[DEV], uint64_t seq, uint64_t stored_ms)
+{
+    memcpy(p, key, DEV);
+    log_put64(p + DEV, seq);
+    log_put64(p + DEV + 8, stored_ms);
+}
+
+/* Where the payload of the next record sealed will lie in the last segment. */
+static uint32_t next_payload(inbox_log *l)
+{
+    return (uint32_t)(last(l)->seg.tail + l->used + LOG_HEADER);
+}
+
 int inbox_log_append(inbox_log *l, const store_device *d, uint64_t stored_ms, const uint8_t *envelope, size_t len,
                      uint64_t *seq)
 {
@@ -236,20 +250,14 @@ int inbox_log_append(inbox_log *l, const store_device *d, uint64_t stored_ms, co
     uint8_t *rec = rc == STORE_OK ? room(l, ENVELOPE_HEAD + len, ROOM_SEND, &rc) : NULL;
     if (!rec)
         return rc;
-    uint64_t next, held, bytes;
-    inbox_index_usage(&l->ix, key, &held, &bytes, &next);
-    uint8_t *p = rec + LOG_HEADER;
-    memcpy(p, key, DEV);
-    log_put64(p + DEV, next);
-    log_put64(p + DEV + 8, stored_ms);
-    memcpy(p + ENVELOPE_HEAD, envelope, len);
-    uint32_t at = seal(l, rec, REC_ENVELOPE, ENVELOPE_HEAD + len);
-    inbox_entry e = {.stored_ms = stored_ms, .segment = (uint32_t)last(l)->seg.number, .offset = at + ENVELOPE_HEAD,
-                     .len = (uint32_t)len};
-    if ((rc = inbox_index_append(&l->ix, key, &e, e.segment)) != STORE_OK) {
-        l->used -= LOG_HEADER + ENVELOPE_HEAD + len; /* the record goes with it */
+    /* the index gives the seq; the record is sealed only once it did */
+    inbox_entry e = {.stored_ms = stored_ms, .segment = (uint32_t)last(l)->seg.number,
+                     .offset = next_payload(l) + ENVELOPE_HEAD, .len = (uint32_t)len};
+    if ((rc = inbox_index_append(&l->ix, key, &e, e.segment)) != STORE_OK)
         return rc;
-    }
+    envelope_head(rec + LOG_HEADER, key, e.seq, stored_ms);
+    memcpy(rec + LOG_HEADER + ENVELOPE_HEAD, envelope, len);
+    seal(l, rec, REC_ENVELOPE, ENVELOPE_HEAD + len);
     hold(last(l), e.len);
     *seq = e.seq;
     return STORE_OK;
@@ -276,11 +284,8 @@ int inbox_log_append_at(inbox_log *l, const store_device *d, uint64_t seq, uint6
     uint8_t *rec = room(l, ENVELOPE_HEAD + len, ROOM_SEND, &rc);
     if (!rec)
         return rc;
-    uint8_t *p = rec + LOG_HEADER;
-    memcpy(p, key, DEV);
-    log_put64(p + DEV, seq);
-    log_put64(p + DEV + 8, stored_ms);
-    memcpy(p + ENVELOPE_HEAD, envelope, len);
+    envelope_head(rec + LOG_HEADER, key, seq, stored_ms);
+    memcpy(rec + LOG_HEADER + ENVELOPE_HEAD, envelope, len);
     uint32_t at = seal(l, rec, REC_ENVELOPE, ENVELOPE_HEAD + len);
     inbox_entry e = {.seq = seq, .stored_ms = stored_ms, .segment = (uint32_t)last(l)->seg.number,
                      .offset = at + ENVELOPE_HEAD, .len = (uint32_t)len};
@@ -318,23 +323,19 @@ int inbox_log_append_shared(inbox_log *l, const store_device *devices, size_t n,
     slot *s = last(l);
     for (size_t i = 0; i < n; i++) {
         uint8_t key[DEV];
-        uint64_t next, held, bytes;
         inbox_device_key(key, &devices[i]);
-        inbox_index_usage(&l->ix, key, &held, &bytes, &next);
-        uint8_t *r = l->buf + l->used, *p = r + LOG_HEADER;
-        memcpy(p, key, DEV);
-        log_put64(p + DEV, next);
-        log_put64(p + DEV + 8, stored_ms);
-        log_put32(p + DEV + 16, (uint32_t)s->seg.number);
-        log_put32(p + DEV + 20, body);
-        log_put32(p + DEV + 24, (uint32_t)len);
-        seal(l, r, REC_SHARED, SHARED_LEN);
         inbox_entry e = {.stored_ms = stored_ms, .segment = (uint32_t)s->seg.number, .offset = body,
                          .len = (uint32_t)len};
         if ((rc = inbox_index_append(&l->ix, key, &e, e.segment)) != STORE_OK) {
             l->broken = true; /* half a message in the group: it must not be committed */
             return rc;
         }
+        uint8_t *r = l->buf + l->used, *p = r + LOG_HEADER;
+        envelope_head(p, key, e.seq, stored_ms);
+        log_put32(p + DEV + 16, (uint32_t)s->seg.number);
+        log_put32(p + DEV + 20, body);
+        log_put32(p + DEV + 24, (uint32_t)len);
+        seal(l, r, REC_SHARED, SHARED_LEN);
         hold(s, e.len);
         seqs[i] = e.seq;
     }
@@ -501,11 +502,8 @@ static void move_entry(void *ctx, const inbox_device *d, inbox_entry *e)
     if (!rec)
         return;
     slot *head = &l->segs[0];
-    uint8_t *p = rec + LOG_HEADER;
-    memcpy(p, d->key, DEV);
-    log_put64(p + DEV, e->seq);
-    log_put64(p + DEV + 8, e->stored_ms);
-    memcpy(p + ENVELOPE_HEAD, head->seg.map + e->offset, e->len);
+    envelope_head(rec + LOG_HEADER, d->key, e->seq, e->stored_ms);
+    memcpy(rec + LOG_HEADER + ENVELOPE_HEAD, head->seg.map + e->offset, e->len);
     uint32_t at = seal(l, rec, REC_MOVED, ENVELOPE_HEAD + e->len);
     release(head, e->len);
     e->segment = (uint32_t)last(l)->seg.number;
