@@ -3,7 +3,11 @@
  * durable and visible, and a job that fails is rolled back without touching the
  * others in its batch: one with a storage error (its batch runs again, every job
  * isolated), an isolated one that refuses after writing, and one that refuses before
- * writing (no second run). */
+ * writing (no second run). Lazy requests (acks): never home before a commit covers
+ * them, covered by the next eager request's commit, committed by themselves after
+ * WRITER_LAZY_MS, and by writer_stop. */
+#include <stdatomic.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -107,7 +111,122 @@ static void nothing_after(void *ctx)
     (void)ctx;
 }
 
-static const writer_ops ops = {db_only, apply_append, isolated, no_log, no_commit, nothing_after};
+static bool never_lazy(const store_req *r)
+{
+    (void)r;
+    return false;
+}
+
+static const writer_ops ops = {db_only, apply_append, isolated, no_log, never_lazy, no_commit, nothing_after};
+
+/* ---- lazy requests, on a log of counters ---- */
+
+typedef struct {
+    store_req req;
+    bool lazy;
+    unsigned long applied_as; /* its place in the log */
+} log_job;
+
+static atomic_ulong log_applied, log_durable, log_commits;
+static int log_done, log_early;
+
+static unsigned log_only(const store_req *r)
+{
+    (void)r;
+    return WRITER_LOG;
+}
+
+static int log_apply(ldb_batch *rb, store_req *r)
+{
+    (void)rb;
+    ((log_job *)r)->applied_as = atomic_fetch_add(&log_applied, 1) + 1;
+    return STORE_OK;
+}
+
+static bool log_lazy(const store_req *r)
+{
+    return ((const log_job *)r)->lazy;
+}
+
+static int log_commit(void *ctx)
+{
+    (void)ctx;
+    atomic_store(&log_durable, atomic_load(&log_applied));
+    atomic_fetch_add(&log_commits, 1);
+    return STORE_OK;
+}
+
+static const writer_ops log_ops = {log_only, NULL, NULL, log_apply, log_lazy, log_commit, nothing_after};
+
+static void log_job_done(store_req *r, int status)
+{
+    log_job *j = (log_job *)r;
+    log_done++;
+    log_early += status != STORE_OK || j->applied_as == 0 || j->applied_as > atomic_load(&log_durable);
+    free(j);
+}
+
+static void log_submit(writer *lw, bool lazy)
+{
+    log_job *j = calloc(1, sizeof *j);
+    j->lazy = lazy;
+    j->req.done = log_job_done;
+    writer_submit(lw, &home, &j->req);
+}
+
+static void sleep_us(long us)
+{
+    struct timespec ts = {us / 1000000, us % 1000000 * 1000};
+    nanosleep(&ts, NULL);
+}
+
+/* Runs the loop until n jobs are home, at most about 2 s. */
+static bool wait_done(uv_loop_t *loop, int n)
+{
+    for (int i = 0; i < 2000 && log_done < n; i++) {
+        uv_run(loop, UV_RUN_NOWAIT);
+        if (log_done < n)
+            sleep_us(1000);
+    }
+    return log_done >= n;
+}
+
+static void test_lazy(uv_loop_t *loop)
+{
+    writer *lw;
+    CHECK(writer_home_init(&home, loop) == 0);
+    CHECK_RC(writer_start(&lw, st, 256, &log_ops, NULL), STORE_OK);
+    /* a lazy job, then (once it is applied) an eager one: one commit for both, unless
+       the machine stalled past WRITER_LAZY_MS in between; so 20 tries, most covered */
+    int covered = 0;
+    for (int i = 0; i < 20; i++) {
+        unsigned long commits = atomic_load(&log_commits), applied = atomic_load(&log_applied);
+        int done = log_done;
+        log_submit(lw, true);
+        for (int k = 0; k < 100000 && atomic_load(&log_applied) == applied; k++)
+            sleep_us(10);
+        CHECK(log_done == done); /* not home before it is committed */
+        log_submit(lw, false);
+        CHECK(wait_done(loop, done + 2));
+        covered += atomic_load(&log_commits) - commits == 1;
+    }
+    CHECK(covered >= 10);
+    /* lazy jobs alone: committed by themselves, in batches */
+    unsigned long commits = atomic_load(&log_commits);
+    for (int i = 0; i < 100; i++)
+        log_submit(lw, true);
+    CHECK(wait_done(loop, 140));
+    CHECK(atomic_load(&log_commits) > commits && atomic_load(&log_commits) - commits < 100);
+    /* held when the writer stops: committed, then home */
+    for (int i = 0; i < 5; i++)
+        log_submit(lw, true);
+    writer_stop(lw);
+    writer_home_close(&home, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    CHECK(log_done == 145);
+    CHECK(log_early == 0);
+    printf("writer: lazy jobs covered by the next commit in %d of 20 tries\n", covered);
+}
 
 static int submitted;
 
@@ -154,6 +273,7 @@ int main(void)
     CHECK(count == (uint64_t)(JOBS - failing)); /* the failed jobs left nothing */
     printf("writer: %d jobs in %llu commits, %llu batches run again\n", JOBS,
            (unsigned long long)stats.commits, (unsigned long long)stats.retries);
+    test_lazy(loop);
     ldb_close(st);
     uv_loop_close(loop);
     remove_tree(dir);

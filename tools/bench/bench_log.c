@@ -1,10 +1,11 @@
 /* parley-bench-log - the inbox log's restart, measured: fills a fresh log (DIR/inbox, as
  * parleyd has it) with N envelopes of B bytes spread over D devices, in groups of G with
  * one commit each, then opens it again as parleyd does at start and reports how long
- * the replay took and what the index costs in memory. The log is removed at the end
- * unless --keep.
+ * the replay took and what the index costs in memory. With --cold the page cache is
+ * dropped before the reopen (root: /proc/sys/vm/drop_caches), as after a reboot, so the
+ * replay reads the segments from the disk. The log is removed at the end unless --keep.
  *   parley-bench-log --dir DIR [--envelopes N=10000000] [--bytes B=200] [--devices D=100000]
- *                    [--group G=4096] [--keep] */
+ *                    [--group G=4096] [--cold] [--keep] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,14 +36,27 @@ static long rss_kb(void)
     return kb;
 }
 
+/* Drops the clean pages (every segment is fdatasync'd by its commits): the next read
+ * goes to the disk. */
+static int drop_caches(void)
+{
+    FILE *f = fopen("/proc/sys/vm/drop_caches", "w");
+    if (!f)
+        return 0;
+    int ok = fputs("3\n", f) >= 0;
+    return fclose(f) == 0 && ok;
+}
+
 int main(int argc, char **argv)
 {
     const char *dir = NULL;
     unsigned long long n = 10000000, bytes = 200, devices = 100000, group = 4096;
-    int keep = 0;
+    int keep = 0, cold = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--keep") == 0)
             keep = 1;
+        else if (strcmp(argv[i], "--cold") == 0)
+            cold = 1;
         else if (i + 1 < argc && strcmp(argv[i], "--dir") == 0)
             dir = argv[++i];
         else if (i + 1 < argc && strcmp(argv[i], "--envelopes") == 0)
@@ -57,7 +71,7 @@ int main(int argc, char **argv)
             dir = NULL, i = argc;
     }
     if (!dir || !n || !devices || !group || bytes == 0 || bytes > 65536) {
-        fprintf(stderr, "usage: parley-bench-log --dir DIR [--envelopes N] [--bytes B] [--devices D] [--group G] [--keep]\n");
+        fprintf(stderr, "usage: parley-bench-log --dir DIR [--envelopes N] [--bytes B] [--devices D] [--group G] [--cold] [--keep]\n");
         return 2;
     }
     char path[4096];
@@ -95,6 +109,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "parley-bench-log: filling the log failed: %s\n", store_strerror(rc));
         return 1;
     }
+    if (cold && !drop_caches()) {
+        fprintf(stderr, "parley-bench-log: --cold: cannot drop the page cache (root only)\n");
+        return 1;
+    }
     long rss_before = rss_kb();
     double t1 = now_s();
     rc = inbox_log_open(&l, path, &cfg, &rep);
@@ -106,9 +124,9 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("{\"envelopes\":%llu,\"bytes\":%llu,\"devices\":%llu,\"segments\":%llu,\"log_bytes\":%llu,"
-           "\"fill_seconds\":%.2f,\"replay_seconds\":%.2f,\"index_rss_anon_kb\":%ld}\n",
+           "\"fill_seconds\":%.2f,\"replay_seconds\":%.2f,\"cold\":%s,\"index_rss_anon_kb\":%ld}\n",
            n, bytes, devices, (unsigned long long)rep.segments, (unsigned long long)st.written, filled, replay,
-           rss_after - rss_before);
+           cold ? "true" : "false", rss_after - rss_before);
     inbox_log_close(l);
     if (!keep) {
         uint64_t *numbers;

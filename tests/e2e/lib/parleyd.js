@@ -1,6 +1,6 @@
 // Starts and stops real parleyd processes for the tests (loopback only).
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -22,6 +22,20 @@ export function removeDir(dir) {
 }
 
 // A free loopback port (the kernel picks; a small race is acceptable in tests).
+// A tmpfs of its own under dir (root only), so that what fills or is measured is the
+// data directory's alone; null where it cannot be mounted (a container without
+// CAP_SYS_ADMIN). Unmount it with unmountVolume after the server stopped.
+export function smallVolume(dir, megabytes) {
+  const vol = path.join(dir, 'vol');
+  mkdirSync(vol);
+  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${megabytes}m`, 'tmpfs', vol]);
+  return r.status === 0 ? vol : null;
+}
+
+export function unmountVolume(vol) {
+  spawnSync('umount', [vol]);
+}
+
 export async function freePort() {
   return new Promise((resolve, reject) => {
     const s = net.createServer();

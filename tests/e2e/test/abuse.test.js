@@ -4,12 +4,11 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { mkdirSync, readFileSync, statSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
+import { readFileSync, statSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import WebSocket from 'ws';
-import { Parleyd, tempDir, removeDir } from '../lib/parleyd.js';
+import { Parleyd, tempDir, removeDir, smallVolume, unmountVolume } from '../lib/parleyd.js';
 import { Client, ErrorCode, register, authenticate, identity, uploadKeys, lastCode, sign, authMessage } from '../lib/client.js';
 
 const TIMEOUT = { timeout: 120000 };
@@ -520,14 +519,6 @@ test('quotas: an account\'s bytes a day; a first write larger than a quota still
   b.ws.terminate();
 });
 
-// A tmpfs of its own (root only): the disk that fills is the data directory's alone.
-function smallVolume(dir, megabytes) {
-  const vol = path.join(dir, 'vol');
-  mkdirSync(vol);
-  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${megabytes}m`, 'tmpfs', vol]);
-  return r.status === 0 ? vol : null;
-}
-
 test('a full disk is answered STORAGE_FULL, never INTERNAL; nothing acked is lost and sends resume once acks free room', TIMEOUT, async (t) => {
   const dir = tempDir();
   const vol = smallVolume(dir, 24);
@@ -539,7 +530,7 @@ test('a full disk is answered STORAGE_FULL, never INTERNAL; nothing acked is los
   let d = null;
   t.after(async () => { // in this order: the server, the volume, the directory
     if (d && d.child.exitCode === null && d.child.signalCode === null) await d.stop();
-    spawnSync('umount', [vol]);
+    unmountVolume(vol);
     removeDir(dir);
   });
   const smsLog = path.join(dir, 'sms.log');

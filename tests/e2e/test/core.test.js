@@ -7,16 +7,16 @@
 //   3. duplicates: a resend after a lost SendAck, and a redelivery after a lost
 //      DeliverAck, are each shown once
 //   4. bad input, each answered with its error while other clients keep working
-//   5. retention: undelivered envelopes go; the data file stops growing under load
+//   5. retention: undelivered envelopes go; the data (file and log) stops growing under load
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import WebSocket from 'ws';
-import { Parleyd } from '../lib/parleyd.js';
+import { Parleyd, tempDir, removeDir, smallVolume, unmountVolume } from '../lib/parleyd.js';
 import { Client, ErrorCode, Frame, identity, register, uploadKeys, authenticate, lastCode, sign, authMessage } from '../lib/client.js';
 import { HEX_ID, run, start, withServer, cliUser, send, recv, history, frameLosingProxy } from '../lib/cli.js';
 
@@ -263,15 +263,37 @@ test('4. bad input gets its error while other clients keep working', TIMEOUT, as
   await c2.close();
 });
 
-test('5. retention: undelivered envelopes go, freed pages are reused, the file stops growing', TIMEOUT, async (t) => {
-  const s = await withServer(t, { extra: ['--retention', '2s', '--send-rate', '100000'] });
+test('5. retention: undelivered envelopes go, whole log segments are removed, the data stops growing', TIMEOUT, async (t) => {
+  // on a 128 MiB tmpfs of its own the log's segments are 2 MiB (a 64th of the disk),
+  // so the 24 MB this sends fill a dozen of them: the test sees them made and removed
+  const dir = tempDir();
+  const vol = smallVolume(dir, 128);
+  if (!vol) { // CI runs as root on a machine that can mount
+    removeDir(dir);
+    t.skip('cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN)');
+    return;
+  }
+  const smsLog = path.join(dir, 'sms.log');
+  const s = { dir, smsLog, d: await Parleyd.start({ dataDir: path.join(vol, 'var'), sms: `file:${smsLog}`, extra: ['--retention', '2s', '--send-rate', '100000'] }) };
+  t.after(async () => {
+    if (s.d.child.exitCode === null && s.d.child.signalCode === null) await s.d.stop();
+    unmountVolume(vol);
+    removeDir(dir);
+  });
   const alice = await register(s.d.url, phone(), s.smsLog);
   const bobPhone = phone();
   const bob = await cliUser(s, 'bob', bobPhone);
   const c = await Client.open(s.d.url);
   assert.ok((await authenticate(c, alice.account, 1, alice.id.priv, { receive: false })).authenticated);
   const bobAccount = (await c.request('lookup', { phone: bobPhone })).lookup_result.devices.account_id;
-  const dataFile = path.join(s.d.dataDir, 'data.mdb');
+  // what the data directory holds on disk: the data file and the log's segments
+  const onDisk = () => {
+    const inbox = path.join(s.d.dataDir, 'inbox');
+    const segs = readdirSync(inbox).filter((f) => f.endsWith('.seg'));
+    const bytes = [path.join(s.d.dataDir, 'data.mdb'), ...segs.map((f) => path.join(inbox, f))]
+      .reduce((n, f) => n + statSync(f).blocks * 512, 0);
+    return { bytes, segments: segs.length, newest: Math.max(...segs.map((f) => parseInt(f, 16))) };
+  };
 
   // 12 s of 2 KB messages to offline bob at a steady 1,000 a second (paced, so the
   // inbox reaches its steady state after the 2 s retention whatever the disk does)
@@ -291,7 +313,7 @@ test('5. retention: undelivered envelopes go, freed pages are reused, the file s
   const workers = Array.from({ length: 32 }, sender);
   for (let i = 0; i < 12; i++) {
     await sleep(1000);
-    samples.push({ sent, size: statSync(dataFile).size, ...stats(s.d.dataDir) });
+    samples.push({ sent, ...onDisk(), ...stats(s.d.dataDir) });
   }
   running = false;
   await Promise.all(workers);
@@ -299,14 +321,16 @@ test('5. retention: undelivered envelopes go, freed pages are reused, the file s
   // 2 s of retention plus a sweep every 0.5 s is about 2.5 s of the 12 s run; without
   // sweeps the inbox would hold everything sent
   assert.ok(maxInbox < sent * 0.4, `sent ${sent}, but the inbox held up to ${maxInbox}: old envelopes were not swept`);
-  // once the retention is reached, what is swept makes room for what comes: the file
+  // once the retention is reached, what is swept makes room for what comes: the data
   // grows by far less than what was written meanwhile (only the de-duplication
-  // records, about 100 bytes a message, stay for 7 days)
+  // records, about 100 bytes a message, stay for 7 days), because whole segments go
   const from = samples[5], to = samples[11];
   const written = (to.sent - from.sent) * body.length;
-  assert.ok(written > 2 * 1024 * 1024, `only ${written} bytes written in 6 s`);
-  assert.ok(to.size - from.size < written / 4,
-    `data file grew by ${to.size - from.size} bytes while ${written} were written after the retention was reached: ${JSON.stringify(samples)}`);
+  assert.ok(written > 4 * 1024 * 1024, `only ${written} bytes written in 6 s`);
+  assert.ok(to.bytes - from.bytes < written / 4,
+    `the data grew by ${to.bytes - from.bytes} bytes while ${written} were written after the retention was reached: ${JSON.stringify(samples)}`);
+  assert.ok(to.newest >= to.segments + 4, `segments made ${to.newest}, held ${to.segments}: none removed`);
+  t.diagnostic(`segments: ${to.newest} made, ${to.segments} held at the end; data ${from.bytes} -> ${to.bytes} bytes while ${written} were written`);
 
   // with no load, everything goes
   let last;

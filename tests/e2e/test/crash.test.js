@@ -6,7 +6,8 @@
 // abandon a dead connection before dialling again, and with clients whose attempts and
 // connections pile up (several per device at once, the "two receiving connections for
 // one device" case). The short form; the long one is `node tests/e2e/crash.js`
-// (tests/e2e/README.md).
+// (tests/e2e/README.md). A third run does the same with senders at full speed (no
+// SIGSTOP), so the kills land in large group commits.
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { crashRun, verdict, summary } from '../lib/crash.js';
@@ -35,3 +36,21 @@ for (const pileUp of [false, true]) {
       assert.deepEqual(verdict(r), []);
     });
 }
+
+// Saturated (issue 12): senders as fast as a window of 64 allows and recipients that
+// take no time, so the writer's groups are large (hundreds of records each) when the
+// kills land; several kills while Sends are in flight.
+const saturated = {
+  senders: 8, online: 4, messages: 8000, window: 64, rate: 0, processMs: 0,
+  kills: 6, gapMs: [600, 1400], stopMs: 0, heartbeat: 2, deadlineMs: 150000,
+};
+test('crash, saturated: kill -9 x6 during sends as fast as the window allows; nothing acknowledged is lost',
+  { timeout: 200000 }, async () => {
+    const r = await crashRun(saturated);
+    console.log(summary(r));
+    const all = saturated.senders * saturated.messages;
+    const midway = r.events.filter((e) => e.what === 'SIGKILL' && e.acked > 0 && e.acked < all);
+    assert.ok(midway.length >= 3, `kills while Sends were in flight: ${JSON.stringify(r.events)}`);
+    assert.equal(r.acked, all);
+    assert.deepEqual(verdict(r), []);
+  });

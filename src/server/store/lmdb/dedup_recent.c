@@ -26,7 +26,7 @@ static dedup_slot *slot_of(dedup_slot *slots, size_t cap, const uint8_t key[DEDU
 
 bool dedup_recent_get(const dedup_recent *t, const uint8_t key[DEDUP_KEY_LEN], uint64_t *accepted_ms)
 {
-    if (!t->cap)
+    if (!t->used) /* an empty table keeps its room: no probe */
         return false;
     const dedup_slot *s = slot_of(t->slots, t->cap, key);
     if (!s->accepted_ms)

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "day_quota.h"
+#include "dedup_checkpoint.h"
 #include "dedup_recent.h"
 #include "inbox_log.h"
 #include "ldb.h"
@@ -33,7 +34,11 @@ typedef struct {
     day_quota days;          /* the writer thread's, as are the two below */
     dedup_recent recent;     /* sends accepted since the last checkpoint, durable */
     dedup_recent pending;    /* and those of the batch being applied: recent once committed */
-    uint64_t checkpoint_ms;  /* when the last one ran */
+    dedup_recent saving;     /* those of the checkpoint under way (or failed: tried again) */
+    uint64_t saving_segment; /* the log's segment when saving was taken from recent */
+    bool saving_now;         /* saving is being written by the checkpoint thread */
+    dedup_checkpoint *ckpt;
+    uint64_t checkpoint_ms;  /* when the last one began */
 } embedded;
 
 static embedded *owner_of(const store_req *r)
@@ -280,7 +285,8 @@ static int check_devices(ldb_batch *b, store_send *r, const uint8_t account[STOR
 static int dedup_get(ldb_batch *b, embedded *e, const uint8_t key[DEDUP_KEY_LEN], const store_send *r,
                      uint64_t *first)
 {
-    if (dedup_recent_get(&e->recent, key, first) || dedup_recent_get(&e->pending, key, first))
+    if (dedup_recent_get(&e->recent, key, first) || dedup_recent_get(&e->pending, key, first) ||
+        dedup_recent_get(&e->saving, key, first))
         return STORE_OK;
     return ldb_dedup_get(b, &r->from.device, r->message_id, first);
 }
@@ -514,6 +520,14 @@ static bool isolated(const store_req *r)
     return r->kind == STORE_KIND_REGISTER || r->kind == STORE_KIND_UPLOAD;
 }
 
+/* A DeliverAck's take: nobody waits for it, and lost in a crash it only means those
+ * envelopes are delivered again (clients drop what they already have), so it rides on
+ * the next send's fdatasync. Its receipts are seen only after that commit. */
+static bool lazy(const store_req *r)
+{
+    return r->kind == STORE_KIND_TAKE;
+}
+
 /* The group commit; only then do the batch's sends count as accepted for a resend (a
  * failed commit's never checkpointed). */
 static int commit_log(void *ctx)
@@ -535,51 +549,53 @@ static uint64_t mono_ms(void)
 }
 
 /* The sends accepted since the last checkpoint go to the data file's dedup table in one
- * transaction; then the log's segments before the one being written need not keep their
- * NOTEs. */
-static void checkpoint(embedded *e)
+ * transaction, on the checkpoint thread (dedup_checkpoint.h); once it is committed,
+ * the log's segments before the one being written when it began need not keep their
+ * NOTEs. A failed one is kept and tried again. */
+static void begin_checkpoint(embedded *e)
 {
-    uint64_t segment = inbox_log_segment(e->log); /* NOTEs from now on lie here or later */
-    ldb_batch *b = NULL;
-    int rc = ldb_batch_begin(e->db, &b);
-    for (size_t i = 0; rc == STORE_OK && i < e->recent.cap; i++) {
-        const dedup_slot *s = &e->recent.slots[i];
-        if (!s->accepted_ms)
-            continue;
-        store_device sender = {.device = (uint32_t)s->key[16] << 24 | (uint32_t)s->key[17] << 16 |
-                                         (uint32_t)s->key[18] << 8 | s->key[19]};
-        memcpy(sender.account, s->key, STORE_ACCOUNT_ID_LEN);
-        rc = ldb_dedup_put(b, &sender, s->key + 20, s->accepted_ms);
+    if (!e->saving.used) { /* recent's entries, and recent starts again empty */
+        dedup_recent t = e->saving;
+        e->saving = e->recent;
+        e->recent = t;
+        e->saving_segment = inbox_log_segment(e->log); /* NOTEs from now on lie here or later */
     }
-    if (rc == STORE_OK) {
-        rc = ldb_batch_commit(b);
-        b = NULL;
-    }
-    if (b)
-        ldb_batch_abort(b);
     e->checkpoint_ms = mono_ms();
+    e->saving_now = dedup_checkpoint_begin(e->ckpt, &e->saving);
+}
+
+static void checkpointed(embedded *e, int rc)
+{
+    e->saving_now = false;
     if (rc != STORE_OK) { /* kept in memory and in the log: the next one tries again */
-        fprintf(stderr, "parleyd: checkpoint of %zu sends failed: %s\n", e->recent.used, store_strerror(rc));
+        fprintf(stderr, "parleyd: checkpoint of %zu sends failed: %s\n", e->saving.used, store_strerror(rc));
         return;
     }
-    dedup_recent_clear(&e->recent);
-    if (segment > 1)
-        inbox_log_release_before(e->log, segment);
+    dedup_recent_clear(&e->saving);
+    if (e->saving_segment > 1)
+        inbox_log_release_before(e->log, e->saving_segment);
 }
 
 static void after_batch(void *ctx)
 {
     embedded *e = ctx;
-    if (e->recent.used >= CHECKPOINT_MAX || (e->recent.used && mono_ms() - e->checkpoint_ms >= CHECKPOINT_MS) ||
-        (e->recent.used && inbox_log_starved(e->log)))
-        checkpoint(e);
-    else if (!e->recent.used) /* nothing waits for a checkpoint */
+    int rc;
+    /* the sends accepted meanwhile wait in memory; so many that the checkpoint thread
+       fell far behind hold the writer until it is done */
+    if (e->saving_now && dedup_checkpoint_done(e->ckpt, e->recent.used >= 2 * CHECKPOINT_MAX, &rc))
+        checkpointed(e, rc);
+    bool waiting = e->recent.used || e->saving.used;
+    if (!e->saving_now && waiting &&
+        (e->recent.used >= CHECKPOINT_MAX || mono_ms() - e->checkpoint_ms >= CHECKPOINT_MS ||
+         inbox_log_starved(e->log)))
+        begin_checkpoint(e);
+    else if (!waiting) /* nothing waits for a checkpoint */
         inbox_log_release_before(e->log, inbox_log_segment(e->log));
     else
         inbox_log_release_before(e->log, 0); /* segments whose removal was under way */
 }
 
-static const writer_ops table = {parts, apply_db, isolated, apply_log, commit_log, after_batch};
+static const writer_ops table = {parts, apply_db, isolated, apply_log, lazy, commit_log, after_batch};
 
 /* ---- reads, inline ---------------------------------------------------------------------- */
 
@@ -647,8 +663,15 @@ static store_run_stats stop(store *s)
     store_run_stats st = {0};
     if (e->wr) {
         st = writer_stop(e->wr);
-        if (e->recent.used) /* the writer is gone: this thread may (a quicker start next time) */
-            checkpoint(e);
+        int rc;
+        dedup_checkpoint_stop(e->ckpt, &rc);
+        e->ckpt = NULL;
+        if (e->saving_now && rc == STORE_OK)
+            dedup_recent_clear(&e->saving);
+        /* the writer is gone: this thread may write the rest (a quicker start next time) */
+        if ((e->saving.used && dedup_checkpoint_write(e->db, &e->saving) != STORE_OK) ||
+            (e->recent.used && dedup_checkpoint_write(e->db, &e->recent) != STORE_OK))
+            fprintf(stderr, "parleyd: the last checkpoint failed (the log keeps those sends)\n");
     }
     e->wr = NULL;
     return st;
@@ -663,6 +686,7 @@ static void close_store(store *s)
     day_quota_free(&e->days);
     dedup_recent_free(&e->recent);
     dedup_recent_free(&e->pending);
+    dedup_recent_free(&e->saving);
     free(e);
 }
 
@@ -729,12 +753,16 @@ static int migrate(embedded *e)
 {
     migration m = {e->log, 0, STORE_OK};
     bool any = false;
+    inbox_log_stats before, after;
+    inbox_log_get_stats(e->log, &before);
     int rc = ldb_legacy_inbox_each(e->db, move_envelope, move_next_seq, &m, &any);
     if (rc == STORE_OK)
         rc = m.rc;
-    if (rc == STORE_OK && any && (rc = inbox_log_commit(e->log)) == STORE_OK && (rc = ldb_legacy_inbox_clear(e->db)) == STORE_OK)
+    if (rc == STORE_OK && any && (rc = inbox_log_commit(e->log)) == STORE_OK && (rc = ldb_legacy_inbox_clear(e->db)) == STORE_OK) {
+        inbox_log_get_stats(e->log, &after); /* a run cut short before copied some already */
         fprintf(stderr, "parleyd: moved %llu undelivered envelopes from the data file to the inbox log\n",
-                (unsigned long long)m.moved);
+                (unsigned long long)(after.envelopes - before.envelopes));
+    }
     return rc;
 }
 
@@ -768,8 +796,11 @@ int store_open_embedded(store **out, const char *dir, uint64_t map_size, const s
         e->checkpoint_ms = mono_ms();
         rc = migrate(e);
     }
-    if (rc == STORE_OK)
-        rc = writer_start(&e->wr, e->db, MAX_BATCH, &table, e);
+    if (rc == STORE_OK && (rc = dedup_checkpoint_start(&e->ckpt, e->db)) == STORE_OK &&
+        (rc = writer_start(&e->wr, e->db, MAX_BATCH, &table, e)) != STORE_OK) {
+        int ignored;
+        dedup_checkpoint_stop(e->ckpt, &ignored);
+    }
     if (rc != STORE_OK) {
         inbox_log_close(e->log);
         ldb_close(e->db);

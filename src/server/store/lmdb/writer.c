@@ -1,6 +1,7 @@
 /* writer.c - group commit on one storage writer thread (writer.h). */
 #include "writer.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -15,6 +16,10 @@ struct writer {
     store_req *head, *tail;
     bool stopping;
     store_run_stats stats;
+    /* applied, not yet committed (writer thread only) */
+    store_req *held, *held_tail; /* lazy requests waiting for a commit, in order */
+    size_t n_held, applied;      /* those; log parts applied since the last commit */
+    struct timespec held_until;  /* CLOCK_MONOTONIC: when the held ones commit anyway */
     unsigned long commit_delay_ms; /* PARLEYD_COMMIT_DELAY_MS, for crash tests (docs/storage.md) */
 };
 
@@ -134,46 +139,109 @@ again:
 }
 
 /* Phase 2: the jobs' inbox log parts (those whose data file part, if any, went
- * through), one group commit for all of them. */
-static void run_log(writer *w, store_req *jobs)
+ * through), applied; the group commit comes after (commit_logs). */
+static void apply_logs(writer *w, store_req *jobs)
 {
     ldb_batch *rb = NULL;
     int rc = ldb_batch_begin_read(w->st, &rb);
-    size_t n = 0;
     for (store_req *j = jobs; j; j = j->next) {
         if (!(w->ops->parts(j) & WRITER_LOG) || j->status != STORE_OK)
             continue;
-        n++;
+        w->applied++;
         j->status = rc != STORE_OK ? rc : w->ops->apply_log(rb, j);
     }
     if (rb)
         ldb_batch_abort(rb);
-    commit_delay(w);
-    int crc = w->ops->commit_log(w->ctx);
-    count(w, crc == STORE_OK, n, false);
-    if (crc != STORE_OK)
-        for (store_req *j = jobs; j; j = j->next)
-            if ((w->ops->parts(j) & WRITER_LOG) && j->status == STORE_OK)
-                j->status = crc;
 }
 
-/* Runs one batch (writer.h): the data file's phase if a job needs it, then the log's. */
+static void fail_logs(writer *w, store_req *jobs, int rc)
+{
+    for (store_req *j = jobs; j; j = j->next)
+        if ((w->ops->parts(j) & WRITER_LOG) && j->status == STORE_OK)
+            j->status = rc;
+}
+
+/* One group commit (one fdatasync) for every log part applied since the last: the
+ * batch's and those held. Then the upkeep, and every request goes home, the held ones
+ * first (they came first). */
+static void finish(writer *w, store_req *jobs, bool log)
+{
+    if (log || w->held) {
+        commit_delay(w);
+        int rc = w->ops->commit_log(w->ctx);
+        count(w, rc == STORE_OK, w->applied, false);
+        w->applied = 0;
+        if (rc != STORE_OK) {
+            fail_logs(w, w->held, rc);
+            fail_logs(w, jobs, rc);
+        }
+    }
+    w->ops->after_batch(w->ctx);
+    store_req *lists[2] = {w->held, jobs};
+    w->held = w->held_tail = NULL;
+    w->n_held = 0;
+    for (int i = 0; i < 2; i++)
+        for (store_req *j = lists[i], *next; j; j = next) {
+            next = j->next;
+            send_home(j);
+        }
+}
+
+static struct timespec mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts;
+}
+
+static bool passed(const struct timespec *t)
+{
+    struct timespec now = mono_now();
+    return now.tv_sec > t->tv_sec || (now.tv_sec == t->tv_sec && now.tv_nsec >= t->tv_nsec);
+}
+
+/* Keeps a batch of lazy requests, applied, for the next commit. */
+static void hold(writer *w, store_req *jobs, size_t n)
+{
+    if (!w->held) {
+        w->held = jobs;
+        w->held_until = mono_now();
+        w->held_until.tv_nsec += WRITER_LAZY_MS * 1000000L;
+        if (w->held_until.tv_nsec >= 1000000000L) {
+            w->held_until.tv_sec++;
+            w->held_until.tv_nsec -= 1000000000L;
+        }
+    } else {
+        w->held_tail->next = jobs;
+    }
+    for (store_req *j = jobs; j; j = j->next)
+        w->held_tail = j;
+    w->n_held += n;
+}
+
+/* Runs one batch (writer.h): the data file's phase if a job needs it, then the log's,
+ * whose commit waits if every job is lazy (and the held ones are neither too many nor
+ * too old). */
 static void run_batch(writer *w, store_req *jobs)
 {
     unsigned parts = 0;
-    for (store_req *j = jobs; j; j = j->next) {
+    bool eager = false;
+    size_t n = 0;
+    for (store_req *j = jobs; j; j = j->next, n++) {
         j->status = STORE_OK;
-        parts |= w->ops->parts(j);
+        unsigned p = w->ops->parts(j);
+        parts |= p;
+        eager |= !(p & WRITER_LOG) || !w->ops->lazy(j);
     }
     if (parts & WRITER_DB)
         run_db(w, jobs);
     if (parts & WRITER_LOG)
-        run_log(w, jobs);
-    w->ops->after_batch(w->ctx);
-    for (store_req *j = jobs, *next; j; j = next) {
-        next = j->next;
-        send_home(j);
+        apply_logs(w, jobs);
+    if (!eager && w->n_held + n < w->max_batch && !(w->held && passed(&w->held_until))) {
+        hold(w, jobs, n);
+        return;
     }
+    finish(w, jobs, parts & WRITER_LOG);
 }
 
 static void *writer_main(void *arg)
@@ -181,11 +249,18 @@ static void *writer_main(void *arg)
     writer *w = arg;
     for (;;) {
         pthread_mutex_lock(&w->lock);
-        while (!w->head && !w->stopping)
-            pthread_cond_wait(&w->wake, &w->lock);
-        if (!w->head && w->stopping) {
+        while (!w->head && !w->stopping) {
+            if (!w->held)
+                pthread_cond_wait(&w->wake, &w->lock);
+            else if (pthread_cond_timedwait(&w->wake, &w->lock, &w->held_until) == ETIMEDOUT)
+                break;
+        }
+        if (!w->head) { /* lazy requests waited long enough, or the writer stops */
             pthread_mutex_unlock(&w->lock);
-            return NULL;
+            if (!w->held)
+                return NULL;
+            finish(w, NULL, false);
+            continue;
         }
         /* take up to max_batch jobs: everything that queued while the last fsync ran */
         store_req *first = w->head, *last = first;
@@ -212,7 +287,11 @@ int writer_start(writer **out, ldb *s, size_t max_batch, const writer_ops *ops, 
     const char *delay = getenv("PARLEYD_COMMIT_DELAY_MS");
     w->commit_delay_ms = delay ? strtoul(delay, NULL, 10) % 10000 : 0;
     pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->wake, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->wake, &ca);
+    pthread_condattr_destroy(&ca);
     if (pthread_create(&w->tid, NULL, writer_main, w) != 0) {
         free(w);
         return STORE_IO;

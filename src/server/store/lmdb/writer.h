@@ -6,7 +6,9 @@
  * any request of the batch has such a part; then the parts that go to the inbox log,
  * in one group commit (one fdatasync). Only then does each request go back to the loop
  * it came from, in the order it came, where its done callback runs (and may answer the
- * client). A request whose part fails leaves nothing of that part behind; a failed
+ * client). Lazy requests (writer_ops.lazy: acks) are the exception: their log parts
+ * ride on a later batch's fdatasync instead of forcing one of their own, which halves
+ * the syncs of a paced load, and they go home with it. A request whose part fails leaves nothing of that part behind; a failed
  * commit fails every request with a part in it. */
 #ifndef PARLEY_STORE_LMDB_WRITER_H
 #define PARLEY_STORE_LMDB_WRITER_H
@@ -22,6 +24,9 @@
 typedef struct writer_home writer_home;
 
 enum { WRITER_DB = 1, WRITER_LOG = 2 };
+
+/* How long lazy requests wait for another batch's commit before one of their own. */
+#define WRITER_LAZY_MS 5
 
 /* How the writer applies a request (the backend's table of intents). Each returns
  * STORE_OK, a refusal (a positive STORE_* code) or a storage error (negative). */
@@ -41,9 +46,15 @@ typedef struct {
      * rb is a read-only transaction that sees the commit. Refusals before the first
      * write, as above; it runs once. */
     int (*apply_log)(ldb_batch *rb, store_req *r);
+    /* Whether its log part may wait for a later group's commit (nobody is answered on
+     * it, and a crash before that commit only means it is applied again: an ack's
+     * envelopes delivered once more). A batch of such requests alone is applied but not
+     * committed; it goes with the next batch that has another kind of request, or
+     * after WRITER_LAZY_MS. */
+    bool (*lazy)(const store_req *r);
     /* The log's group commit, once a batch's log parts are applied. */
     int (*commit_log)(void *ctx);
-    /* After every batch, on the writer thread (the backend's upkeep). */
+    /* After every batch committed, on the writer thread (the backend's upkeep). */
     void (*after_batch)(void *ctx);
 } writer_ops;
 
