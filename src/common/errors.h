@@ -36,7 +36,14 @@
     X(TOO_MANY_PREKEYS, 23, "too many one-time prekeys")                                            \
     X(PLAINTEXT_REFUSED, 24, "device messages must be end-to-end encrypted (type 2, 3 or 7)")        \
     X(INBOX_FULL, 25, "the recipient's inbox on the server is full; nothing was stored")              \
-    X(DAILY_QUOTA, 26, "this account sent all it may today; nothing was stored, try again tomorrow")
+    X(DAILY_QUOTA, 26, "this account sent all it may today; nothing was stored, try again tomorrow") \
+    X(GROUP_STALE, 27, "the group's members changed; encrypt for them and send again")              \
+    X(NOT_GROUP_ADMIN, 28, "only the group's admins may do that")                                   \
+    X(NOT_GROUP_MEMBER, 29, "not a member of this group")                                           \
+    X(GROUP_FULL, 30, "a group has at most 1,024 members")                                          \
+    X(UNKNOWN_GROUP, 31, "no such group")                                                           \
+    X(LAST_ADMIN, 32, "the last admin must name another admin before leaving")                      \
+    X(GROUP_QUOTA, 33, "this account created all the groups it may today; try again tomorrow")
 
 typedef enum {
     PERR_OK = 0,

@@ -72,8 +72,20 @@ void session_store_error_retry(session *s, uint64_t request_id, int status, uint
         session_error_full(s, request_id, PERR_DAILY_QUOTA, NULL, retry_ms < UINT32_MAX ? (uint32_t)retry_ms : UINT32_MAX,
                            NULL);
         break;
+    case STORE_GROUP_QUOTA:
+        session_error_full(s, request_id, PERR_GROUP_QUOTA, NULL, retry_ms < UINT32_MAX ? (uint32_t)retry_ms : UINT32_MAX,
+                           NULL);
+        break;
     case STORE_UNKNOWN_ACCOUNT:
         session_error(s, request_id, PERR_UNKNOWN_ACCOUNT, "no such account");
+        break;
+    case STORE_UNKNOWN_GROUP: session_error(s, request_id, PERR_UNKNOWN_GROUP, NULL); break;
+    case STORE_NOT_MEMBER: session_error(s, request_id, PERR_NOT_GROUP_MEMBER, NULL); break;
+    case STORE_NOT_ADMIN: session_error(s, request_id, PERR_NOT_GROUP_ADMIN, NULL); break;
+    case STORE_GROUP_FULL: session_error(s, request_id, PERR_GROUP_FULL, NULL); break;
+    case STORE_LAST_ADMIN: session_error(s, request_id, PERR_LAST_ADMIN, NULL); break;
+    case STORE_EXISTS:
+        session_error(s, request_id, PERR_MALFORMED_FRAME, "that group id is taken: choose another (128 random bits)");
         break;
     case STORE_REPLACED:
         session_error(s, request_id, PERR_AUTH_FAILED, "this device was replaced by a new registration");

@@ -52,6 +52,7 @@ typedef struct {
     uint32_t output_budget;      /* bytes queued for all connections; past it the largest are cut */
     uint32_t inbox_max_envelopes, inbox_max_bytes; /* what one device's inbox holds (store_quota) */
     uint32_t daily_writes, daily_bytes;            /* what one account may write a UTC day */
+    uint32_t group_creates;      /* groups one account may create a UTC day; 0: no limit */
 } server_config;
 
 /* Rate tables, each of token buckets keyed by a device, a client address or nothing

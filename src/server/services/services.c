@@ -4,5 +4,5 @@
 
 const service *const parley_services[] = {
     &ping_service,    &register_service, &auth_service, &lookup_service, &send_service,
-    &deliver_service, &receipts_service, &keys_service, &retention_service, NULL,
+    &deliver_service, &receipts_service, &keys_service, &groups_service, &retention_service, NULL,
 };

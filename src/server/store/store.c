@@ -20,6 +20,13 @@ const char *store_strerror(int rc)
     case STORE_PREKEY_CONFLICT: return "a one-time prekey id is in use with another key";
     case STORE_INBOX_FULL: return "a recipient's inbox is full";
     case STORE_DAILY_QUOTA: return "the account's daily quota is used up";
+    case STORE_UNKNOWN_GROUP: return "no such group";
+    case STORE_NOT_MEMBER: return "not a member of the group";
+    case STORE_NOT_ADMIN: return "only the group's admins may do that";
+    case STORE_GROUP_FULL: return "the group is full";
+    case STORE_LAST_ADMIN: return "the last admin must name another";
+    case STORE_GROUP_STALE: return "the group's membership changed";
+    case STORE_GROUP_QUOTA: return "the account's groups for the day are used up";
     case STORE_FULL: return "storage full";
     case STORE_NOMEM: return "out of memory";
     case STORE_INVALID: return "invalid record";
@@ -93,6 +100,8 @@ void store_upload_keys(store *s, store_home *h, store_upload *r) { submit(s, h, 
 void store_fetch_bundles(store *s, store_home *h, store_fetch *r) { submit(s, h, &r->req, STORE_KIND_FETCH); }
 void store_sweep_expired(store *s, store_home *h, store_sweep *r) { submit(s, h, &r->req, STORE_KIND_SWEEP); }
 void store_sync(store *s, store_home *h, store_sync_req *r) { submit(s, h, &r->req, STORE_KIND_SYNC); }
+void store_change_group(store *s, store_home *h, store_group_change *r) { submit(s, h, &r->req, STORE_KIND_GROUP_CHANGE); }
+void store_get_group(store *s, store_home *h, store_group_query *r) { submit(s, h, &r->req, STORE_KIND_GROUP_GET); }
 
 int store_home_open(store *s, uv_loop_t *loop, store_home **out)
 {

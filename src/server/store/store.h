@@ -45,6 +45,13 @@ enum {
     STORE_PREKEY_CONFLICT = 14,  /* a one-time prekey id already held with another key */
     STORE_INBOX_FULL = 15,       /* a device's inbox holds its quota (store_quota; store_send names them) */
     STORE_DAILY_QUOTA = 16,      /* the origin's account wrote its quota for the day (retry_ms) */
+    STORE_UNKNOWN_GROUP = 17,
+    STORE_NOT_MEMBER = 18,       /* the origin's account is not a member of the group */
+    STORE_NOT_ADMIN = 19,        /* the group's settings let only admins do that */
+    STORE_GROUP_FULL = 20,       /* a group holds at most STORE_GROUP_MAX members */
+    STORE_LAST_ADMIN = 21,       /* the last admin leaves only naming another admin */
+    STORE_GROUP_STALE = 22,      /* a group send for another membership version (the group is in the reply) */
+    STORE_GROUP_QUOTA = 23,      /* the account created its groups for the day (retry_ms) */
     /* storage errors */
     STORE_FULL = -1,             /* the map or the disk is full: nothing was written */
     STORE_IO = -2,               /* I/O or engine error */
@@ -62,6 +69,9 @@ const char *store_strerror(int rc);
 #define STORE_SIG_LEN 64
 #define STORE_MAX_DEVICES 64     /* devices of one account */
 #define STORE_MAX_UPLOAD 100     /* one-time prekeys in one upload */
+#define STORE_GROUP_ID_LEN 16
+#define STORE_GROUP_MAX 1024     /* members of one group */
+#define STORE_SUBJECT_MAX 100    /* bytes of a group's subject (UTF-8) */
 
 /* A device: its account's random 128-bit id and its device number (1 = primary). */
 typedef struct {
@@ -140,6 +150,10 @@ void store_entries_free(store_entries *l);
 /* Grows *buf (doubling from first bytes on) until it holds need bytes. */
 bool store_buf_grow(void *buf, size_t *cap, size_t need, size_t first);
 
+typedef struct store_group store_group;               /* group.h */
+typedef struct store_group_summary store_group_summary; /* group.h */
+typedef struct store_group_change store_group_change; /* below */
+
 /* What the store packs through the server's protocol code. Each returns the envelope's
  * length, or 0 if it does not fit in cap. */
 typedef struct {
@@ -151,6 +165,11 @@ typedef struct {
                         const uint8_t (*ids)[STORE_MESSAGE_ID_LEN], size_t n);
     /* "your one-time prekeys are running low": left are held. */
     size_t (*prekeys_low)(uint8_t *out, size_t cap, uint64_t now, uint32_t left);
+    /* A group's message envelope (packed by the server without its seq) with its
+     * group_seq; 0 if it does not fit. */
+    size_t (*with_group_seq)(uint8_t *out, size_t cap, const uint8_t *envelope, size_t len, uint64_t seq);
+    /* The event of a change c made to group g (now as it is after the change). */
+    size_t (*group_event)(uint8_t *out, size_t cap, const store_group_change *c, const store_group *g, uint64_t seq);
 } store_envelopes;
 
 /* ---- requests ---------------------------------------------------------------------- */
@@ -233,6 +252,21 @@ typedef struct {
     bool resend;                         /* to the listed devices only */
     uint64_t accepted_ms;                /* in the envelopes already */
     store_entries targets;
+    /* A group message: recipient is unused; targets are the pairwise key distributions
+     * (to member devices, each must exist, any subset), appended before the group's
+     * envelope, which goes once to every device of every member (the origin too), its
+     * bytes stored once. Refused: STORE_UNKNOWN_GROUP, STORE_NOT_MEMBER, STORE_NOT_ADMIN
+     * (an admins-only group), STORE_GROUP_STALE (another version: group has it now). The
+     * members' inbox quotas are counted, not enforced (one full inbox must not silence a
+     * group); the day's quota is the origin's, for every copy. */
+    bool to_group;
+    uint8_t group_id[STORE_GROUP_ID_LEN];
+    uint64_t group_version;
+    const uint8_t *group_envelope;
+    size_t group_len;
+    store_group *group;                  /* out on STORE_GROUP_STALE, the caller's to free (free()) */
+    uint64_t group_seq;                  /* out: the message's place in the group */
+    store_entries fanout;                /* out: the devices the group envelope went to */
     /* out */
     uint64_t server_ms;                  /* accepted_ms, or the first acceptance's */
     bool duplicate;                      /* nothing new was written */
@@ -343,6 +377,58 @@ typedef struct {
     store_entries notices;               /* devices only */
 } store_fetch;
 void store_fetch_bundles(store *s, store_home *h, store_fetch *r);
+
+/* ---- groups (group.h has the record and the rules of each change) ---------------- */
+
+/* A change to a group (create, add, remove, leave, promote, demote, subject, settings),
+ * by the origin's account, checked against the group's rules (group.h) and committed
+ * with the group's new version; then the event (store_envelopes.group_event) goes to
+ * every member device after the change and to the members removed, with the group's
+ * next seq, in the same order as the group's messages. A create whose id exists with
+ * the same creator is answered as the first (duplicate set), else STORE_EXISTS; at most
+ * creates_per_day per account a UTC day (STORE_GROUP_QUOTA; counted in memory). Every
+ * member account must exist (STORE_UNKNOWN_ACCOUNT).
+ *   JetStream: KV GROUPS g.<gid> updated with the revision it was read at (another
+ *   writer's change in between: read again, check again), mg.<uid>.<gid> keys for the
+ *   member's list, the seq from the KV revision; the event published as a group send. */
+struct store_group_change {
+    store_req req;
+    store_origin from;
+    uint8_t op;                          /* GROUP_OP_* (group.h) */
+    uint8_t group_id[STORE_GROUP_ID_LEN];
+    uint8_t (*accounts)[STORE_ACCOUNT_ID_LEN]; /* the caller's, n_accounts of them */
+    size_t n_accounts;
+    char subject[STORE_SUBJECT_MAX + 1];
+    uint8_t settings[3];                 /* add, send, edit_subject: GROUP_WHO_* (0: unchanged) */
+    uint64_t now;
+    uint32_t creates_per_day;            /* 0: no limit */
+    /* out */
+    store_group *group;                  /* the group after the change (also on a refusal,
+                                            when it exists), the caller's to free (free()) */
+    uint64_t seq;                        /* the event's */
+    bool duplicate;                      /* a create sent again, or a change that changed nothing:
+                                            no event */
+    uint8_t (*removed)[STORE_ACCOUNT_ID_LEN]; /* no longer members (they get the event too); the
+                                            caller's to free (free()) */
+    size_t n_removed;
+    store_entries targets;               /* devices the event went to */
+    uint64_t retry_ms;                   /* STORE_GROUP_QUOTA */
+};
+void store_change_group(store *s, store_home *h, store_group_change *r);
+
+/* A group's record (*group, the caller's to free), or the groups an account is a member
+ * of (groups: n of them, without members). STORE_UNKNOWN_GROUP.
+ *   JetStream: KV Get g.<gid>; Keys mg.<uid>.* then each g.<gid>. */
+typedef struct {
+    store_req req;
+    bool list;
+    uint8_t group_id[STORE_GROUP_ID_LEN];
+    uint8_t account[STORE_ACCOUNT_ID_LEN];
+    store_group *group;                  /* out */
+    store_group_summary *groups;         /* out, list: an array, the caller's to free (free()) */
+    size_t n;
+} store_group_query;
+void store_get_group(store *s, store_home *h, store_group_query *r);
 
 /* Deletes envelopes stored before inbox_cutoff and de-duplication records older than
  * dedup_cutoff, at most max of each (bounded work per request).

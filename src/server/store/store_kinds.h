@@ -17,6 +17,8 @@ enum {
     STORE_KIND_FETCH,
     STORE_KIND_SWEEP,
     STORE_KIND_SYNC,
+    STORE_KIND_GROUP_CHANGE,
+    STORE_KIND_GROUP_GET,
 };
 
 struct store_home {

@@ -21,7 +21,6 @@ export function removeDir(dir) {
   rmSync(dir, { recursive: true, force: true });
 }
 
-// A free loopback port (the kernel picks; a small race is acceptable in tests).
 // A tmpfs of its own under dir (root only), so that what fills or is measured is the
 // data directory's alone; null where it cannot be mounted (a container without
 // CAP_SYS_ADMIN). Unmount it with unmountVolume after the server stopped.
@@ -36,6 +35,7 @@ export function unmountVolume(vol) {
   spawnSync('umount', [vol]);
 }
 
+// A free loopback port (the kernel picks; a small race is acceptable in tests).
 export async function freePort() {
   return new Promise((resolve, reject) => {
     const s = net.createServer();

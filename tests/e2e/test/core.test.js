@@ -291,7 +291,7 @@ test('5. retention: undelivered envelopes go, whole log segments are removed, th
     const inbox = path.join(s.d.dataDir, 'inbox');
     const segs = readdirSync(inbox).filter((f) => f.endsWith('.seg'));
     const bytes = [path.join(s.d.dataDir, 'data.mdb'), ...segs.map((f) => path.join(inbox, f))]
-      .reduce((n, f) => n + statSync(f).blocks * 512, 0);
+      .reduce((n, f) => n + (statSync(f, { throwIfNoEntry: false })?.blocks ?? 0) * 512, 0); // a segment may go meanwhile
     return { bytes, segments: segs.length, newest: Math.max(...segs.map((f) => parseInt(f, 16))) };
   };
 
@@ -327,7 +327,8 @@ test('5. retention: undelivered envelopes go, whole log segments are removed, th
   const from = samples[5], to = samples[11];
   const written = (to.sent - from.sent) * body.length;
   assert.ok(written > 4 * 1024 * 1024, `only ${written} bytes written in 6 s`);
-  assert.ok(to.bytes - from.bytes < written / 4,
+  // (one segment, 2 MiB on this volume, of slack: the spare, or one waiting for a checkpoint)
+  assert.ok(to.bytes - from.bytes < written / 4 + (2 << 20),
     `the data grew by ${to.bytes - from.bytes} bytes while ${written} were written after the retention was reached: ${JSON.stringify(samples)}`);
   assert.ok(to.newest >= to.segments + 4, `segments made ${to.newest}, held ${to.segments}: none removed`);
   t.diagnostic(`segments: ${to.newest} made, ${to.segments} held at the end; data ${from.bytes} -> ${to.bytes} bytes while ${written} were written`);

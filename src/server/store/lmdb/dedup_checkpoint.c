@@ -13,6 +13,8 @@ struct dedup_checkpoint {
     const dedup_recent *table; /* the one to write, until finished */
     bool running, stopping;
     int rc;
+    void (*finished)(void *ctx);  /* told under lock, until muted */
+    void *ctx;
 };
 
 /* In the data file's key order: the message id, then the sender device. */
@@ -39,6 +41,10 @@ int dedup_checkpoint_write(ldb *db, const dedup_recent *t)
     int rc = ldb_batch_begin(db, &b);
     for (size_t i = 0; rc == STORE_OK && i < n; i++) {
         const dedup_slot *s = order[i];
+        if (dedup_recent_is_group(s->key)) {
+            rc = ldb_group_seq_put(b, s->key, s->accepted_ms);
+            continue;
+        }
         store_device sender = {.device = (uint32_t)s->key[16] << 24 | (uint32_t)s->key[17] << 16 |
                                          (uint32_t)s->key[18] << 8 | s->key[19]};
         memcpy(sender.account, s->key, STORE_ACCOUNT_ID_LEN);
@@ -68,17 +74,21 @@ static void *checkpoint_main(void *arg)
         c->rc = rc;
         c->table = NULL;
         pthread_cond_broadcast(&c->wake);
+        if (c->finished)
+            c->finished(c->ctx);
     }
     pthread_mutex_unlock(&c->lock);
     return NULL;
 }
 
-int dedup_checkpoint_start(dedup_checkpoint **out, ldb *db)
+int dedup_checkpoint_start(dedup_checkpoint **out, ldb *db, void (*finished)(void *ctx), void *ctx)
 {
     dedup_checkpoint *c = calloc(1, sizeof *c);
     if (!c)
         return STORE_NOMEM;
     c->db = db;
+    c->finished = finished;
+    c->ctx = ctx;
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->wake, NULL);
     if (pthread_create(&c->tid, NULL, checkpoint_main, c) != 0) {
@@ -116,6 +126,13 @@ bool dedup_checkpoint_done(dedup_checkpoint *c, bool wait, int *rc)
     }
     pthread_mutex_unlock(&c->lock);
     return done;
+}
+
+void dedup_checkpoint_mute(dedup_checkpoint *c)
+{
+    pthread_mutex_lock(&c->lock);
+    c->finished = NULL;
+    pthread_mutex_unlock(&c->lock);
 }
 
 void dedup_checkpoint_stop(dedup_checkpoint *c, int *rc)

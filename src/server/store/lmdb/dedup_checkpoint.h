@@ -1,5 +1,6 @@
-/* dedup_checkpoint.h - writes the de-duplication records of recent sends into the data
- * file (LMDB's dedup tables), on a thread of its own.
+/* dedup_checkpoint.h - writes the de-duplication records of recent sends (and the groups'
+ * last seqs, dedup_recent.h) into the data file (LMDB's dedup and group_seqs tables), on
+ * a thread of its own.
  *
  * The writer thread keeps the sends accepted since the last checkpoint in memory
  * (dedup_recent.h) and in the inbox log's NOTE records; a checkpoint puts them in the
@@ -25,7 +26,12 @@ typedef struct dedup_checkpoint dedup_checkpoint;
 /* Writes every entry of t into db in one transaction, on the calling thread. */
 int dedup_checkpoint_write(ldb *db, const dedup_recent *t);
 
-int dedup_checkpoint_start(dedup_checkpoint **out, ldb *db);
+/* finished (if not NULL) runs on the checkpoint thread each time one is done, with the
+ * thread's lock held: it must only wake its owner. */
+int dedup_checkpoint_start(dedup_checkpoint **out, ldb *db, void (*finished)(void *ctx), void *ctx);
+
+/* finished is not called any more once this returns (before its owner goes away). */
+void dedup_checkpoint_mute(dedup_checkpoint *c);
 
 /* Starts writing t on the thread; false if one is still under way. */
 bool dedup_checkpoint_begin(dedup_checkpoint *c, const dedup_recent *t);

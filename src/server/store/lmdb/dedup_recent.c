@@ -16,6 +16,18 @@ void dedup_recent_key(uint8_t out[DEDUP_KEY_LEN], const store_device *sender, co
     memcpy(out + 20, id, STORE_MESSAGE_ID_LEN);
 }
 
+void dedup_recent_group_key(uint8_t out[DEDUP_KEY_LEN], const uint8_t group[STORE_GROUP_ID_LEN])
+{
+    memset(out, 0, DEDUP_KEY_LEN);
+    memcpy(out, group, STORE_GROUP_ID_LEN);
+}
+
+bool dedup_recent_is_group(const uint8_t key[DEDUP_KEY_LEN])
+{
+    static const uint8_t zero[DEDUP_KEY_LEN - STORE_GROUP_ID_LEN];
+    return memcmp(key + STORE_GROUP_ID_LEN, zero, sizeof zero) == 0;
+}
+
 static dedup_slot *slot_of(dedup_slot *slots, size_t cap, const uint8_t key[DEDUP_KEY_LEN])
 {
     size_t i = (size_t)hash_bytes(key, DEDUP_KEY_LEN) & (cap - 1);

@@ -25,6 +25,12 @@ typedef struct {
 
 void dedup_recent_key(uint8_t out[DEDUP_KEY_LEN], const store_device *sender, const uint8_t id[STORE_MESSAGE_ID_LEN]);
 
+/* A group's last seq rides in the same tables, NOTEs and checkpoints as the sends: its
+ * key is the group id, device 0 (which no device has) and an all-zero message id; its
+ * value is the seq. The checkpoint writes it to the group_seqs table (ldb.h). */
+void dedup_recent_group_key(uint8_t out[DEDUP_KEY_LEN], const uint8_t group[STORE_GROUP_ID_LEN]);
+bool dedup_recent_is_group(const uint8_t key[DEDUP_KEY_LEN]);
+
 /* The first acceptance's time, or false. */
 bool dedup_recent_get(const dedup_recent *t, const uint8_t key[DEDUP_KEY_LEN], uint64_t *accepted_ms);
 /* STORE_NOMEM (never after dedup_recent_reserve made room). accepted_ms must not be 0. */

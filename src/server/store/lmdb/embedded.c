@@ -13,6 +13,7 @@
 #include "day_quota.h"
 #include "dedup_checkpoint.h"
 #include "dedup_recent.h"
+#include "group.h"
 #include "inbox_log.h"
 #include "ldb.h"
 #include "store_kinds.h"
@@ -31,7 +32,8 @@ typedef struct {
     writer *wr;
     inbox_log *log;
     store_quota quota;
-    day_quota days;          /* the writer thread's, as are the two below */
+    day_quota days;          /* the writer thread's, as are the ones below */
+    day_quota group_days;    /* groups created today, by account */
     dedup_recent recent;     /* sends accepted since the last checkpoint, durable */
     dedup_recent pending;    /* and those of the batch being applied: recent once committed */
     dedup_recent saving;     /* those of the checkpoint under way (or failed: tried again) */
@@ -39,6 +41,7 @@ typedef struct {
     bool saving_now;         /* saving is being written by the checkpoint thread */
     dedup_checkpoint *ckpt;
     uint64_t checkpoint_ms;  /* when the last one began */
+    bool checkpoint_failed;  /* the last one did: the next waits CHECKPOINT_MS */
 } embedded;
 
 static embedded *owner_of(const store_req *r)
@@ -291,6 +294,271 @@ static int dedup_get(ldb_batch *b, embedded *e, const uint8_t key[DEDUP_KEY_LEN]
     return ldb_dedup_get(b, &r->from.device, r->message_id, first);
 }
 
+/* ---- groups ------------------------------------------------------------------------ */
+
+#define EVENT_CAP (64u << 10) /* a group event: the group's members, and the change's accounts */
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+/* The next seq of a group (its last: the batch's, the recent ones', the checkpoint's
+ * under way, or the data file's; plus one). Taken by group_seq_take. */
+static int group_seq_next(ldb_batch *b, embedded *e, const uint8_t id[STORE_GROUP_ID_LEN], uint64_t *next)
+{
+    uint8_t key[DEDUP_KEY_LEN];
+    dedup_recent_group_key(key, id);
+    uint64_t last;
+    int rc = STORE_OK;
+    if (!dedup_recent_get(&e->pending, key, &last) && !dedup_recent_get(&e->recent, key, &last) &&
+        !dedup_recent_get(&e->saving, key, &last))
+        rc = ldb_group_seq_get(b, id, &last);
+    *next = last + 1;
+    return rc;
+}
+
+/* The group's seq is seq from now on: in a NOTE (the log's room reserved), and in memory
+ * once the batch is committed (room in pending reserved). */
+static int group_seq_take(embedded *e, const uint8_t id[STORE_GROUP_ID_LEN], uint64_t seq)
+{
+    uint8_t note[NOTE_LEN];
+    dedup_recent_group_key(note, id);
+    put_be64(note + DEDUP_KEY_LEN, seq);
+    int rc = inbox_log_note(e->log, note, sizeof note);
+    return rc == STORE_OK ? dedup_recent_put(&e->pending, note, seq) : rc;
+}
+
+/* Every device of each of the n accounts (devices only). */
+static int add_devices(ldb_batch *b, const uint8_t *accounts, size_t stride, size_t n, store_entries *l)
+{
+    uint32_t ids[STORE_MAX_DEVICES];
+    int rc = STORE_OK;
+    for (size_t i = 0; rc == STORE_OK && i < n; i++) {
+        const uint8_t *account = accounts + i * stride;
+        size_t k;
+        if ((rc = ldb_batch_account_devices(b, account, ids, STORE_MAX_DEVICES, &k)) != STORE_OK)
+            break;
+        for (size_t j = 0; rc == STORE_OK && j < k; j++) {
+            store_device d = {.device = ids[j]};
+            memcpy(d.account, account, STORE_ACCOUNT_ID_LEN);
+            rc = store_entries_add(l, &d, NULL, 0);
+        }
+    }
+    return rc;
+}
+
+/* envelope once for every device of l, its bytes stored once (room reserved). */
+static int append_group(inbox_log *log, const store_entries *l, uint64_t now, const uint8_t *envelope, size_t len)
+{
+    if (l->n == 0)
+        return STORE_OK;
+    store_device *devices = malloc(l->n * sizeof *devices);
+    uint64_t *seqs = malloc(l->n * sizeof *seqs);
+    int rc = devices && seqs ? STORE_OK : STORE_NOMEM;
+    for (size_t i = 0; rc == STORE_OK && i < l->n; i++)
+        devices[i] = l->items[i].device;
+    if (rc == STORE_OK)
+        rc = inbox_log_append_shared(log, devices, l->n, now, envelope, len, seqs);
+    free(devices);
+    free(seqs);
+    return rc;
+}
+
+/* The rest of a group send, after the de-duplication (note is its NOTE's key): the
+ * sender's right to send, the membership version, the key distributions' devices; then
+ * the distributions, the group's envelope for every member device, both NOTEs. */
+static int group_send_apply(ldb_batch *b, store_send *r, embedded *e, uint8_t note[NOTE_LEN])
+{
+    store_entries_clear(&r->fanout);
+    store_group *g = r->group ? r->group : (r->group = malloc(sizeof *r->group));
+    if (!g)
+        return STORE_NOMEM;
+    int rc = ldb_group_get(b, r->group_id, g);
+    if (rc == STORE_NOT_FOUND)
+        rc = STORE_UNKNOWN_GROUP;
+    if (rc == STORE_OK)
+        rc = group_may_send(g, r->from.device.account);
+    if (rc == STORE_OK && g->version != r->group_version)
+        return STORE_GROUP_STALE; /* r->group goes back with the members as they are */
+    /* each distribution goes to a member's device that exists (any of them) */
+    bool resend = r->resend;
+    r->resend = true;
+    for (size_t i = 0; rc == STORE_OK && i < r->targets.n; i++) {
+        const uint8_t *account = r->targets.items[i].device.account;
+        bool seen = false;
+        for (size_t k = 0; k < i && !seen; k++)
+            seen = same_account(r->targets.items[k].device.account, account);
+        if (seen)
+            continue;
+        if (group_find(g, account) < 0) {
+            rc = STORE_GROUP_STALE;
+            break;
+        }
+        rc = check_devices(b, r, account);
+    }
+    r->resend = resend;
+    if (rc == STORE_GROUP_STALE)
+        return rc;
+    if (rc == STORE_OK)
+        rc = add_devices(b, g->members[0].account, sizeof g->members[0], g->n, &r->fanout);
+    free(r->group);
+    r->group = NULL;
+    uint64_t seq;
+    if (rc == STORE_OK)
+        rc = group_seq_next(b, e, r->group_id, &seq);
+    if (rc != STORE_OK)
+        return rc;
+    size_t cap = r->group_len + 16, len;
+    uint8_t *envelope = malloc(cap);
+    if (!envelope)
+        return STORE_NOMEM;
+    len = e->base.envelopes->with_group_seq(envelope, cap, r->group_envelope, r->group_len, seq);
+    rc = len ? STORE_OK : STORE_INVALID;
+    if (rc == STORE_OK)
+        rc = inbox_log_reserve(e->log, cost_of(&r->targets, 0, INBOX_LOG_SHARED_COST(r->fanout.n, len) +
+                                                                    2 * INBOX_LOG_NOTE_COST(NOTE_LEN)));
+    if (rc == STORE_OK)
+        rc = dedup_recent_reserve(&e->pending, 2);
+    if (rc == STORE_OK) /* the day's bytes: what the sender made the server store */
+        rc = charge_day(e, r->from.device.account, r->server_ms, r->targets.used + len, &r->retry_ms);
+    if (rc == STORE_OK)
+        rc = append_all(e->log, &r->targets, NULL, 0, r->server_ms, 0);
+    if (rc == STORE_OK)
+        rc = append_group(e->log, &r->fanout, r->server_ms, envelope, len);
+    free(envelope);
+    uint8_t *at = note + DEDUP_KEY_LEN;
+    put_be64(at, r->server_ms);
+    if (rc == STORE_OK && (rc = inbox_log_note(e->log, note, NOTE_LEN)) == STORE_OK &&
+        (rc = dedup_recent_put(&e->pending, note, r->server_ms)) == STORE_OK)
+        rc = group_seq_take(e, r->group_id, seq);
+    if (rc == STORE_OK)
+        r->group_seq = seq;
+    return rc;
+}
+
+/* Every account a change brings in must exist. */
+static int check_accounts(ldb_batch *b, const store_group_change *r)
+{
+    uint32_t ids[1];
+    size_t n;
+    for (size_t i = 0; i < r->n_accounts; i++) {
+        int rc = ldb_batch_account_devices(b, r->accounts[i], ids, 1, &n);
+        if (rc != STORE_OK)
+            return rc;
+        if (n == 0)
+            return STORE_UNKNOWN_ACCOUNT;
+    }
+    return STORE_OK;
+}
+
+/* The data file's part of a group change: the record, checked by the rules and written
+ * with the members' lists. The event follows in the log part (group_change_log). */
+static int group_change_db(ldb_batch *b, store_group_change *r, embedded *e)
+{
+    r->duplicate = false;
+    r->n_removed = 0;
+    int rc = origin_current(b, &r->from);
+    if (rc != STORE_OK)
+        return rc;
+    store_group *g = r->group ? r->group : (r->group = malloc(sizeof *r->group));
+    if (!g || (!r->removed && !(r->removed = malloc(STORE_GROUP_MAX * sizeof *r->removed))))
+        return STORE_NOMEM;
+    rc = ldb_group_get(b, r->group_id, g);
+    if (r->op == GROUP_OP_CREATE) {
+        if (rc == STORE_OK) { /* a create sent again: its creator gets the group as it is */
+            if (!same_account(g->creator, r->from.device.account))
+                return STORE_EXISTS;
+            r->duplicate = true;
+            return STORE_OK;
+        }
+        if (rc != STORE_NOT_FOUND || (rc = check_accounts(b, r)) != STORE_OK ||
+            (rc = group_create(g, r)) != STORE_OK)
+            return rc;
+        uint64_t day = r->now / DAY_MS;
+        if (r->creates_per_day &&
+            !day_quota_charge(&e->group_days, r->from.device.account, day, r->creates_per_day, 0, 0)) {
+            r->retry_ms = (day + 1) * DAY_MS - r->now;
+            return STORE_GROUP_QUOTA;
+        }
+        return ldb_group_put(b, g, NULL);
+    }
+    if (rc == STORE_NOT_FOUND) {
+        free(r->group);
+        r->group = NULL;
+        return STORE_UNKNOWN_GROUP;
+    }
+    if (rc != STORE_OK || (r->op == GROUP_OP_ADD && (rc = check_accounts(b, r)) != STORE_OK))
+        return rc;
+    store_group *before = malloc(sizeof *before);
+    if (!before)
+        return STORE_NOMEM;
+    memcpy(before, g, sizeof *before);
+    bool changed;
+    rc = group_apply(g, r, &changed, r->removed, &r->n_removed);
+    if (rc == STORE_OK && !changed)
+        r->duplicate = true;
+    else if (rc == STORE_OK)
+        rc = ldb_group_put(b, g, before);
+    free(before);
+    return rc;
+}
+
+/* The event of a change, to every member device after it and to the removed ones, with
+ * the group's next seq. A full disk here (another request of the batch took the last
+ * room) loses the event, not the change: it is reported, and the next event's version
+ * tells the members that they missed one. */
+static int group_change_log(ldb_batch *b, store_group_change *r, embedded *e)
+{
+    store_entries_clear(&r->targets);
+    if (r->duplicate)
+        return STORE_OK;
+    store_group *g = r->group;
+    uint64_t seq;
+    int rc = add_devices(b, g->members[0].account, sizeof g->members[0], g->n, &r->targets);
+    if (rc == STORE_OK)
+        rc = add_devices(b, r->removed[0], sizeof r->removed[0], r->n_removed, &r->targets);
+    if (rc == STORE_OK)
+        rc = group_seq_next(b, e, g->id, &seq);
+    uint8_t *envelope = rc == STORE_OK ? malloc(EVENT_CAP) : NULL;
+    if (rc == STORE_OK && !envelope)
+        rc = STORE_NOMEM;
+    size_t len = rc == STORE_OK ? e->base.envelopes->group_event(envelope, EVENT_CAP, r, g, seq) : 0;
+    if (rc == STORE_OK && !len)
+        rc = STORE_INVALID;
+    if (rc == STORE_OK)
+        rc = inbox_log_reserve(e->log, INBOX_LOG_SHARED_COST(r->targets.n, len) + INBOX_LOG_NOTE_COST(NOTE_LEN));
+    if (rc == STORE_OK)
+        rc = dedup_recent_reserve(&e->pending, 1);
+    if (rc == STORE_OK)
+        rc = append_group(e->log, &r->targets, r->now, envelope, len);
+    if (rc == STORE_OK)
+        rc = group_seq_take(e, g->id, seq);
+    free(envelope);
+    if (rc == STORE_OK) {
+        r->seq = seq;
+    } else {
+        fprintf(stderr, "parleyd: a group's event could not be stored (version %llu): %s\n",
+                (unsigned long long)g->version, store_strerror(rc));
+        store_entries_clear(&r->targets);
+    }
+    return rc;
+}
+
+/* A group, or an account's groups: read inline. */
+static int group_query(ldb *db, store_group_query *r)
+{
+    if (r->list)
+        return ldb_member_groups(db, r->account, &r->groups, &r->n);
+    if (!r->group && !(r->group = malloc(sizeof *r->group)))
+        return STORE_NOMEM;
+    int rc = ldb_group_read(db, r->group_id, r->group);
+    return rc == STORE_NOT_FOUND ? STORE_UNKNOWN_GROUP : rc;
+}
+
+/* ---- sends ---------------------------------------------------------------------- */
+
 static int send_apply(ldb_batch *b, store_send *r, embedded *e)
 {
     uint64_t first;
@@ -309,6 +577,8 @@ static int send_apply(ldb_batch *b, store_send *r, embedded *e)
     }
     if (rc != STORE_NOT_FOUND)
         return rc;
+    if (r->to_group)
+        return group_send_apply(b, r, e, note);
     if ((rc = check_devices(b, r, r->recipient)) != STORE_OK)
         return rc;
     if (!same_account(r->recipient, r->from.device.account) &&
@@ -465,6 +735,7 @@ static unsigned parts(const store_req *r)
     case STORE_KIND_UPLOAD: return WRITER_DB;
     case STORE_KIND_REGISTER: /* the replaced devices' inboxes go in the log */
     case STORE_KIND_FETCH:    /* the low-stock notices go in the log */
+    case STORE_KIND_GROUP_CHANGE: /* the record, then its event */
     case STORE_KIND_SWEEP: return WRITER_DB | WRITER_LOG;
     default: return WRITER_LOG;
     }
@@ -477,6 +748,7 @@ static int apply_db(ldb_batch *b, store_req *r)
     case STORE_KIND_REGISTER: return register_apply(b, (store_registration *)r);
     case STORE_KIND_UPLOAD: return upload_apply(b, (store_upload *)r);
     case STORE_KIND_FETCH: return fetch_apply(b, (store_fetch *)r, e->base.envelopes);
+    case STORE_KIND_GROUP_CHANGE: return group_change_db(b, (store_group_change *)r, e);
     case STORE_KIND_SWEEP: { /* de-duplication records; the inboxes are the log's */
         store_sweep *s = (store_sweep *)r;
         size_t none;
@@ -504,6 +776,10 @@ static int apply_log(ldb_batch *rb, store_req *r)
     case STORE_KIND_SEND: return send_apply(rb, (store_send *)r, e);
     case STORE_KIND_POST: return post_apply(rb, (store_post *)r, e);
     case STORE_KIND_TAKE: return take_apply(rb, (store_take *)r, e);
+    case STORE_KIND_GROUP_CHANGE: {
+        group_change_log(rb, (store_group_change *)r, e);
+        return STORE_OK; /* the change is committed: its event's failure is reported above */
+    }
     case STORE_KIND_SWEEP: {
         store_sweep *s = (store_sweep *)r;
         return inbox_log_expire(e->log, s->inbox_cutoff, s->max, &s->inbox_removed);
@@ -567,7 +843,8 @@ static void begin_checkpoint(embedded *e)
 static void checkpointed(embedded *e, int rc)
 {
     e->saving_now = false;
-    if (rc != STORE_OK) { /* kept in memory and in the log: the next one tries again */
+    e->checkpoint_failed = rc != STORE_OK;
+    if (rc != STORE_OK) { /* kept in memory and in the log: tried again a while later */
         fprintf(stderr, "parleyd: checkpoint of %zu sends failed: %s\n", e->saving.used, store_strerror(rc));
         return;
     }
@@ -585,7 +862,8 @@ static void after_batch(void *ctx)
     if (e->saving_now && dedup_checkpoint_done(e->ckpt, e->recent.used >= 2 * CHECKPOINT_MAX, &rc))
         checkpointed(e, rc);
     bool waiting = e->recent.used || e->saving.used;
-    if (!e->saving_now && waiting &&
+    bool pause = e->checkpoint_failed && mono_ms() - e->checkpoint_ms < CHECKPOINT_MS; /* not at every batch */
+    if (!e->saving_now && waiting && !pause &&
         (e->recent.used >= CHECKPOINT_MAX || mono_ms() - e->checkpoint_ms >= CHECKPOINT_MS ||
          inbox_log_starved(e->log)))
         begin_checkpoint(e);
@@ -595,11 +873,21 @@ static void after_batch(void *ctx)
         inbox_log_release_before(e->log, 0); /* segments whose removal was under way */
 }
 
+/* On the checkpoint thread: the writer lets the segments go (after_batch) even if no
+ * request comes. */
+static void checkpoint_finished(void *ctx)
+{
+    embedded *e = ctx;
+    writer_poke(e->wr);
+}
+
 static const writer_ops table = {parts, apply_db, isolated, apply_log, lazy, commit_log, after_batch};
 
 /* ---- reads, inline ---------------------------------------------------------------------- */
 
-static int lookup(ldb *db, store_lookup *r)
+/* not inlined: GCC 12, inlining it into submit's switch, took r->phone for another
+ * kind's 16-byte field (a false -Wstringop-overflow) */
+__attribute__((noinline)) static int lookup(ldb *db, store_lookup *r)
 {
     int rc = r->by_account ? ldb_phone_by_account(db, r->account, r->phone)
                            : ldb_account_by_phone(db, r->phone, r->account);
@@ -620,6 +908,9 @@ static void submit(store *s, store_home *h, store_req *r)
     }
     case STORE_KIND_LOOKUP:
         rc = lookup(e->db, (store_lookup *)r);
+        break;
+    case STORE_KIND_GROUP_GET:
+        rc = group_query(e->db, (store_group_query *)r);
         break;
     case STORE_KIND_READ: {
         store_read *q = (store_read *)r;
@@ -662,16 +953,20 @@ static store_run_stats stop(store *s)
     embedded *e = (embedded *)s;
     store_run_stats st = {0};
     if (e->wr) {
+        dedup_checkpoint_mute(e->ckpt); /* it pokes the writer, which goes now */
         st = writer_stop(e->wr);
         int rc;
         dedup_checkpoint_stop(e->ckpt, &rc);
         e->ckpt = NULL;
         if (e->saving_now && rc == STORE_OK)
             dedup_recent_clear(&e->saving);
-        /* the writer is gone: this thread may write the rest (a quicker start next time) */
+        /* the writer is gone: this thread may write the rest, and let the segments that
+           only kept their NOTEs go (a quicker start next time) */
         if ((e->saving.used && dedup_checkpoint_write(e->db, &e->saving) != STORE_OK) ||
             (e->recent.used && dedup_checkpoint_write(e->db, &e->recent) != STORE_OK))
             fprintf(stderr, "parleyd: the last checkpoint failed (the log keeps those sends)\n");
+        else
+            inbox_log_release_before(e->log, inbox_log_segment(e->log));
     }
     e->wr = NULL;
     return st;
@@ -684,6 +979,7 @@ static void close_store(store *s)
     inbox_log_close(e->log);
     ldb_close(e->db);
     day_quota_free(&e->days);
+    day_quota_free(&e->group_days);
     dedup_recent_free(&e->recent);
     dedup_recent_free(&e->pending);
     dedup_recent_free(&e->saving);
@@ -796,7 +1092,7 @@ int store_open_embedded(store **out, const char *dir, uint64_t map_size, const s
         e->checkpoint_ms = mono_ms();
         rc = migrate(e);
     }
-    if (rc == STORE_OK && (rc = dedup_checkpoint_start(&e->ckpt, e->db)) == STORE_OK &&
+    if (rc == STORE_OK && (rc = dedup_checkpoint_start(&e->ckpt, e->db, checkpoint_finished, e)) == STORE_OK &&
         (rc = writer_start(&e->wr, e->db, MAX_BATCH, &table, e)) != STORE_OK) {
         int ignored;
         dedup_checkpoint_stop(e->ckpt, &ignored);

@@ -21,6 +21,8 @@
  * its time index in the same transaction, so a sweep costs what it removes. */
 #include "ldb.h"
 
+#include "group.h"
+
 #include <errno.h>
 #include <lmdb.h>
 #include <stdlib.h>
@@ -36,6 +38,7 @@ struct ldb {
     MDB_env *env;
     MDB_dbi inbox, inbox_next, inbox_time, dedup, dedup_time, phones, accounts, devices;
     MDB_dbi signed_prekeys, prekeys, prekey_meta, dedup_by_id, dedup_by_id_time;
+    MDB_dbi groups, member_groups, group_seqs;
     unsigned missing;   /* read-only on an older data directory: tables it lacks (bits) */
 };
 
@@ -90,18 +93,20 @@ static const char *const table_names[] = {"inbox",   "inbox_next", "inbox_time",
                                           "dedup",   "dedup_time", "phones",
                                           "accounts", "devices",   "signed_prekeys",
                                           "prekeys",  "prekey_meta", "dedup_by_id",
-                                          "dedup_by_id_time"};
+                                          "dedup_by_id_time", "groups", "member_groups",
+                                          "group_seqs"};
 #define NTABLES (sizeof table_names / sizeof *table_names)
 #define FIRST_OPTIONAL 8 /* tables from here on came later: an older directory may lack them */
 #define TABLE_PREKEYS 9
 #define TABLE_DEDUP_BY_ID 11
+#define TABLE_GROUPS 13 /* and the two after it */
 
 static MDB_dbi *table_dbi(ldb *s, size_t i)
 {
     MDB_dbi *dbis[] = {&s->inbox,    &s->inbox_next, &s->inbox_time,     &s->dedup,
                        &s->dedup_time, &s->phones,   &s->accounts,       &s->devices,
                        &s->signed_prekeys, &s->prekeys, &s->prekey_meta, &s->dedup_by_id,
-                       &s->dedup_by_id_time};
+                       &s->dedup_by_id_time, &s->groups, &s->member_groups, &s->group_seqs};
     return dbis[i];
 }
 
@@ -164,7 +169,7 @@ static int open_env(ldb **out, const char *dir, uint64_t map_size, bool readonly
     MDB_txn *txn = NULL;
     int rc = mdb_env_create(&s->env);
     if (rc == 0)
-        rc = mdb_env_set_maxdbs(s->env, 16);
+        rc = mdb_env_set_maxdbs(s->env, 24);
     if (rc == 0 && !readonly)
         rc = mdb_env_set_mapsize(s->env, map_size ? map_size : (uint64_t)4 << 30);
     /* NOTLS: read transactions are not tied to threads (libuv threads share them). */
@@ -1125,4 +1130,132 @@ int ldb_prekey_take(ldb_batch *b, const store_device *d, store_prekey *out, size
     if (rc == 0)
         *left = count - 1;
     return rc == EINVAL ? STORE_INVALID : map_error(rc);
+}
+
+/* ---- groups: groups (id -> record, group.h), member_groups (account id -> empty, a
+ * member's list), group_seqs (id -> the last seq given, checkpointed) ----------------- */
+
+static bool groups_missing(const ldb *s)
+{
+    return (s->missing & 1u << TABLE_GROUPS) != 0; /* a read-only look at an older directory */
+}
+
+static int group_get(MDB_txn *txn, ldb *s, const uint8_t id[STORE_GROUP_ID_LEN], store_group *out)
+{
+    if (groups_missing(s))
+        return STORE_NOT_FOUND;
+    MDB_val k = {STORE_GROUP_ID_LEN, (void *)id}, v;
+    int rc = mdb_get(txn, s->groups, &k, &v);
+    return rc != 0 ? map_error(rc) : group_decode(out, id, v.mv_data, v.mv_size);
+}
+
+int ldb_group_get(ldb_batch *b, const uint8_t id[STORE_GROUP_ID_LEN], store_group *out)
+{
+    return group_get(b->txn, b->s, id, out);
+}
+
+int ldb_group_read(ldb *s, const uint8_t id[STORE_GROUP_ID_LEN], store_group *out)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0)
+        return map_error(rc);
+    rc = group_get(txn, s, id, out);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+static int member_link(ldb_batch *b, const uint8_t *account, const uint8_t *id, bool on)
+{
+    uint8_t k[STORE_ACCOUNT_ID_LEN + STORE_GROUP_ID_LEN];
+    memcpy(k, account, STORE_ACCOUNT_ID_LEN);
+    memcpy(k + STORE_ACCOUNT_ID_LEN, id, STORE_GROUP_ID_LEN);
+    if (on)
+        return put(b->txn, b->s->member_groups, k, sizeof k, "", 0);
+    MDB_val key = {sizeof k, k};
+    int rc = mdb_del(b->txn, b->s->member_groups, &key, NULL);
+    return rc == MDB_NOTFOUND ? STORE_OK : map_error(rc);
+}
+
+int ldb_group_put(ldb_batch *b, const store_group *g, const store_group *before)
+{
+    static __thread uint8_t record[GROUP_RECORD_MAX]; /* the writer's: too large for its stack twice */
+    size_t len = group_encode(g, record);
+    int rc = put(b->txn, b->s->groups, g->id, STORE_GROUP_ID_LEN, record, len);
+    for (size_t i = 0; rc == STORE_OK && i < g->n; i++)
+        if (!before || group_find(before, g->members[i].account) < 0)
+            rc = member_link(b, g->members[i].account, g->id, true);
+    for (size_t i = 0; rc == STORE_OK && before && i < before->n; i++)
+        if (group_find(g, before->members[i].account) < 0)
+            rc = member_link(b, before->members[i].account, g->id, false);
+    return rc;
+}
+
+int ldb_member_groups(ldb *s, const uint8_t account[STORE_ACCOUNT_ID_LEN], store_group_summary **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (groups_missing(s))
+        return STORE_OK;
+    MDB_txn *txn;
+    MDB_cursor *c = NULL;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0)
+        return map_error(rc);
+    if ((rc = mdb_cursor_open(txn, s->member_groups, &c)) != 0) {
+        mdb_txn_abort(txn);
+        return map_error(rc);
+    }
+    size_t cap = 0;
+    MDB_val k = {STORE_ACCOUNT_ID_LEN, (void *)account}, v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != STORE_ACCOUNT_ID_LEN + STORE_GROUP_ID_LEN || memcmp(k.mv_data, account, STORE_ACCOUNT_ID_LEN))
+            break;
+        const uint8_t *id = (const uint8_t *)k.mv_data + STORE_ACCOUNT_ID_LEN;
+        MDB_val gk = {STORE_GROUP_ID_LEN, (void *)id}, gv;
+        if ((rc = mdb_get(txn, s->groups, &gk, &gv)) != 0)
+            break;
+        size_t bytes = cap * sizeof **out;
+        if (!store_buf_grow(out, &bytes, (*n + 1) * sizeof **out, 8 * sizeof **out)) {
+            rc = ENOMEM;
+            break;
+        }
+        cap = bytes / sizeof **out;
+        if (group_decode_summary(&(*out)[*n], id, gv.mv_data, gv.mv_size) != STORE_OK) {
+            rc = EINVAL;
+            break;
+        }
+        (*n)++;
+    }
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+    if (rc == MDB_NOTFOUND || rc == 0)
+        return STORE_OK;
+    free(*out);
+    *out = NULL;
+    *n = 0;
+    return rc == EINVAL ? STORE_INVALID : map_error(rc);
+}
+
+int ldb_group_seq_get(ldb_batch *b, const uint8_t id[STORE_GROUP_ID_LEN], uint64_t *seq)
+{
+    *seq = 0;
+    if (groups_missing(b->s))
+        return STORE_OK;
+    MDB_val k = {STORE_GROUP_ID_LEN, (void *)id}, v;
+    int rc = mdb_get(b->txn, b->s->group_seqs, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return STORE_OK;
+    if (rc == 0 && v.mv_size != 8)
+        return STORE_INVALID;
+    if (rc == 0)
+        *seq = get_be64(v.mv_data);
+    return map_error(rc);
+}
+
+int ldb_group_seq_put(ldb_batch *b, const uint8_t id[STORE_GROUP_ID_LEN], uint64_t seq)
+{
+    uint8_t v[8];
+    put_be64(v, seq);
+    return put(b->txn, b->s->group_seqs, id, STORE_GROUP_ID_LEN, v, sizeof v);
 }

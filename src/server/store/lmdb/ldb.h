@@ -150,6 +150,23 @@ int ldb_prekey_take(ldb_batch *b, const store_device *d, store_prekey *out, size
 int ldb_inbox_read(ldb *s, const store_device *d, uint64_t after, size_t max,
                    store_envelope_fn fn, void *ctx);
 
+/* ---- groups (the record and its rules: group.h) ------------------------------ */
+
+/* A group's record, or STORE_NOT_FOUND: in a batch, or in a read transaction of its own. */
+int ldb_group_get(ldb_batch *b, const uint8_t id[STORE_GROUP_ID_LEN], store_group *out);
+int ldb_group_read(ldb *s, const uint8_t id[STORE_GROUP_ID_LEN], store_group *out);
+
+/* Writes g, and the member lists of those who joined or left since before (NULL: a
+ * new group). */
+int ldb_group_put(ldb_batch *b, const store_group *g, const store_group *before);
+
+/* The groups account is a member of (*out malloc'd, *n of them), by id. */
+int ldb_member_groups(ldb *s, const uint8_t account[STORE_ACCOUNT_ID_LEN], store_group_summary **out, size_t *n);
+
+/* The last seq given to a group's messages and events, as last checkpointed (0: none). */
+int ldb_group_seq_get(ldb_batch *b, const uint8_t id[STORE_GROUP_ID_LEN], uint64_t *seq);
+int ldb_group_seq_put(ldb_batch *b, const uint8_t id[STORE_GROUP_ID_LEN], uint64_t seq);
+
 /* Number of envelopes waiting for a device. */
 int ldb_inbox_count(ldb *s, const store_device *d, uint64_t *count);
 

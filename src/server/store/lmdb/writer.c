@@ -15,6 +15,7 @@ struct writer {
     pthread_cond_t wake;
     store_req *head, *tail;
     bool stopping;
+    bool poked;                /* writer_poke: run the upkeep once */
     store_run_stats stats;
     /* applied, not yet committed (writer thread only) */
     store_req *held, *held_tail; /* lazy requests waiting for a commit, in order */
@@ -249,17 +250,22 @@ static void *writer_main(void *arg)
     writer *w = arg;
     for (;;) {
         pthread_mutex_lock(&w->lock);
-        while (!w->head && !w->stopping) {
+        while (!w->head && !w->stopping && !w->poked) {
             if (!w->held)
                 pthread_cond_wait(&w->wake, &w->lock);
             else if (pthread_cond_timedwait(&w->wake, &w->lock, &w->held_until) == ETIMEDOUT)
                 break;
         }
-        if (!w->head) { /* lazy requests waited long enough, or the writer stops */
+        if (!w->head) { /* lazy requests waited long enough, a poke, or the writer stops */
+            bool poked = w->poked;
+            w->poked = false;
             pthread_mutex_unlock(&w->lock);
-            if (!w->held)
+            if (w->held)
+                finish(w, NULL, false); /* the upkeep runs with nothing held */
+            else if (poked)
+                w->ops->after_batch(w->ctx);
+            else
                 return NULL;
-            finish(w, NULL, false);
             continue;
         }
         /* take up to max_batch jobs: everything that queued while the last fsync ran */
@@ -311,6 +317,14 @@ void writer_submit(writer *w, writer_home *home, store_req *job)
     else
         w->head = job;
     w->tail = job;
+    pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+}
+
+void writer_poke(writer *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->poked = true;
     pthread_cond_signal(&w->wake);
     pthread_mutex_unlock(&w->lock);
 }

@@ -49,12 +49,13 @@ typedef struct {
     /* Whether its log part may wait for a later group's commit (nobody is answered on
      * it, and a crash before that commit only means it is applied again: an ack's
      * envelopes delivered once more). A batch of such requests alone is applied but not
-     * committed; it goes with the next batch that has another kind of request, or
-     * after WRITER_LAZY_MS. */
+     * committed; it goes with the next batch that has another kind of request, once
+     * max_batch of them are held, after WRITER_LAZY_MS, or at writer_stop. */
     bool (*lazy)(const store_req *r);
     /* The log's group commit, once a batch's log parts are applied. */
     int (*commit_log)(void *ctx);
-    /* After every batch committed, on the writer thread (the backend's upkeep). */
+    /* The backend's upkeep, on the writer thread, with nothing held: after every batch
+     * that went home (committed or failed), and after a writer_poke. */
     void (*after_batch)(void *ctx);
 } writer_ops;
 
@@ -76,6 +77,10 @@ int writer_start(writer **out, ldb *db, size_t max_batch, const writer_ops *ops,
 
 /* Queues r from the loop that owns home. Thread-safe. */
 void writer_submit(writer *w, writer_home *home, store_req *r);
+
+/* Has the writer run after_batch soon even with no request to do (another thread
+ * finished something the upkeep waits for). Thread-safe. */
+void writer_poke(writer *w);
 
 /* Commits what is queued, then stops and joins the thread; returns its final stats. */
 store_run_stats writer_stop(writer *w);

@@ -21,6 +21,7 @@ enum { REC_ENVELOPE = 1, REC_BODY, REC_SHARED, REC_TAKE, REC_FLOOR, REC_NOTE, RE
 #define DEV INBOX_DEVICE_KEY
 #define ENVELOPE_HEAD (DEV + 16)          /* device seq stored_ms, then the envelope */
 #define SHARED_LEN (DEV + 16 + 12)
+_Static_assert(INBOX_LOG_SHARED_COST(1, 0) == 2 * LOG_HEADER + SHARED_LEN, "the header's cost of a SHARED");
 #define TAKE_LEN (DEV + 8)
 #define FLOOR_LEN (DEV + 8)
 #define NOTE_MAX 4096

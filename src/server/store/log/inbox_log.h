@@ -71,6 +71,7 @@ int inbox_log_append(inbox_log *l, const store_device *d, uint64_t stored_ms, co
 int inbox_log_reserve(inbox_log *l, size_t bytes);
 #define INBOX_LOG_ENVELOPE_COST(len) (16 + 36 + (size_t)(len))   /* what one append writes */
 #define INBOX_LOG_NOTE_COST(len) (16 + (size_t)(len))
+#define INBOX_LOG_SHARED_COST(n, len) (16 + (size_t)(len) + (size_t)(n) * (16 + 48)) /* append_shared */
 
 /* An envelope with its seq given (a migration from another store): ignored if d has
  * had that seq already. */
