@@ -168,64 +168,35 @@ static const char *pack_group(session *s, const Parley__Send *m, send_request *j
     return NULL;
 }
 
-/* A group Send: the group's message once, and key distributions to member devices. */
-static void on_group_send(session *s, uint64_t rid, const Parley__Send *m)
+/* Whether the Send's form is wrong (then it was answered here). A group Send carries the
+ * group's message once and key distributions to member devices. */
+static bool refused(session *s, uint64_t rid, const Parley__Send *m)
 {
-    if (m->group_id.len != STORE_GROUP_ID_LEN || !m->has_group_version || !m->has_group_message ||
-        m->has_recipient_account || (m->has_resend && m->resend)) {
+    bool group = m->has_group_id;
+    if (!m->has_message_id || m->message_id.len != STORE_MESSAGE_ID_LEN ||
+        (group ? m->group_id.len != STORE_GROUP_ID_LEN || !m->has_group_version || !m->has_group_message ||
+                     m->has_recipient_account || (m->has_resend && m->resend)
+               : !m->has_recipient_account || m->recipient_account.len != STORE_ACCOUNT_ID_LEN ||
+                     m->n_messages == 0)) {
         session_error(s, rid, PERR_MALFORMED_FRAME,
-                      "a group Send needs group_id (16 bytes), group_version and group_message, and no "
-                      "recipient_account");
-        return;
+                      group ? "a group Send needs message_id (16 bytes), group_id (16 bytes), group_version and "
+                              "group_message, and no recipient_account"
+                            : "Send needs message_id (16 bytes), recipient_account (16 bytes) and messages");
+        return true;
     }
-    if (m->n_messages > GROUP_SEND_MAX_MESSAGES) {
-        session_error(s, rid, PERR_TOO_MANY_RECIPIENTS, "more key distributions than a group has devices");
-        return;
+    if (m->n_messages > (group ? GROUP_SEND_MAX_MESSAGES : session_server(s)->cfg.max_recipients)) {
+        session_error(s, rid, PERR_TOO_MANY_RECIPIENTS,
+                      group ? "more key distributions than a group has devices" : NULL);
+        return true;
     }
-    send_request *j = calloc(1, sizeof *j);
-    if (!j) {
-        session_error(s, rid, PERR_INTERNAL, "out of memory");
-        return;
-    }
-    session_origin(s, &j->r.from);
-    memcpy(j->r.message_id, m->message_id.data, STORE_MESSAGE_ID_LEN);
-    j->r.to_group = true;
-    memcpy(j->r.group_id, m->group_id.data, STORE_GROUP_ID_LEN);
-    j->r.group_version = m->group_version;
-    j->r.accepted_ms = j->r.server_ms = clock_wall_ms();
-    bool plaintext;
-    const char *bad = pack_targets(s, m, &j->r, &plaintext);
-    if (!bad && !plaintext)
-        bad = pack_group(s, m, j);
-    if (bad || plaintext) {
-        session_error(s, rid, plaintext ? PERR_PLAINTEXT_REFUSED : PERR_MALFORMED_FRAME, bad);
-        store_entries_free(&j->r.targets);
-        free(j->group_envelope);
-        free(j);
-        return;
-    }
-    j->r.req.done = send_done;
-    session_ask_begin(&j->ask, s, rid);
-    store_accept_send(session_server(s)->st, session_thread(s)->home, &j->r);
+    return false;
 }
 
 static void on_send(session *s, uint64_t rid, const Parley__Frame *f)
 {
     const Parley__Send *m = f->send;
-    if (m->has_group_id && m->has_message_id && m->message_id.len == STORE_MESSAGE_ID_LEN) {
-        on_group_send(s, rid, m);
+    if (refused(s, rid, m))
         return;
-    }
-    if (!m->has_message_id || m->message_id.len != STORE_MESSAGE_ID_LEN || !m->has_recipient_account ||
-        m->recipient_account.len != STORE_ACCOUNT_ID_LEN || m->n_messages == 0) {
-        session_error(s, rid, PERR_MALFORMED_FRAME,
-                      "Send needs message_id (16 bytes), recipient_account (16 bytes) and messages");
-        return;
-    }
-    if (m->n_messages > session_server(s)->cfg.max_recipients) {
-        session_error(s, rid, PERR_TOO_MANY_RECIPIENTS, NULL);
-        return;
-    }
     send_request *j = calloc(1, sizeof *j);
     if (!j) {
         session_error(s, rid, PERR_INTERNAL, "out of memory");
@@ -233,14 +204,23 @@ static void on_send(session *s, uint64_t rid, const Parley__Frame *f)
     }
     session_origin(s, &j->r.from);
     memcpy(j->r.message_id, m->message_id.data, STORE_MESSAGE_ID_LEN);
-    memcpy(j->r.recipient, m->recipient_account.data, STORE_ACCOUNT_ID_LEN);
-    j->r.resend = m->has_resend && m->resend;
     j->r.accepted_ms = j->r.server_ms = clock_wall_ms();
+    if (m->has_group_id) {
+        j->r.to_group = true;
+        memcpy(j->r.group_id, m->group_id.data, STORE_GROUP_ID_LEN);
+        j->r.group_version = m->group_version;
+    } else {
+        memcpy(j->r.recipient, m->recipient_account.data, STORE_ACCOUNT_ID_LEN);
+        j->r.resend = m->has_resend && m->resend;
+    }
     bool plaintext;
     const char *bad = pack_targets(s, m, &j->r, &plaintext);
+    if (!bad && !plaintext && j->r.to_group)
+        bad = pack_group(s, m, j);
     if (bad || plaintext) {
         session_error(s, rid, plaintext ? PERR_PLAINTEXT_REFUSED : PERR_MALFORMED_FRAME, bad);
         store_entries_free(&j->r.targets);
+        free(j->group_envelope);
         free(j);
         return;
     }

@@ -319,15 +319,24 @@ static int group_seq_next(ldb_batch *b, embedded *e, const uint8_t id[STORE_GROU
     return rc;
 }
 
-/* The group's seq is seq from now on: in a NOTE (the log's room reserved), and in memory
- * once the batch is committed (room in pending reserved). */
-static int group_seq_take(embedded *e, const uint8_t id[STORE_GROUP_ID_LEN], uint64_t seq)
+/* A record of the de-duplication table (a send's, or a group's last seq): in a NOTE
+ * (the log's room reserved), and in memory once the batch is committed (room in pending
+ * reserved). */
+static int remember(embedded *e, const uint8_t key[DEDUP_KEY_LEN], uint64_t value)
 {
     uint8_t note[NOTE_LEN];
-    dedup_recent_group_key(note, id);
-    put_be64(note + DEDUP_KEY_LEN, seq);
+    memcpy(note, key, DEDUP_KEY_LEN);
+    put_be64(note + DEDUP_KEY_LEN, value);
     int rc = inbox_log_note(e->log, note, sizeof note);
-    return rc == STORE_OK ? dedup_recent_put(&e->pending, note, seq) : rc;
+    return rc == STORE_OK ? dedup_recent_put(&e->pending, note, value) : rc;
+}
+
+/* The group's seq is seq from now on. */
+static int group_seq_take(embedded *e, const uint8_t id[STORE_GROUP_ID_LEN], uint64_t seq)
+{
+    uint8_t key[DEDUP_KEY_LEN];
+    dedup_recent_group_key(key, id);
+    return remember(e, key, seq);
 }
 
 /* Every device of each of the n accounts (devices only). */
@@ -368,8 +377,9 @@ static int append_group(inbox_log *log, const store_entries *l, uint64_t now, co
 
 /* The rest of a group send, after the de-duplication (note is its NOTE's key): the
  * sender's right to send, the membership version, the key distributions' devices; then
- * the distributions, the group's envelope for every member device, both NOTEs. */
-static int group_send_apply(ldb_batch *b, store_send *r, embedded *e, uint8_t note[NOTE_LEN])
+ * the distributions, the group's envelope for every member device, both NOTEs (note
+ * is the send's de-duplication key). */
+static int group_send_apply(ldb_batch *b, store_send *r, embedded *e, const uint8_t note[DEDUP_KEY_LEN])
 {
     store_entries_clear(&r->fanout);
     store_group *g = r->group ? r->group : (r->group = malloc(sizeof *r->group));
@@ -428,10 +438,7 @@ static int group_send_apply(ldb_batch *b, store_send *r, embedded *e, uint8_t no
     if (rc == STORE_OK)
         rc = append_group(e->log, &r->fanout, r->server_ms, envelope, len);
     free(envelope);
-    uint8_t *at = note + DEDUP_KEY_LEN;
-    put_be64(at, r->server_ms);
-    if (rc == STORE_OK && (rc = inbox_log_note(e->log, note, NOTE_LEN)) == STORE_OK &&
-        (rc = dedup_recent_put(&e->pending, note, r->server_ms)) == STORE_OK)
+    if (rc == STORE_OK && (rc = remember(e, note, r->server_ms)) == STORE_OK)
         rc = group_seq_take(e, r->group_id, seq);
     if (rc == STORE_OK)
         r->group_seq = seq;
@@ -606,12 +613,7 @@ static int send_apply(ldb_batch *b, store_send *r, embedded *e)
      * checkpoint puts it in the data file) */
     if ((rc = append_all(e->log, &r->targets, NULL, 0, r->server_ms, 0)) != STORE_OK)
         return rc;
-    uint8_t *at = note + DEDUP_KEY_LEN;
-    for (int i = 7; i >= 0; i--)
-        at[7 - i] = (uint8_t)(r->server_ms >> (8 * i));
-    if ((rc = inbox_log_note(e->log, note, sizeof note)) != STORE_OK)
-        return rc;
-    return dedup_recent_put(&e->pending, note, r->server_ms); /* room reserved: cannot fail */
+    return remember(e, note, r->server_ms);
 }
 
 static int post_apply(ldb_batch *b, store_post *r, embedded *e)
