@@ -48,10 +48,13 @@ async function online(s, u) {
   u.c = c;
   u.got ??= [];
   u.drained = false;
+  let open = true;
+  c.closed.then(() => { open = false; });
   (async () => {
     for (;;) {
       let f;
-      try { f = await c.next(600000); } catch { return; }
+      // short waits: a pending long timer would keep the test's process alive after the end
+      try { f = await c.next(500); } catch { if (open) continue; return; }
       if (!f.deliver) continue;
       u.drained ||= !!f.deliver.drained;
       for (const e of f.deliver.envelopes ?? []) u.got.push(e);
